@@ -1,0 +1,309 @@
+//! The lynshim trace schema: the one place that names what a trace contains.
+//!
+//! lynshim writes Chrome-trace JSON (an array of events, one per line) and lynanalyze reads it back.
+//! Both sides take every event name, category, argument key and file-naming rule from this crate, so the
+//! writer and the reader cannot drift apart. The Python half of lynshim gets the same constants through
+//! the native module (`lynshim._native.schema`), generated from [`PYTHON_CONSTANTS`].
+//!
+//! A trace file holds, besides ordinary `B`/`E` span events:
+//! - `M` events `process_name`, `process_labels` and `thread_name` with the real pid and tid;
+//! - one instant event [`event::PROCESS`] at ts 0 whose args carry the process metadata ([`arg`]);
+//! - an `X` event [`event::STARTUP`] from the process's start (ts 0) to the moment lynshim activated;
+//! - `C` counter events [`event::RSS`] (and [`event::PEAK_RSS`] at exit);
+//! - one instant event [`event::EXIT`] at exit with the exit status, when the process exits normally;
+//! - `s`/`f` flow events binding a server-client request to the server span that handled it.
+//!
+//! Timestamps are microseconds since the process started; [`arg::WALL_ZERO_NS`] is the Unix time of that
+//! zero, so traces from different processes line up on one clock.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the trace layout described here; bumped when a reader must change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Names of the events lynshim writes itself (spans of user code are named after what they wrap).
+pub mod event {
+    /// Instant event at ts 0 carrying the process metadata in its args.
+    pub const PROCESS: &str = "lynshim.process";
+    /// Instant event written when the process exits (exit status, peak RSS, late metadata).
+    pub const EXIT: &str = "lynshim.exit";
+    /// Complete event covering the interpreter's start-up before lynshim activated.
+    pub const STARTUP: &str = "interpreter start-up";
+    /// Complete event covering the import of lynshim itself (its own cost, reported apart).
+    pub const SHIM_IMPORT: &str = "lynshim activation";
+    /// Counter: resident set size in bytes.
+    pub const RSS: &str = "rss";
+    /// Counter: peak resident set size in bytes, written at exit.
+    pub const PEAK_RSS: &str = "peak rss";
+    /// Name of flow events (`s`/`f`) that join a client request to the server span handling it.
+    pub const REQUEST_FLOW: &str = "lynguine request";
+    /// Name of the Chrome metadata events (standard names, understood by Perfetto).
+    pub const PROCESS_NAME: &str = "process_name";
+    pub const PROCESS_LABELS: &str = "process_labels";
+    pub const THREAD_NAME: &str = "thread_name";
+    pub const PROCESS_SORT_INDEX: &str = "process_sort_index";
+}
+
+/// Span categories (`cat`). Operation categories classify lynguine entry points.
+pub mod category {
+    /// Interpreter start-up before lynshim activated.
+    pub const STARTUP: &str = "startup";
+    /// One span per module import, nested as the imports nest.
+    pub const IMPORT: &str = "import";
+    /// lynshim's own bookkeeping (metadata events, its own import).
+    pub const TRACER: &str = "lynshim";
+    /// A lamd command's `main`, the root of a process's work.
+    pub const LAMD: &str = "lamd";
+    pub const CONFIG: &str = "config";
+    pub const FIELD: &str = "field";
+    pub const READ: &str = "read";
+    pub const WRITE: &str = "write";
+    pub const DATAFRAME: &str = "dataframe";
+    pub const COMPUTE: &str = "compute";
+    pub const TEMPLATE: &str = "template";
+    pub const SERVER_CLIENT: &str = "server-client";
+    pub const SERVER: &str = "server";
+    /// Spans made by user code with `lynshim.span`.
+    pub const USER: &str = "user";
+    /// Counter events.
+    pub const MEMORY: &str = "memory";
+
+    /// Categories that count as "work" (everything a process does once it is up).
+    pub const WORK: &[&str] = &[
+        LAMD,
+        CONFIG,
+        FIELD,
+        READ,
+        WRITE,
+        DATAFRAME,
+        COMPUTE,
+        TEMPLATE,
+        SERVER_CLIENT,
+        SERVER,
+        USER,
+    ];
+    /// Operation categories of lynguine entry points (the target table may use only these and `lamd`).
+    pub const OPERATIONS: &[&str] = &[
+        CONFIG,
+        FIELD,
+        READ,
+        WRITE,
+        DATAFRAME,
+        COMPUTE,
+        TEMPLATE,
+        SERVER_CLIENT,
+        SERVER,
+    ];
+}
+
+/// Argument keys, in span args and in the process/exit metadata.
+pub mod arg {
+    // Process metadata (args of `event::PROCESS`).
+    pub const FORMAT_VERSION: &str = "format_version";
+    pub const ARGV: &str = "argv";
+    pub const PID: &str = "pid";
+    pub const PPID: &str = "ppid";
+    pub const CWD: &str = "cwd";
+    pub const EXECUTABLE: &str = "executable";
+    pub const PYTHON_VERSION: &str = "python_version";
+    pub const RUN_ID: &str = "run_id";
+    pub const LABEL: &str = "label";
+    pub const PARENT_TRACE: &str = "parent_trace";
+    pub const PARENT_PID: &str = "parent_pid";
+    pub const COMMAND: &str = "command";
+    pub const LAMD_COMMAND: &str = "lamd_command";
+    pub const WALL_ZERO_NS: &str = "wall_zero_ns";
+    pub const ACTIVATED_US: &str = "activated_us";
+    pub const STARTUP_CPU_USER_US: &str = "cpu_user_us";
+    pub const STARTUP_CPU_SYS_US: &str = "cpu_sys_us";
+    pub const FORKED_FROM: &str = "forked_from";
+    // Exit metadata (args of `event::EXIT`).
+    pub const EXIT_STATUS: &str = "exit_status";
+    pub const EXIT_SIGNAL: &str = "exit_signal";
+    pub const PEAK_RSS_BYTES: &str = "peak_rss_bytes";
+    pub const LYNGUINE_VERSION: &str = "lynguine_version";
+    pub const LAMD_VERSION: &str = "lamd_version";
+    // Counters.
+    pub const BYTES: &str = "bytes";
+    /// Where in the process a counter sample was taken (`activation`, `imports`, `exit`, span name).
+    pub const AT: &str = "at";
+    // Span args recorded by the wrappers.
+    pub const MODULE: &str = "module";
+    pub const ERROR: &str = "error";
+    pub const FOUND: &str = "found";
+    pub const ROWS: &str = "rows";
+    pub const RESULT: &str = "result";
+    pub const REQUEST_ID: &str = "request_id";
+    /// Value that replaces an argument whose name looks like a credential.
+    pub const REDACTED: &str = "[redacted]";
+}
+
+/// Marker a wrapped call writes into [`arg::FOUND`] when the field was missing.
+pub const NOT_FOUND: &str = "false";
+
+/// Argument names that look like credentials; their values never reach a trace.
+pub const CREDENTIAL_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "key",
+    "credential",
+    "auth",
+    "cookie",
+    "session",
+];
+
+/// True when an argument called `name` must be redacted.
+pub fn is_credential_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    CREDENTIAL_WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// Longest string a span argument may hold; longer ones are cut and end in `…`.
+pub const MAX_ARG_CHARS: usize = 200;
+
+/// Trace file naming.
+pub mod files {
+    /// Every per-process trace file ends in this.
+    pub const TRACE_SUFFIX: &str = ".lynshim.json";
+    /// The run record `lynshim run` writes beside the traces.
+    pub const RUN_RECORD: &str = "run.json";
+
+    /// Name of a process's trace file. The pid alone can be reused; the process's start time (clock
+    /// ticks since boot, from `/proc/<pid>/stat`) plus a random nonce make the name unique, and the file
+    /// is created with `O_EXCL` so an existing file is never overwritten.
+    pub fn trace_file_name(pid: u32, start_ticks: u64, nonce: u32) -> String {
+        format!("{pid}-{start_ticks}-{nonce:08x}{TRACE_SUFFIX}")
+    }
+
+    /// Prefix every trace of the process `(pid, start_ticks)` has: how a child finds its parent's file.
+    pub fn trace_file_prefix(pid: u32, start_ticks: u64) -> String {
+        format!("{pid}-{start_ticks}-")
+    }
+
+    /// True for names written by [`trace_file_name`].
+    pub fn is_trace_file_name(name: &str) -> bool {
+        name.ends_with(TRACE_SUFFIX)
+    }
+}
+
+/// Environment variables lynshim reads.
+pub mod env {
+    /// Directory to write traces into; its presence activates tracing on `import lynshim`.
+    pub const DIR: &str = "LYNSHIM_DIR";
+    /// Identifier shared by every process of one `lynshim run`.
+    pub const RUN_ID: &str = "LYNSHIM_RUN_ID";
+    /// Free-text label of the run (`lynshim run --label`).
+    pub const LABEL: &str = "LYNSHIM_LABEL";
+    /// Extra patch targets (TOML-like `module:qualname=category`, `;`-separated) or `-name` to drop one.
+    pub const TARGETS: &str = "LYNSHIM_TARGETS";
+    /// Set to `0` to record no import spans (start-up is still one span).
+    pub const IMPORTS: &str = "LYNSHIM_IMPORTS";
+    /// Directory of the bootstrap `sitecustomize` (so the bootstrap can chain to the next one).
+    pub const BOOTSTRAP: &str = "LYNSHIM_BOOTSTRAP";
+}
+
+/// What `lynshim run` records about the whole command, written to [`files::RUN_RECORD`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub format_version: u32,
+    pub run_id: String,
+    pub label: Option<String>,
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    /// Exit code of the command, or `None` when a signal ended it.
+    pub exit_status: Option<i32>,
+    /// Signal that ended the command, if any.
+    pub exit_signal: Option<i32>,
+    /// CPU time of every child process waited for (`getrusage(RUSAGE_CHILDREN)`), in seconds.
+    pub children_user_s: f64,
+    pub children_sys_s: f64,
+    /// Number of trace files found in the run directory when the command ended.
+    pub traced_processes: usize,
+}
+
+/// The constants the Python half of lynshim needs, as `(NAME, value)` pairs exported to
+/// `lynshim._native.schema`. Kept here so a new constant cannot be forgotten on one side.
+pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[
+    ("EVENT_PROCESS", event::PROCESS),
+    ("EVENT_EXIT", event::EXIT),
+    ("EVENT_STARTUP", event::STARTUP),
+    ("EVENT_SHIM_IMPORT", event::SHIM_IMPORT),
+    ("EVENT_RSS", event::RSS),
+    ("EVENT_REQUEST_FLOW", event::REQUEST_FLOW),
+    ("CAT_STARTUP", category::STARTUP),
+    ("CAT_IMPORT", category::IMPORT),
+    ("CAT_TRACER", category::TRACER),
+    ("CAT_LAMD", category::LAMD),
+    ("CAT_CONFIG", category::CONFIG),
+    ("CAT_FIELD", category::FIELD),
+    ("CAT_READ", category::READ),
+    ("CAT_WRITE", category::WRITE),
+    ("CAT_DATAFRAME", category::DATAFRAME),
+    ("CAT_COMPUTE", category::COMPUTE),
+    ("CAT_TEMPLATE", category::TEMPLATE),
+    ("CAT_SERVER_CLIENT", category::SERVER_CLIENT),
+    ("CAT_SERVER", category::SERVER),
+    ("CAT_USER", category::USER),
+    ("ARG_MODULE", arg::MODULE),
+    ("ARG_ERROR", arg::ERROR),
+    ("ARG_FOUND", arg::FOUND),
+    ("ARG_ROWS", arg::ROWS),
+    ("ARG_RESULT", arg::RESULT),
+    ("ARG_REQUEST_ID", arg::REQUEST_ID),
+    ("ARG_LYNGUINE_VERSION", arg::LYNGUINE_VERSION),
+    ("ARG_LAMD_VERSION", arg::LAMD_VERSION),
+    ("ARG_AT", arg::AT),
+    ("REDACTED", arg::REDACTED),
+    ("TRACE_SUFFIX", files::TRACE_SUFFIX),
+    ("RUN_RECORD", files::RUN_RECORD),
+    ("ENV_DIR", env::DIR),
+    ("ENV_RUN_ID", env::RUN_ID),
+    ("ENV_LABEL", env::LABEL),
+    ("ENV_TARGETS", env::TARGETS),
+    ("ENV_IMPORTS", env::IMPORTS),
+    ("ENV_BOOTSTRAP", env::BOOTSTRAP),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let name = files::trace_file_name(4242, 123_456, 0xdead_beef);
+        assert_eq!(name, "4242-123456-deadbeef.lynshim.json");
+        assert!(files::is_trace_file_name(&name));
+        assert!(name.starts_with(&files::trace_file_prefix(4242, 123_456)));
+        assert!(!name.starts_with(&files::trace_file_prefix(42, 123_456)));
+    }
+
+    #[test]
+    fn credential_names_are_recognised() {
+        for name in ["password", "API_KEY", "auth_token", "client_secret", "credentials"] {
+            assert!(is_credential_name(name), "{name}");
+        }
+        for name in ["field", "filename", "directory", "type"] {
+            assert!(!is_credential_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn python_constants_are_unique() {
+        let mut names: Vec<_> = PYTHON_CONSTANTS.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len());
+    }
+
+    #[test]
+    fn work_categories_include_every_operation() {
+        for op in category::OPERATIONS {
+            assert!(category::WORK.contains(op), "{op}");
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The writer behind tracing-chrome: turns its output into the lynshim trace layout.
+//!
+//! tracing-chrome serialises every span and event on its own thread, but it writes `pid: 1`, numbers
+//! threads from 0 in order of first use, names spans after their static callsite, writes no process
+//! names and no counters, and buffers 8 KiB in a `BufWriter` whose `unwrap()` on a write error would kill
+//! its thread. We give it this `Write` instead, and fix each line up on the way to the file:
+//!
+//! - every event gets the real pid, and the OS thread id learned from a per-thread registration event;
+//! - span events take their name, category and args from the fields lynshim put on the callsite
+//!   ([`F_NAME`], [`F_CAT`], [`F_ARGS`] at begin, [`F_END_ARGS`] at end), args as real JSON objects;
+//! - lynshim's own events ([`F_KIND`] + [`F_PAYLOAD`]) become thread names, process metadata, counters
+//!   (`C`), complete events (`X`) and flow events (`s`/`f`);
+//! - timestamps are shifted so that 0 is the process's start, not the moment tracing began;
+//! - the array is re-framed so that the file only ever holds whole events: a file cut short by SIGKILL
+//!   still parses as a Chrome trace with a missing `]`, which the format allows;
+//! - the closing `]` is ours to write ([`Fixup::close`]), not tracing-chrome's: the exit status is only
+//!   known in a C `on_exit` handler that runs after thread-local storage is gone, where neither
+//!   `tracing` nor tracing-chrome can be used, so the exit event is written directly ([`Fixup::write_own`]);
+//! - a failing write (full disk, file removed) is reported once on stderr and later output is dropped,
+//!   so the traced program never sees an error from its tracer.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use lynschema::{category, event};
+use serde_json::{json, Map, Value};
+
+/// Callsite field holding a span's name.
+pub const F_NAME: &str = "n";
+/// Callsite field holding a span's category.
+pub const F_CAT: &str = "c";
+/// Callsite field holding a span's begin args, as a JSON object in a string.
+pub const F_ARGS: &str = "a";
+/// Callsite field recorded just before a span ends, with its end args as a JSON object in a string.
+pub const F_END_ARGS: &str = "r";
+/// Callsite field of lynshim's own events: which kind of event this is.
+pub const F_KIND: &str = "k";
+/// Callsite field of lynshim's own events: the event's payload as JSON.
+pub const F_PAYLOAD: &str = "p";
+
+/// Kinds of lynshim's own events (values of [`F_KIND`]).
+pub mod kind {
+    pub const THREAD: &str = "thread";
+    pub const PROCESS: &str = "process";
+    pub const EXIT: &str = "exit";
+    pub const COUNTER: &str = "counter";
+    pub const COMPLETE: &str = "complete";
+    pub const INSTANT: &str = "instant";
+    pub const FLOW_OUT: &str = "flow_out";
+    pub const FLOW_IN: &str = "flow_in";
+}
+
+/// Where fixed-up events go: a file in production, a `Vec<u8>` in tests.
+pub struct Fixup<W: Write> {
+    out: W,
+    pid: u32,
+    /// CLOCK_MONOTONIC at tracing-chrome's zero, to time events written directly.
+    zero_mono_ns: u64,
+    /// Added to every timestamp: microseconds from the process's start to tracing-chrome's zero.
+    shift_us: f64,
+    /// tracing-chrome's thread number → OS thread id.
+    tids: HashMap<u64, u64>,
+    /// Bytes received but not yet ended by a newline (tracing-chrome writes `,\n` before each event).
+    pending: Vec<u8>,
+    wrote_any: bool,
+    /// tracing-chrome wrote its closing `]` (it is not copied: see [`Fixup::close`]).
+    chrome_done: bool,
+    /// We wrote ours; nothing more goes to the file.
+    finished: bool,
+    failed: bool,
+    /// Called once, with a message, when writing first fails.
+    on_error: Box<dyn FnMut(&str) + Send>,
+}
+
+impl<W: Write> Fixup<W> {
+    pub fn new(
+        out: W,
+        pid: u32,
+        zero_mono_ns: u64,
+        shift_us: f64,
+        on_error: Box<dyn FnMut(&str) + Send>,
+    ) -> Self {
+        Self {
+            out,
+            pid,
+            zero_mono_ns,
+            shift_us,
+            tids: HashMap::new(),
+            pending: Vec::with_capacity(16 * 1024),
+            wrote_any: false,
+            chrome_done: false,
+            finished: false,
+            failed: false,
+            on_error,
+        }
+    }
+
+    /// The sink, for tests.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn process_pending_lines(&mut self, at_flush: bool) {
+        let mut batch = Vec::new();
+        let mut start = 0;
+        while let Some(rel) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + rel;
+            self.fix_line(start, end, &mut batch);
+            start = end + 1;
+        }
+        // At a flush tracing-chrome has written whole events only, so the unterminated tail is complete.
+        if at_flush && start < self.pending.len() {
+            self.fix_line(start, self.pending.len(), &mut batch);
+            start = self.pending.len();
+        }
+        self.pending.drain(..start);
+        self.emit(&batch);
+    }
+
+    fn fix_line(&mut self, start: usize, end: usize, batch: &mut Vec<u8>) {
+        let line = trim_line(&self.pending[start..end]);
+        match line {
+            b"" | b"[" => {}
+            b"]" => self.chrome_done = true,
+            _ => {
+                // A line we cannot parse is dropped rather than written: the file must stay valid.
+                let Ok(Value::Object(raw)) = serde_json::from_slice::<Value>(line) else {
+                    return;
+                };
+                for fixed in self.fix_event(raw) {
+                    batch.extend_from_slice(if self.wrote_any || !batch.is_empty() { b",\n" } else { b"" });
+                    // Serialising a Value cannot fail.
+                    let _ = serde_json::to_writer(&mut *batch, &fixed);
+                }
+            }
+        }
+    }
+
+    /// One tracing-chrome event in, zero or more lynshim events out.
+    fn fix_event(&mut self, mut raw: Map<String, Value>) -> Vec<Value> {
+        let ph = raw.get("ph").and_then(Value::as_str).unwrap_or("").to_owned();
+        let chrome_tid = raw.get("tid").and_then(Value::as_u64).unwrap_or(0);
+        let tid = self.tids.get(&chrome_tid).copied().unwrap_or(chrome_tid);
+        let ts = raw.get("ts").and_then(Value::as_f64).unwrap_or(0.0) + self.shift_us;
+        let mut args = match raw.remove("args") {
+            Some(Value::Object(args)) => args,
+            _ => Map::new(),
+        };
+        let field = |args: &mut Map<String, Value>, key: &str| -> Option<String> {
+            match args.remove(key) {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            }
+        };
+        match ph.as_str() {
+            // tracing-chrome's own thread names carry its thread numbers; ours replace them.
+            "M" => Vec::new(),
+            "B" | "E" => {
+                let name = field(&mut args, F_NAME).unwrap_or_default();
+                let cat = field(&mut args, F_CAT).unwrap_or_default();
+                let begin_args = field(&mut args, F_ARGS);
+                let end_args = field(&mut args, F_END_ARGS);
+                let mut ev = json!({"ph": ph, "name": name, "cat": cat, "pid": self.pid, "tid": tid, "ts": ts});
+                let own = if ph == "B" { begin_args } else { end_args };
+                if let Some(Value::Object(obj)) = own.and_then(|s| serde_json::from_str(&s).ok()) {
+                    if !obj.is_empty() {
+                        ev["args"] = Value::Object(obj);
+                    }
+                }
+                vec![ev]
+            }
+            "i" => {
+                let kind = field(&mut args, F_KIND).unwrap_or_default();
+                let payload: Value = field(&mut args, F_PAYLOAD)
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .unwrap_or(Value::Null);
+                self.fix_own_event(&kind, payload, tid, chrome_tid, ts)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn fix_own_event(&mut self, kind: &str, p: Value, tid: u64, chrome_tid: u64, ts: f64) -> Vec<Value> {
+        let pid = self.pid;
+        let str_of = |key: &str| p.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+        let args_of = |key: &str| match p.get(key) {
+            Some(Value::Object(o)) if !o.is_empty() => Some(Value::Object(o.clone())),
+            _ => None,
+        };
+        match kind {
+            kind::THREAD => {
+                let os_tid = p.get("tid").and_then(Value::as_u64).unwrap_or(chrome_tid);
+                self.tids.insert(chrome_tid, os_tid);
+                vec![json!({"ph": "M", "name": event::THREAD_NAME, "pid": pid, "tid": os_tid,
+                            "args": {"name": str_of("name")}})]
+            }
+            kind::PROCESS => {
+                let mut out = vec![
+                    json!({"ph": "M", "name": event::PROCESS_NAME, "pid": pid, "tid": tid,
+                           "args": {"name": str_of("process_name")}}),
+                ];
+                let labels = str_of("labels");
+                if !labels.is_empty() {
+                    out.push(json!({"ph": "M", "name": event::PROCESS_LABELS, "pid": pid, "tid": tid,
+                                    "args": {"labels": labels}}));
+                }
+                let mut meta = json!({"ph": "i", "s": "t", "name": event::PROCESS, "cat": category::TRACER,
+                                      "pid": pid, "tid": tid, "ts": 0.0});
+                if let Some(a) = args_of("args") {
+                    meta["args"] = a;
+                }
+                out.push(meta);
+                out
+            }
+            kind::EXIT | kind::INSTANT => {
+                let (name, cat) = if kind == kind::EXIT {
+                    (event::EXIT.to_owned(), category::TRACER.to_owned())
+                } else {
+                    (str_of("name"), str_of("cat"))
+                };
+                let mut ev = json!({"ph": "i", "s": "t", "name": name, "cat": cat, "pid": pid, "tid": tid, "ts": ts});
+                if let Some(a) = args_of("args") {
+                    ev["args"] = a;
+                }
+                vec![ev]
+            }
+            kind::COUNTER => {
+                let value = p.get("value").cloned().unwrap_or(Value::Null);
+                vec![json!({"ph": "C", "name": str_of("name"), "cat": category::MEMORY, "pid": pid, "tid": tid,
+                            "ts": ts, "args": {lynschema::arg::BYTES: value}})]
+            }
+            kind::COMPLETE => {
+                let start = p.get("ts").and_then(Value::as_f64).unwrap_or(0.0) + self.shift_us;
+                let dur = p.get("dur").and_then(Value::as_f64).unwrap_or(0.0).max(0.0);
+                let mut ev = json!({"ph": "X", "name": str_of("name"), "cat": str_of("cat"), "pid": pid,
+                                    "tid": tid, "ts": start.max(0.0), "dur": dur});
+                if let Some(a) = args_of("args") {
+                    ev["args"] = a;
+                }
+                vec![ev]
+            }
+            kind::FLOW_OUT | kind::FLOW_IN => {
+                let id = p.get("id").cloned().unwrap_or(Value::Null);
+                let mut ev = json!({"ph": if kind == kind::FLOW_OUT { "s" } else { "f" },
+                                    "name": str_of("name"), "cat": str_of("cat"),
+                                    "id": id, "pid": pid, "tid": tid, "ts": ts});
+                if kind == kind::FLOW_IN {
+                    // Bind to the enclosing slice (the server span), not to the next one.
+                    ev["bp"] = "e".into();
+                }
+                vec![ev]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn emit(&mut self, batch: &[u8]) {
+        if batch.is_empty() || self.failed {
+            return;
+        }
+        let mut chunk = Vec::with_capacity(batch.len() + 2);
+        if !self.wrote_any {
+            chunk.extend_from_slice(b"[\n");
+        }
+        chunk.extend_from_slice(batch);
+        self.write_out(&chunk);
+        self.wrote_any = true;
+    }
+
+    fn write_out(&mut self, bytes: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if let Err(err) = self.out.write_all(bytes).and_then(|()| self.out.flush()) {
+            self.failed = true;
+            (self.on_error)(&format!("writing the trace failed ({err}); the rest of this trace is lost"));
+        }
+    }
+
+    /// Write one of lynshim's own events directly, timed now, on OS thread `tid`: for the exit event,
+    /// written where tracing can no longer be used.
+    pub fn write_own(&mut self, kind: &str, payload: &Value, tid: u64) {
+        if self.finished {
+            return;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let ts = (crate::procinfo::monotonic_ns() as f64 - self.zero_mono_ns as f64) / 1000.0 + self.shift_us;
+        let mut batch = Vec::new();
+        for fixed in self.fix_own_event(kind, payload.clone(), tid, tid, ts) {
+            batch.extend_from_slice(if self.wrote_any || !batch.is_empty() { b",\n" } else { b"" });
+            let _ = serde_json::to_writer(&mut batch, &fixed);
+        }
+        self.emit(&batch);
+    }
+
+    /// Write the closing `]` (also when no event was ever written, so the file is valid JSON). Later
+    /// output is ignored.
+    pub fn close(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.process_pending_lines(true);
+        let tail: &[u8] = if self.wrote_any { b"\n]\n" } else { b"[\n]\n" };
+        self.write_out(tail);
+        self.pending.clear();
+        self.finished = true;
+    }
+}
+
+impl<W: Write> Write for Fixup<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.finished {
+            self.pending.extend_from_slice(buf);
+            self.process_pending_lines(false);
+        }
+        // Never report an error: tracing-chrome unwraps it on its writer thread.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.finished {
+            self.process_pending_lines(true);
+        }
+        Ok(())
+    }
+}
+
+fn trim_line(mut line: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = line {
+        if first.is_ascii_whitespace() || *first == b',' {
+            line = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = line {
+        if last.is_ascii_whitespace() || *last == b',' {
+            line = rest;
+        } else {
+            break;
+        }
+    }
+    line
+}
+
+/// A [`Fixup`] shared between tracing-chrome's writer thread and the exit handler.
+pub struct SharedFixup<W: Write>(pub std::sync::Arc<std::sync::Mutex<Fixup<W>>>);
+
+impl<W: Write> Write for SharedFixup<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut fixup = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fixup.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut fixup = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fixup.flush()
+    }
+}

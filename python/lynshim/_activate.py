@@ -1,0 +1,162 @@
+"""Activation: start this process's trace and install the hooks that feed it.
+
+Called by the bootstrap ``sitecustomize`` (``lynshim run``), by ``import lynshim`` when ``LYNSHIM_DIR``
+is set, or by ``lynshim.start()``. It starts the native session (one trace file for this process) and
+installs, once per process:
+
+- the import hook (import spans, and patching of lynguine/lamd entry points as their modules load);
+- an ``atexit`` handler, registered before the program's own so it runs after them, that records the
+  versions of lynguine and lamd and writes every span out (the exit status follows from native code);
+- an ``os.register_at_fork`` handler, so a forked child writes its own file;
+- a SIGTERM handler, only where SIGTERM still has its default action, that closes the trace and then
+  dies of the same signal, so the exit status seen by the parent is unchanged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+
+# _signal, not signal: signal imports enum, which would then be missing from the program's own trace.
+import _signal
+
+from lynshim import _imports, _native, _state, targets
+from lynshim._native import schema
+
+_hooks_installed = False
+_run_id: str | None = None
+_label: str | None = None
+
+
+def process_name(argv: list[str] | None = None) -> str:
+    """Name of this process in Perfetto, made from its command: ``mdfield batch talk.md``."""
+    if argv is None:
+        script = sys.argv[0] if sys.argv else ""
+        if script and script not in ("-c", "-m") and os.path.basename(script) != "__main__.py":
+            argv = [script, *sys.argv[1:]]
+        else:
+            argv = list(getattr(sys, "orig_argv", sys.argv))
+    if not argv:
+        return "python"
+    words = [os.path.basename(argv[0]), *argv[1:]]
+    name = " ".join(w.replace("\n", " ") for w in words)
+    return name if len(name) <= 100 else name[:99] + "…"
+
+
+def _process_meta() -> dict:
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    meta = {
+        "argv": list(getattr(sys, "orig_argv", sys.argv)),
+        "cwd": os.getcwd(),
+        "executable": sys.executable,
+        "python_version": sys.version.split()[0],
+        "run_id": _run_id or "",
+        "label": _label or "",
+        "command": process_name(),
+    }
+    lamd_command = targets.lamd_command_of(script)
+    if lamd_command:
+        meta["lamd_command"] = lamd_command
+    return meta
+
+
+def activate(
+    directory: str | os.PathLike[str],
+    *,
+    run_id: str | None = None,
+    label: str | None = None,
+    import_started_ns: int | None = None,
+) -> str | None:
+    """Start tracing this process into ``directory``; returns the trace file's path, or None."""
+    global _run_id, _label
+    if _state.active and _native.is_active():
+        return _native.trace_path()
+    _run_id, _label = run_id, label
+    path = _native.start(os.fspath(directory), _process_meta(), process_name(), import_started_ns)
+    if path is None:
+        return None
+    _state.active = True
+    _install_hooks()
+    return path
+
+
+def activate_from_env(import_started_ns: int | None = None) -> str | None:
+    """Activate when the environment asks for it (``LYNSHIM_DIR``); otherwise do nothing."""
+    directory = os.environ.get(schema.ENV_DIR)
+    if not directory:
+        return None
+    return activate(
+        directory,
+        run_id=os.environ.get(schema.ENV_RUN_ID),
+        label=os.environ.get(schema.ENV_LABEL),
+        import_started_ns=import_started_ns,
+    )
+
+
+def deactivate() -> None:
+    """Stop tracing and close the trace file. Hooks stay installed but do nothing."""
+    _state.active = False
+    _native.stop()
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    _imports.install(record_imports=os.environ.get(schema.ENV_IMPORTS, "1") != "0")
+    atexit.register(_at_python_exit)
+    os.register_at_fork(before=_native.flush, after_in_child=_after_fork_in_child)
+    _install_sigterm_handler()
+
+
+def _library_version(name: str) -> str | None:
+    module = sys.modules.get(name)
+    if module is None:
+        return None
+    version = getattr(module, "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version(name)
+    except Exception:  # noqa: BLE001 - a version we cannot learn is left out
+        return None
+
+
+def _at_python_exit() -> None:
+    if not _state.active:
+        return
+    for name, key in (("lynguine", schema.ARG_LYNGUINE_VERSION), ("lamd", schema.ARG_LAMD_VERSION)):
+        version = _library_version(name)
+        if version:
+            _native.set_exit_meta(key, version)
+    _state.active = False
+    _native.python_exiting()
+
+
+def _after_fork_in_child() -> None:
+    if _state.active:
+        _native.after_fork_child(_process_meta(), process_name())
+        _state.active = _native.is_active()
+
+
+def _install_sigterm_handler() -> None:
+    try:
+        if _signal.getsignal(_signal.SIGTERM) != _signal.SIG_DFL:
+            return
+        _signal.signal(_signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread, or no signals here
+        pass
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    # Close the trace with the signal as the exit reason, then die of the same signal, as the default
+    # action would have: the parent sees the same wait status.
+    if _state.active:
+        _state.active = False
+        _native.killed_by_signal(signum)
+    _signal.signal(signum, _signal.SIG_DFL)
+    os.kill(os.getpid(), signum)

@@ -1,0 +1,202 @@
+"""Transparent wrappers around the targets of :mod:`lynshim.targets`, applied as their modules load.
+
+A wrapper is a plain function updated as :func:`functools.wraps` does, so ``__name__``, ``__qualname__``,
+``__doc__``, ``__module__``, ``__dict__`` and ``__wrapped__`` are the original's and
+:func:`inspect.signature` reports the original signature. It passes every argument through, returns the
+original's result and re-raises its exception unchanged (the traceback gains only the wrapper's frame).
+Class attributes are replaced in the ``__dict__`` of the class that defines them, keeping their kind —
+``classmethod`` stays a classmethod, ``staticmethod`` a staticmethod — so calls through subclasses and
+aliases are traced, once. A class target wraps the class's own ``__init__``.
+
+When tracing is off a wrapper costs one attribute read before calling through.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+from lynshim import _args, _native, _state, targets
+from lynshim._native import schema
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any, Callable
+
+_FunctionType = type(lambda: None)  # types.FunctionType, without importing types
+
+# functools.update_wrapper's attribute list, copied here so that activating lynshim does not import
+# functools (and collections) ahead of the traced program, which would hide their cost from its trace.
+_WRAPPER_ASSIGNMENTS = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__")
+
+_ARG_ERROR = schema.ARG_ERROR
+_ARG_FOUND = schema.ARG_FOUND
+_MARK = "__lynshim_target__"
+_by_module: dict[str, list[targets.Target]] | None = None
+_missing: list[str] = []
+
+
+def _targets_by_module() -> dict[str, list[targets.Target]]:
+    global _by_module
+    if _by_module is None:
+        table: dict[str, list[targets.Target]] = {}
+        try:
+            rows = targets.active_targets()
+        except ValueError as err:
+            print(f"lynshim: {err}; using the default targets", file=sys.stderr)
+            rows = targets.DEFAULT_TARGETS
+        for target in rows:
+            table.setdefault(target.module, []).append(target)
+        _by_module = table
+    return _by_module
+
+
+def reset_targets() -> None:
+    """Forget the parsed target table (for tests that change ``LYNSHIM_TARGETS``)."""
+    global _by_module
+    _by_module = None
+
+
+def module_loaded(module: ModuleType) -> None:
+    """Patch the targets defined in ``module``, which has just finished executing."""
+    rows = _targets_by_module().get(getattr(module, "__name__", None) or "")
+    if not rows:
+        return
+    for target in rows:
+        try:
+            found = _patch_target(module, target)
+        except Exception as err:  # noqa: BLE001 - a target we cannot patch is skipped, never fatal
+            found = False
+            _missing.append(f"{target.key} ({err!r})")
+            continue
+        if not found:
+            _missing.append(target.key)
+    if _missing:
+        _report_missing()
+
+
+def _report_missing() -> None:
+    """Warn once per run (the first process to notice) about targets absent from installed code."""
+    missing = list(_missing)
+    _missing.clear()
+    _native.instant("lynshim.missing-targets", schema.CAT_TRACER, {"targets": ", ".join(missing)})
+    directory = os.environ.get(schema.ENV_DIR)
+    if directory:
+        try:
+            fd = os.open(os.path.join(directory, ".warned-missing-targets"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except OSError:
+            return
+    print(f"lynshim: not in the installed version, not traced: {', '.join(missing)}", file=sys.stderr)
+
+
+def _patch_target(module: ModuleType, target: targets.Target) -> bool:
+    parts = target.qualname.split(".")
+    if len(parts) == 1 and parts[0].endswith("*"):
+        prefix = parts[0][:-1]
+        for attr, value in list(vars(module).items()):
+            if (
+                attr.startswith(prefix)
+                and isinstance(value, _FunctionType)
+                and value.__module__ == module.__name__
+            ):
+                _patch_attribute(module, attr, f"{target.module}.{attr}", target.category)
+        return True
+    owner: Any = module
+    for part in parts[:-1]:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            return False
+    attr = parts[-1]
+    if isinstance(owner, type):
+        owner = next((cls for cls in owner.__mro__ if attr in vars(cls)), None)
+        if owner is None:
+            return False
+    elif attr not in vars(owner):
+        return False
+    value = vars(owner)[attr]
+    if isinstance(value, type):
+        if "__init__" not in vars(value):
+            return False
+        return _patch_attribute(value, "__init__", target.span_name, target.category)
+    return _patch_attribute(owner, attr, target.span_name, target.category)
+
+
+def _patch_attribute(owner: Any, attr: str, span_name: str, category: str) -> bool:
+    raw = vars(owner)[attr]
+    if isinstance(raw, classmethod):
+        inner = raw.__func__
+        if getattr(inner, _MARK, None) is None:
+            setattr(owner, attr, classmethod(wrap(inner, span_name, category)))
+        return True
+    if isinstance(raw, staticmethod):
+        inner = raw.__func__
+        if getattr(inner, _MARK, None) is None:
+            setattr(owner, attr, staticmethod(wrap(inner, span_name, category)))
+        return True
+    if callable(raw):
+        if getattr(raw, _MARK, None) is None:
+            setattr(owner, attr, wrap(raw, span_name, category))
+        return True
+    return False
+
+
+def _signature_facts(fn: Callable[..., Any]) -> tuple[tuple[str, ...], dict[str, Any], bool]:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return (), {}, False
+    positional = tuple(code.co_varnames[: code.co_argcount])
+    defaults: dict[str, Any] = {}
+    if fn.__defaults__:
+        defaults.update(zip(positional[-len(fn.__defaults__) :], fn.__defaults__))
+    if fn.__kwdefaults__:
+        defaults.update(fn.__kwdefaults__)
+    all_params = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    return positional, defaults, "field" in all_params
+
+
+def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[..., Any]:
+    """A transparent wrapper that records each call of ``fn`` as a span."""
+    positional, defaults, takes_field = _signature_facts(fn)
+    enter = _native.enter
+    leave = _native.exit
+    state = _state
+    describe_call = _args.describe_call
+    describe_result = _args.describe_result
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not state.active:
+            return fn(*args, **kwargs)
+        try:
+            described = describe_call(positional, defaults, args, kwargs)
+        except Exception as err:  # noqa: BLE001 - describing must never break the call
+            described = {"lynshim_error": type(err).__name__}
+        token = enter(span_name, category, described)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as err:
+            end = {_ARG_ERROR: type(err).__name__}
+            if takes_field and described.get("field") is not None and type(err).__name__ == "FileFormatError":
+                end[_ARG_FOUND] = False
+            leave(token, end)
+            raise
+        try:
+            summary = describe_result(result)
+        except Exception:  # noqa: BLE001
+            summary = None
+        if takes_field and described.get("field") is not None:
+            summary = {**(summary or {}), _ARG_FOUND: True}
+        leave(token, summary)
+        return result
+
+    for attr in _WRAPPER_ASSIGNMENTS:
+        try:
+            setattr(wrapper, attr, getattr(fn, attr))
+        except AttributeError:
+            pass
+    wrapper.__dict__.update(getattr(fn, "__dict__", {}))
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    setattr(wrapper, _MARK, span_name)
+    return wrapper

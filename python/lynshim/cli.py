@@ -1,0 +1,148 @@
+"""The ``lynshim`` command: ``lynshim run [-o DIR] [--label NAME] -- CMD [ARGS…]``.
+
+``run`` starts CMD with the bootstrap ``sitecustomize`` first on ``PYTHONPATH``, so that every Python
+process of its tree that can import lynshim writes a trace into one run directory. CMD inherits stdin,
+stdout and stderr untouched; ``lynshim run`` exits with CMD's status (dying of the same signal when CMD
+did), writes a run record beside the traces and prints one line on stderr saying where they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lynshim import _native, targets
+from lynshim._native import schema
+
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def traced_environment(run_dir: Path, run_id: str, label: str | None, cwd: Path) -> dict[str, str]:
+    """The environment CMD runs in: bootstrap on PYTHONPATH, where to write, which targets."""
+    env = dict(os.environ)
+    paths = [str(BOOTSTRAP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env[schema.ENV_DIR] = str(run_dir)
+    env[schema.ENV_RUN_ID] = run_id
+    env[schema.ENV_BOOTSTRAP] = str(BOOTSTRAP_DIR)
+    if label:
+        env[schema.ENV_LABEL] = label
+    added, dropped = targets.from_pyproject(str(cwd / "pyproject.toml"))
+    if added or dropped:
+        env_added, env_dropped = targets.parse_env(env.get(schema.ENV_TARGETS, ""))
+        env[schema.ENV_TARGETS] = targets.to_env(added + env_added, dropped | env_dropped)
+    return env
+
+
+def run(out: Path, label: str | None, command: list[str]) -> int:
+    cwd = Path.cwd()
+    run_id = new_run_id()
+    run_dir = (out / run_id).resolve()
+    try:
+        run_dir.mkdir(mode=0o700, parents=True)
+    except OSError as err:
+        print(f"lynshim: cannot create the trace directory {run_dir}: {err.strerror}; "
+              "choose another with -o DIR", file=sys.stderr)
+        return 2
+    try:
+        env = traced_environment(run_dir, run_id, label, cwd)
+    except (ValueError, KeyError, OSError) as err:
+        print(f"lynshim: {cwd / 'pyproject.toml'}: bad [tool.lynshim] table: {err}", file=sys.stderr)
+        return 2
+
+    start_ns = time.time_ns()
+    try:
+        child = subprocess.Popen(command, env=env)
+    except FileNotFoundError:
+        print(f"lynshim: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"lynshim: {command[0]}: permission denied", file=sys.stderr)
+        return 126
+
+    # Like a shell: the terminal's Ctrl-C reaches the child directly; SIGTERM sent to us is passed on.
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+    try:
+        returncode = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+    end_ns = time.time_ns()
+
+    traces = sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))
+    user_s, sys_s = _native.children_cpu_s()
+    record = {
+        "run_id": run_id,
+        "label": label,
+        "command": command,
+        "cwd": str(cwd),
+        "start_unix_ns": start_ns,
+        "end_unix_ns": end_ns,
+        "exit_status": returncode if returncode >= 0 else None,
+        "exit_signal": -returncode if returncode < 0 else None,
+        "children_user_s": user_s,
+        "children_sys_s": sys_s,
+        "traced_processes": len(traces),
+    }
+    try:
+        _native.write_run_record(run_dir / schema.RUN_RECORD, record)
+    except ValueError as err:
+        print(f"lynshim: could not write the run record: {err}", file=sys.stderr)
+    where = os.path.relpath(run_dir) if run_dir.is_relative_to(cwd) else str(run_dir)
+    noun = "process" if len(traces) == 1 else "processes"
+    print(f"lynshim: traced {len(traces)} Python {noun}; traces in {where}/", file=sys.stderr)
+
+    if returncode < 0:
+        signal.signal(-returncode, signal.SIG_DFL)
+        os.kill(os.getpid(), -returncode)
+    return returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lynshim",
+        description="Trace every Python process of a command (a lamd build, say) into Chrome-trace "
+        "files that open in Perfetto and that lynanalyze reads.",
+    )
+    parser.add_argument("--version", action="version", version=f"lynshim {_native.__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    run_parser = sub.add_parser(
+        "run",
+        help="run a command with every Python process in it traced",
+        description="Run CMD so that every Python process it starts that can import lynshim writes a "
+        "trace file into DIR/<run-id>/. Exits with CMD's status.",
+        epilog="example: lynshim run -o traces -- make talk.slides.html",
+    )
+    run_parser.add_argument("-o", "--out", type=Path, default=Path("lynshim-traces"), metavar="DIR",
+                            help="directory for the run's traces (default: ./lynshim-traces)")
+    run_parser.add_argument("--label", help="a label stored with the run (e.g. 'cold' or 'server-mode')")
+    run_parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS…]",
+                            help="the command to trace")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb == "run":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            parser.error("run: no command given (usage: lynshim run [-o DIR] -- CMD [ARGS…])")
+        return run(args.out, args.label, command)
+    parser.error(f"unknown command {args.verb}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Shared helpers for lynshim's tests: run commands under ``lynshim run`` and read what they wrote.
+
+Tests run real processes with the interpreter running pytest (the project's ``.venv`` in ``make test``),
+which has lynshim and the pinned lynguine installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lynshim._native import schema
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "corpus"
+SAMPLE = REPO / "tests" / "sample"
+
+
+def load_events(path: Path) -> list[dict[str, Any]]:
+    """Events of a trace file; a file cut short (no closing ``]``) is read as far as it goes."""
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        body = text.rstrip().rstrip(",")
+        return json.loads(body + "\n]")
+
+
+@dataclass
+class Trace:
+    path: Path
+    events: list[dict[str, Any]]
+
+    @property
+    def pid(self) -> int:
+        return self.meta["pid"]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return next(e["args"] for e in self.events if e.get("name") == schema.EVENT_PROCESS)
+
+    @property
+    def exit(self) -> dict[str, Any] | None:
+        return next((e["args"] for e in self.events if e.get("name") == schema.EVENT_EXIT), None)
+
+    @property
+    def process_name(self) -> str:
+        return next(e["args"]["name"] for e in self.events if e.get("ph") == "M" and e["name"] == "process_name")
+
+    def spans(self, cat: str | None = None) -> list[dict[str, Any]]:
+        """Spans as dicts with name, cat, ts, dur, tid, depth, args (begin and end merged)."""
+        out: list[dict[str, Any]] = []
+        stacks: dict[int, list[dict[str, Any]]] = {}
+        for e in self.events:
+            ph = e.get("ph")
+            if ph == "B":
+                stack = stacks.setdefault(e["tid"], [])
+                span = {"name": e["name"], "cat": e["cat"], "ts": e["ts"], "tid": e["tid"],
+                        "depth": len(stack), "args": dict(e.get("args", {})),
+                        "parent": stack[-1]["name"] if stack else None}
+                stack.append(span)
+                out.append(span)
+            elif ph == "E":
+                stack = stacks.get(e["tid"], [])
+                if stack:
+                    span = stack.pop()
+                    span["dur"] = e["ts"] - span["ts"]
+                    span["args"].update(e.get("args", {}))
+            elif ph == "X":
+                out.append({"name": e["name"], "cat": e["cat"], "ts": e["ts"], "dur": e["dur"], "tid": e["tid"],
+                            "depth": None, "args": e.get("args", {}), "parent": None})
+        return [s for s in out if cat is None or s["cat"] == cat]
+
+    def counters(self, name: str) -> list[float]:
+        return [e["args"]["bytes"] for e in self.events if e.get("ph") == "C" and e["name"] == name]
+
+
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess[bytes]
+    run_dir: Path | None
+    traces: list[Trace] = field(default_factory=list)
+
+    def trace_for(self, needle: str) -> Trace:
+        found = [t for t in self.traces if needle in t.process_name]
+        assert len(found) == 1, (needle, [t.process_name for t in self.traces])
+        return found[0]
+
+
+def lynshim_run(out: Path, command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+                input: bytes | None = None, label: str | None = None, timeout: float = 300) -> Run:
+    """Run ``lynshim run -o out -- command`` and load the traces it wrote."""
+    args = [sys.executable, "-m", "lynshim", "run", "-o", str(out)]
+    if label:
+        args += ["--label", label]
+    proc = subprocess.run(args + ["--", *command], cwd=cwd, env=env, input=input,
+                          capture_output=True, timeout=timeout)
+    runs = sorted(p for p in out.iterdir() if p.is_dir()) if out.exists() else []
+    run_dir = runs[-1] if runs else None
+    traces = [Trace(p, load_events(p)) for p in sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))] if run_dir else []
+    return Run(proc, run_dir, traces)
+
+
+def untraced(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+             input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(command, cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without any LYNSHIM_* variable (tests must not inherit a tracing session)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LYNSHIM_")}
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"the shared corpus is absent ({CORPUS} does not exist); corpus tests need it")
+    return CORPUS

@@ -21,12 +21,33 @@ import sys
 # _signal, not signal: signal imports enum, which would then be missing from the program's own trace.
 import _signal
 
-from lynshim import _imports, _native, _state, targets
+from lynshim import _args, _imports, _native, _state, targets
 from lynshim._native import schema
 
 _hooks_installed = False
 _run_id: str | None = None
 _label: str | None = None
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """argv with the values of credential-like options replaced: ``--token=x``, ``--password x``."""
+    out: list[str] = []
+    hide_next = False
+    for word in argv:
+        if hide_next:
+            out.append(_args.REDACTED)
+            hide_next = False
+            continue
+        name, eq, _value = word.partition("=")
+        if word.startswith("-") and _args.is_credential(name.lstrip("-")):
+            if eq:
+                out.append(f"{name}={_args.REDACTED}")
+            else:
+                out.append(word)
+                hide_next = True
+            continue
+        out.append(word)
+    return out
 
 
 def process_name(argv: list[str] | None = None) -> str:
@@ -37,6 +58,7 @@ def process_name(argv: list[str] | None = None) -> str:
             argv = [script, *sys.argv[1:]]
         else:
             argv = list(getattr(sys, "orig_argv", sys.argv))
+    argv = redact_argv(argv)
     if not argv:
         return "python"
     words = [os.path.basename(argv[0]), *argv[1:]]
@@ -47,7 +69,7 @@ def process_name(argv: list[str] | None = None) -> str:
 def _process_meta() -> dict:
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     meta = {
-        "argv": list(getattr(sys, "orig_argv", sys.argv)),
+        "argv": redact_argv(list(getattr(sys, "orig_argv", sys.argv))),
         "cwd": os.getcwd(),
         "executable": sys.executable,
         "python_version": sys.version.split()[0],

@@ -104,7 +104,11 @@ def run(out: Path, label: str | None, command: list[str]) -> int:
     print(f"lynshim: traced {len(traces)} Python {noun}; traces in {where}/", file=sys.stderr)
 
     if returncode < 0:
-        signal.signal(-returncode, signal.SIG_DFL)
+        # Die of the same signal, so whoever started us sees what they would have seen.
+        try:
+            signal.signal(-returncode, signal.SIG_DFL)
+        except (OSError, ValueError):  # SIGKILL and SIGSTOP cannot be handled, and need not be reset
+            pass
         os.kill(os.getpid(), -returncode)
     return returncode
 

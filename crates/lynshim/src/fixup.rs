@@ -357,3 +357,105 @@ impl<W: Write> Write for SharedFixup<W> {
         fixup.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixup() -> Fixup<Vec<u8>> {
+        Fixup::new(Vec::new(), 4242, 0, 1000.0, Box::new(|_| {}))
+    }
+
+    fn events(bytes: &[u8]) -> Vec<Value> {
+        let text = String::from_utf8(bytes.to_vec()).expect("utf8");
+        let text = if text.trim_end().ends_with(']') { text } else { format!("{text}\n]") };
+        serde_json::from_str(&text).expect("valid JSON array")
+    }
+
+    #[test]
+    fn spans_get_real_pid_tid_name_and_args() {
+        let mut f = fixup();
+        f.write_all(b"[\n").unwrap();
+        f.write_all(br#"{"args":{"k":"thread","p":"{\"tid\":77,\"name\":\"MainThread\"}"},"cat":"lynshim","name":"event","ph":"i","pid":1,"tid":0,"ts":1.0,"s":"t"}"#).unwrap();
+        f.write_all(b",\n").unwrap();
+        f.write_all(br#"{"args":{"n":"lynguine","c":"import","a":"{\"file\":\"talk.md\"}"},"cat":"lynshim","name":"span","ph":"B","pid":1,"tid":0,"ts":5.0}"#).unwrap();
+        f.write_all(b",\n").unwrap();
+        f.write_all(br#"{"args":{"n":"lynguine","c":"import","a":"{\"file\":\"talk.md\"}","r":"{\"rows\":3}"},"cat":"lynshim","name":"span","ph":"E","pid":1,"tid":0,"ts":9.0}"#).unwrap();
+        f.flush().unwrap();
+        f.write_all(b"\n]").unwrap();
+        f.flush().unwrap();
+        f.close();
+        let ev = events(&f.into_inner());
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[0]["ph"], "M");
+        assert_eq!(ev[0]["tid"], 77);
+        assert_eq!(ev[1]["name"], "lynguine");
+        assert_eq!(ev[1]["cat"], "import");
+        assert_eq!(ev[1]["pid"], 4242);
+        assert_eq!(ev[1]["tid"], 77);
+        assert_eq!(ev[1]["ts"], 1005.0);
+        assert_eq!(ev[1]["args"]["file"], "talk.md");
+        assert_eq!(ev[2]["args"], json!({"rows": 3}));
+    }
+
+    #[test]
+    fn file_holds_only_whole_events_until_flushed() {
+        let mut f = fixup();
+        f.write_all(b"[\n").unwrap();
+        f.write_all(br#"{"args":{"n":"a","c":"user"},"cat":"x","name":"span","ph":"B","pid":1,"tid":0,"ts":1.0}"#).unwrap();
+        f.write_all(b",\n").unwrap();
+        f.write_all(br#"{"args":{"n":"a","c":"us"#).unwrap();
+        // Cut mid-event (as SIGKILL would leave tracing-chrome's buffer): what reached the sink parses.
+        let ev = events(&f.into_inner());
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0]["name"], "a");
+    }
+
+    #[test]
+    fn closing_an_empty_trace_gives_valid_json() {
+        let mut f = fixup();
+        f.close();
+        assert_eq!(events(&f.into_inner()), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn own_events_become_counters_flows_and_complete_events() {
+        let mut f = fixup();
+        f.write_own(kind::COUNTER, &json!({"name": "rss", "value": 1234}), 9);
+        f.write_own(kind::FLOW_IN, &json!({"name": "req", "cat": "server-client", "id": 5}), 9);
+        f.write_own(kind::COMPLETE, &json!({"name": "start-up", "cat": "startup", "ts": -1000.0, "dur": 1000.0}), 9);
+        f.close();
+        let ev = events(&f.into_inner());
+        assert_eq!(ev[0]["ph"], "C");
+        assert_eq!(ev[0]["args"]["bytes"], 1234);
+        assert_eq!(ev[1]["ph"], "f");
+        assert_eq!(ev[1]["bp"], "e");
+        assert_eq!(ev[2]["ph"], "X");
+        assert_eq!(ev[2]["ts"], 0.0);
+        assert_eq!(ev[2]["dur"], 1000.0);
+    }
+
+    struct Failing;
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_warns_once_and_never_errors() {
+        let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&warnings);
+        let mut f = Fixup::new(Failing, 1, 0, 0.0, Box::new(move |m| sink.lock().unwrap().push(m.to_owned())));
+        for _ in 0..3 {
+            assert!(f.write(br#"{"args":{"n":"a","c":"u"},"ph":"B","tid":0,"ts":1.0}"#).is_ok());
+            assert!(f.write(b"\n").is_ok());
+            assert!(f.flush().is_ok());
+        }
+        f.close();
+        assert_eq!(warnings.lock().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,48 @@
+# lynshim + lynanalyze. Two commands for a new machine: `make demo` and `make test`.
+#
+# Everything is installed into .venv/ from PyPI and crates.io: lynshim (built with maturin), lynanalyze
+# (its binary, as a maturin `bindings = "bin"` wheel), and the lynguine version pinned in pyproject.toml.
+# CARGO_TARGET_DIR may point outside the clone (CI reuses one under ~/.cache between runs).
+
+PYTHON3 ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+DEMO := build/demo
+
+.PHONY: all install demo test test-rust test-python clean
+
+all: install
+
+$(VENV)/.created:
+	$(PYTHON3) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "maturin>=1.9,<2"
+	$(PIP) install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['test']))")
+	touch $@
+
+# Built in release mode once; `cargo test --release` below reuses the same dependency builds.
+install: $(VENV)/.created
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet -m crates/lynanalyze/Cargo.toml
+
+demo: install
+	rm -rf $(DEMO) && mkdir -p $(DEMO) && cp -r tests/sample/. $(DEMO)/
+	cd $(DEMO) && PATH=$(CURDIR)/$(VENV)/bin:$$PATH lynshim run -o traces --label demo -- make -s PYTHON=python
+	@run=$$(ls -d $(DEMO)/traces/*/ | tail -n 1); \
+	  $(VENV)/bin/lynanalyze report "$$run" -o $(DEMO)/report.md --format md >/dev/null; \
+	  $(VENV)/bin/lynanalyze report "$$run"; \
+	  echo; echo "traces: $$run (open any *.lynshim.json in https://ui.perfetto.dev)"; \
+	  echo "report: $(DEMO)/report.md"
+
+test: install test-rust test-python
+
+test-rust:
+	cargo test --release --workspace
+
+test-python:
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf build $(VENV) target

@@ -1,0 +1,126 @@
+//! Report sections and their renderings: terminal tables (comfy-table), Markdown, JSON.
+//!
+//! Every metric family returns a [`Section`]: tables for people, and the same figures as JSON for
+//! programs. The JSON document is versioned ([`JSON_SCHEMA_VERSION`]) and documented in README.md.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table as Comfy};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Version of the JSON report layout.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// A table of a section.
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    pub title: String,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(title: &str, headers: &[&str]) -> Self {
+        Self { title: title.to_owned(), headers: headers.iter().map(|h| (*h).to_owned()).collect(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+}
+
+/// One family of figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    /// Key in the JSON report.
+    pub id: String,
+    pub title: String,
+    pub tables: Vec<Table>,
+    /// Assumptions and explanations printed under the tables.
+    pub notes: Vec<String>,
+    /// The figures, for the JSON report.
+    pub data: Value,
+}
+
+impl Section {
+    pub fn new(id: &str, title: &str) -> Self {
+        Self { id: id.to_owned(), title: title.to_owned(), tables: Vec::new(), notes: Vec::new(), data: Value::Null }
+    }
+}
+
+/// Milliseconds with one decimal, from microseconds.
+pub fn ms(us: f64) -> String {
+    format!("{:.1}", us / 1000.0)
+}
+
+/// A share as a percentage.
+pub fn pct(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!("{:.1}%", 100.0 * part / whole)
+    } else {
+        "–".to_owned()
+    }
+}
+
+/// Mebibytes from bytes.
+pub fn mib(bytes: f64) -> String {
+    format!("{:.1}", bytes / (1024.0 * 1024.0))
+}
+
+/// Terminal rendering.
+pub fn render_text(header: &str, sections: &[Section]) -> String {
+    let mut out = format!("{header}\n");
+    for section in sections {
+        out.push_str(&format!("\n== {} ==\n", section.title));
+        for table in &section.tables {
+            if !table.title.is_empty() {
+                out.push_str(&format!("{}\n", table.title));
+            }
+            let mut comfy = Comfy::new();
+            comfy.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+            comfy.set_width(140);
+            comfy.set_header(table.headers.clone());
+            for row in &table.rows {
+                comfy.add_row(row.clone());
+            }
+            out.push_str(&format!("{comfy}\n"));
+        }
+        for note in &section.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+    }
+    out
+}
+
+/// Markdown rendering, fit for a CIP document.
+pub fn render_markdown(header: &str, sections: &[Section]) -> String {
+    let escape = |s: &str| s.replace('|', "\\|");
+    let mut out = format!("# lynanalyze report\n\n{header}\n");
+    for section in sections {
+        out.push_str(&format!("\n## {}\n", section.title));
+        for table in &section.tables {
+            if !table.title.is_empty() {
+                out.push_str(&format!("\n**{}**\n", table.title));
+            }
+            out.push_str(&format!("\n| {} |\n", table.headers.iter().map(|h| escape(h)).collect::<Vec<_>>().join(" | ")));
+            out.push_str(&format!("|{}\n", " --- |".repeat(table.headers.len())));
+            for row in &table.rows {
+                out.push_str(&format!("| {} |\n", row.iter().map(|c| escape(c)).collect::<Vec<_>>().join(" | ")));
+            }
+        }
+        for note in &section.notes {
+            out.push_str(&format!("\n> {note}\n"));
+        }
+    }
+    out
+}
+
+/// JSON rendering: `{schema_version, summary, sections: {id: data}}`.
+pub fn render_json(summary: Value, sections: &[Section]) -> String {
+    let mut map = serde_json::Map::new();
+    for section in sections {
+        map.insert(section.id.clone(), json!({"title": section.title, "notes": section.notes, "data": section.data}));
+    }
+    let doc = json!({"schema_version": JSON_SCHEMA_VERSION, "summary": summary, "sections": map});
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}

@@ -1,0 +1,354 @@
+"""lynshim's tracer on real processes: activation, trace contents, multi-process builds and faults.
+
+Every test runs real Python processes under ``lynshim run`` (or with ``LYNSHIM_DIR``) and asserts on the
+trace files they leave; the library imported is the real lynguine pinned in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE, Trace, clean_env, load_events, lynshim_run, untraced
+from lynshim._native import schema
+
+PY = sys.executable
+
+
+def test_import_lynguine_process_is_traced(tmp_path: Path) -> None:
+    run = lynshim_run(tmp_path / "t", [PY, "-c", "import lynguine; print('hello')"], env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout == b"hello\n"
+    assert len(run.traces) == 1
+    trace = run.traces[0]
+    meta = trace.meta
+    # Real pid everywhere, and the metadata the analysis needs.
+    assert {e["pid"] for e in trace.events} == {meta["pid"]}
+    for key in ("argv", "ppid", "cwd", "executable", "python_version", "run_id", "wall_zero_ns"):
+        assert key in meta, key
+    assert meta["run_id"] == run.run_dir.name
+    assert trace.process_name.startswith("python") and "import lynguine" in trace.process_name
+    assert any(e.get("ph") == "M" and e["name"] == "thread_name" and e["args"]["name"] == "MainThread"
+               for e in trace.events)
+    # Start-up: one span from the process's start (ts 0) to activation, with CPU so far.
+    startup = trace.spans(schema.CAT_STARTUP)
+    assert len(startup) == 1 and startup[0]["ts"] == 0 and startup[0]["dur"] > 0
+    assert startup[0]["args"]["cpu_user_us"] > 0
+    # Imports: pandas, numpy and lynguine, nested as they nest.
+    imports = {s["name"]: s for s in trace.spans(schema.CAT_IMPORT)}
+    for module in ("pandas", "numpy", "lynguine", "lynguine.util.talk", "yaml"):
+        assert module in imports, module
+    assert imports["lynguine"]["depth"] == 0
+    assert imports["lynguine.util.talk"]["depth"] > imports["lynguine"]["depth"]
+    numpy, pandas = imports["numpy"], imports["pandas"]
+    assert numpy["ts"] >= imports[numpy["parent"] or "numpy"]["ts"]
+    assert pandas["dur"] > 0 and numpy["dur"] > 0
+    # Every import span closes, and children lie inside their parents.
+    spans = trace.spans(schema.CAT_IMPORT)
+    assert all("dur" in s for s in spans)
+    # Memory: RSS at activation, after imports and at exit; peak at exit.
+    rss = trace.counters(schema.EVENT_RSS)
+    assert len(rss) >= 2 and rss[0] < rss[-1]
+    assert trace.counters("peak rss")[0] >= max(rss) * 0.5
+    # Exit.
+    assert trace.exit["exit_status"] == 0
+    assert trace.exit["lynguine_version"] == "0.1.2"
+    assert trace.path.read_text().rstrip().endswith("]")
+
+
+def test_run_record_and_summary_line(tmp_path: Path) -> None:
+    run = lynshim_run(tmp_path / "t", [PY, "-c", "import sys; sys.exit(3)"], env=clean_env(), label="cold")
+    assert run.proc.returncode == 3
+    record = json.loads((run.run_dir / schema.RUN_RECORD).read_text())
+    assert record["exit_status"] == 3 and record["label"] == "cold"
+    assert record["command"][0] == PY and record["traced_processes"] == 1
+    assert record["end_unix_ns"] > record["start_unix_ns"]
+    assert record["children_user_s"] + record["children_sys_s"] > 0
+    assert run.proc.stderr.decode().strip().splitlines()[-1].startswith("lynshim: traced 1 Python process;")
+    assert run.traces[0].exit["exit_status"] == 3
+
+
+def test_multi_process_make_build(tmp_path: Path) -> None:
+    work = tmp_path / "sample"
+    shutil.copytree(SAMPLE, work)
+    env = clean_env()
+    env["PATH"] = str(Path(PY).parent) + os.pathsep + env["PATH"]
+    run = lynshim_run(tmp_path / "t", ["make", "-s", f"PYTHON={PY}"], cwd=work, env=env)
+    assert run.proc.returncode == 0, run.proc.stderr
+    # One file per Python process make started (seven rules), each named by its command.
+    assert len(run.traces) == 7
+    names = sorted(t.process_name for t in run.traces)
+    assert "lamd_calls.py mdfield title talk.md" in names
+    assert len({t.pid for t in run.traces}) == 7
+    assert len({t.path.name for t in run.traces}) == 7
+    # make and sh are not Python: each trace's parent process is untraced.
+    for trace in run.traces:
+        assert "parent_trace" not in trace.meta
+        assert trace.exit["exit_status"] == 0
+    assert (work / "out" / "title.txt").read_text() == "Where does the time go?\n"
+
+
+def test_parent_links_between_python_processes(tmp_path: Path) -> None:
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'print(1)'], check=True)"
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == 0
+    assert len(run.traces) == 2
+    parent = next(t for t in run.traces if "subprocess" in t.process_name)
+    child = next(t for t in run.traces if t is not parent)
+    assert child.meta["parent_trace"] == str(parent.path)
+    assert child.meta["parent_pid"] == parent.pid
+    # One clock: the child starts after its parent.
+    assert child.meta["wall_zero_ns"] > parent.meta["wall_zero_ns"]
+
+
+OUTPUT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from lynguine.util.talk import talk_field
+    print("field:", talk_field("title", "talk.md", user_file=["_lamd.yml"]))
+    print("to stderr", file=sys.stderr)
+    sys.stdout.write(sys.stdin.read().upper())
+    sys.exit(7)
+    """
+)
+
+
+def test_output_and_exit_status_are_byte_identical(tmp_path: Path) -> None:
+    work = tmp_path / "sample"
+    shutil.copytree(SAMPLE, work)
+    script = work / "script.py"
+    script.write_text(OUTPUT_SCRIPT)
+    bare = untraced([PY, str(script)], cwd=work, env=clean_env(), input=b"some input\n")
+    traced = lynshim_run(tmp_path / "t", [PY, str(script)], cwd=work, env=clean_env(), input=b"some input\n")
+    assert bare.returncode == traced.proc.returncode == 7
+    assert traced.proc.stdout == bare.stdout
+    summary = b"lynshim: traced 1 Python process;"
+    lines = traced.proc.stderr.splitlines(keepends=True)
+    assert lines[-1].startswith(summary)
+    assert b"".join(lines[:-1]) == bare.stderr
+
+
+def test_uncaught_exception(tmp_path: Path) -> None:
+    code = "import lynguine\nraise KeyError('boom')"
+    bare = untraced([PY, "-c", code], env=clean_env())
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == bare.returncode == 1
+    assert run.proc.stderr.splitlines()[:-1] == bare.stderr.splitlines()
+    trace = run.traces[0]
+    assert trace.exit["exit_status"] == 1
+    assert trace.path.read_text().rstrip().endswith("]")
+
+
+def test_sigterm_closes_the_trace_and_dies_of_sigterm(tmp_path: Path) -> None:
+    code = "import os, signal, lynguine\nos.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(5)"
+    bare = untraced([PY, "-c", code], env=clean_env())
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert bare.returncode == run.proc.returncode == -15
+    trace = run.traces[0]
+    assert trace.exit["exit_signal"] == 15 and trace.exit["exit_status"] is None
+    assert json.loads(trace.path.read_text())  # complete JSON, closing bracket included
+
+
+def test_program_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import os, signal, sys
+        signal.signal(signal.SIGTERM, lambda *a: (print("handled"), sys.exit(4)))
+        os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == 4 and run.proc.stdout == b"handled\n"
+    assert run.traces[0].exit["exit_status"] == 4
+
+
+@pytest.mark.parametrize("how", ["sigkill", "os_exit"])
+def test_killed_process_leaves_a_loadable_partial_trace(tmp_path: Path, how: str) -> None:
+    end = "os.kill(os.getpid(), signal.SIGKILL)" if how == "sigkill" else "os._exit(9)"
+    code = textwrap.dedent(
+        f"""
+        import os, signal, time, lynshim
+        import lynguine
+        for i in range(200):
+            with lynshim.span("step", i=i):
+                pass
+        time.sleep(0.3)  # the writer thread catches up; what follows is lost
+        {end}
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == (-9 if how == "sigkill" else 9)
+    trace = run.traces[0]
+    text = trace.path.read_text()
+    assert not text.rstrip().endswith("]")
+    events = load_events(trace.path)  # parses once the missing ] is allowed
+    steps = [s for s in Trace(trace.path, events).spans(schema.CAT_USER) if s["name"] == "step"]
+    # At most the last few events are lost.
+    assert len(steps) >= 200 - 64 // 2
+    assert any(s["name"] == "lynguine" for s in Trace(trace.path, events).spans(schema.CAT_IMPORT))
+    assert trace.exit is None
+
+
+def test_fork_child_writes_its_own_file(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import os, lynshim
+        with lynshim.span("before fork"):
+            pass
+        pid = os.fork()
+        if pid == 0:
+            with lynshim.span("in child"):
+                import json
+            raise SystemExit(0)
+        _, status = os.waitpid(pid, 0)
+        with lynshim.span("in parent"):
+            pass
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert len(run.traces) == 2
+    child = next(t for t in run.traces if "forked_from" in t.meta)
+    parent = next(t for t in run.traces if t is not child)
+    assert child.meta["forked_from"] == str(parent.path)
+    assert {s["name"] for s in child.spans(schema.CAT_USER)} == {"in child"}
+    assert {s["name"] for s in parent.spans(schema.CAT_USER)} == {"before fork", "in parent"}
+    assert json.loads(parent.path.read_text()) and json.loads(child.path.read_text())
+    assert child.exit["exit_status"] == 0 and parent.exit["exit_status"] == 0
+
+
+def test_threads_get_their_own_tracks(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import threading, lynshim
+        def work():
+            with lynshim.span("in thread"):
+                pass
+        t = threading.Thread(target=work, name="worker-1")
+        t.start(); t.join()
+        with lynshim.span("in main"):
+            pass
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    trace = run.traces[0]
+    names = {e["tid"]: e["args"]["name"] for e in trace.events if e.get("ph") == "M" and e["name"] == "thread_name"}
+    spans = {s["name"]: s for s in trace.spans(schema.CAT_USER)}
+    assert names[spans["in thread"]["tid"]] == "worker-1"
+    assert names[spans["in main"]["tid"]] == "MainThread"
+    assert spans["in main"]["tid"] == trace.pid
+
+
+def test_unwritable_trace_dir_warns_once_and_runs_on(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file, not a directory")
+    env = clean_env()
+    env[schema.ENV_DIR] = str(blocked / "traces")
+    code = "import lynshim, lynguine; print('ran')\nwith lynshim.span('x'): pass"
+    proc = subprocess.run([PY, "-c", code], env=env, capture_output=True)
+    assert proc.returncode == 0 and proc.stdout == b"ran\n"
+    warnings = [line for line in proc.stderr.decode().splitlines() if line.startswith("lynshim:")]
+    assert len(warnings) == 1 and "tracing is off" in warnings[0]
+
+
+def test_in_code_activation_and_api(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import lynshim
+        assert not lynshim.is_active()
+        path = lynshim.start(DIR)
+        assert lynshim.is_active() and path == lynshim.trace_path()
+
+        @lynshim.span("decorated", what="x")
+        def f(a, b=2):
+            "doc"
+            return a + b
+
+        import os
+        with lynshim.span("outer", api_token=os.environ["SECRET"], rss=True):
+            assert f(1) == 3
+        assert f.__name__ == "f" and f.__doc__ == "doc"
+        lynshim.stop()
+        assert not lynshim.is_active()
+        print(path)
+        """
+    ).replace("DIR", repr(str(tmp_path / "api")))
+    env = clean_env()
+    env["SECRET"] = "s3cret"
+    proc = subprocess.run([PY, "-c", code, "--password", "hunter2", "--api-key=k3y"], env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.decode().strip())
+    trace = Trace(path, json.loads(path.read_text()))
+    spans = {s["name"]: s for s in trace.spans(schema.CAT_USER)}
+    assert spans["decorated"]["parent"] == "outer"
+    assert spans["decorated"]["args"]["what"] == "x"
+    assert spans["outer"]["args"]["api_token"] == schema.REDACTED
+    text = path.read_text()
+    assert "s3cret" not in text and "hunter2" not in text and "k3y" not in text
+    assert trace.meta["argv"][-3:] == ["--password", schema.REDACTED, "--api-key=" + schema.REDACTED]
+    assert trace.exit is None  # stopped, not exited
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_import_lynshim_without_environment_does_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run([PY, "-c", "import lynshim, os; print(lynshim.is_active())"], cwd=tmp_path,
+                          env=clean_env(), capture_output=True)
+    assert proc.stdout == b"False\n" and proc.stderr == b""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_lynshim_with_environment_activates(tmp_path: Path) -> None:
+    env = clean_env()
+    env[schema.ENV_DIR] = str(tmp_path / "env")
+    proc = subprocess.run([PY, "-c", "import lynshim; print(lynshim.is_active())"], env=env, capture_output=True)
+    assert proc.stdout == b"True\n"
+    files = list((tmp_path / "env").glob("*" + schema.TRACE_SUFFIX))
+    assert len(files) == 1
+    assert stat.S_IMODE((tmp_path / "env").stat().st_mode) == 0o700
+
+
+def test_existing_sitecustomize_still_runs(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['USER_SITECUSTOMIZE'] = 'ran'\n")
+    env = clean_env()
+    env["PYTHONPATH"] = str(site)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", "import os; print(os.environ.get('USER_SITECUSTOMIZE'))"], env=env)
+    assert run.proc.stdout == b"ran\n"
+    assert len(run.traces) == 1
+
+
+def test_python_that_cannot_import_lynshim_runs_untraced(tmp_path: Path) -> None:
+    other = tmp_path / "other-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(other)], check=True)
+    run = lynshim_run(tmp_path / "t", [str(other / "bin" / "python"), "-c", "print('plain')"], env=clean_env())
+    assert run.proc.returncode == 0 and run.proc.stdout == b"plain\n"
+    assert run.traces == []
+    assert b"traced 0 Python processes" in run.proc.stderr
+
+
+def test_command_not_found(tmp_path: Path) -> None:
+    run = lynshim_run(tmp_path / "t", ["definitely-not-a-command-xyz"], env=clean_env())
+    assert run.proc.returncode == 127
+    assert b"definitely-not-a-command-xyz: command not found" in run.proc.stderr
+
+
+def test_lynshim_help() -> None:
+    proc = subprocess.run([PY, "-m", "lynshim", "run", "--help"], capture_output=True)
+    assert proc.returncode == 0 and b"-o DIR" in proc.stdout
+
+
+def test_trace_files_are_private_and_never_clobbered(tmp_path: Path) -> None:
+    run = lynshim_run(tmp_path / "t", [PY, "-c", "pass"], env=clean_env())
+    path = run.traces[0].path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    pid, start, nonce = path.name.removesuffix(schema.TRACE_SUFFIX).split("-")
+    assert int(pid) == run.traces[0].pid and int(start) > 0 and len(nonce) == 8

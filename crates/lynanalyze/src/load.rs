@@ -27,6 +27,7 @@ pub struct Span {
     pub self_us: f64,
     pub depth: u32,
     pub parent: Option<String>,
+    pub parent_cat: Option<String>,
     pub args: Map<String, Value>,
     /// The file ended before this span did.
     pub unfinished: bool,
@@ -286,6 +287,7 @@ fn build(events: Vec<RawEvent>, truncated: bool, bytes: u64) -> Result<ProcessTr
             "B" => {
                 let stack = open.entry(ev.tid).or_default();
                 let parent = stack.last().map(|(i, _)| trace.spans[*i].name.clone());
+                let parent_cat = stack.last().map(|(i, _)| trace.spans[*i].cat.clone());
                 stack.push((trace.spans.len(), 0.0));
                 trace.spans.push(Span {
                     name: ev.name,
@@ -296,6 +298,7 @@ fn build(events: Vec<RawEvent>, truncated: bool, bytes: u64) -> Result<ProcessTr
                     self_us: 0.0,
                     depth: u32::try_from(stack.len() - 1).unwrap_or(u32::MAX),
                     parent,
+                    parent_cat,
                     args: ev.args,
                     unfinished: false,
                 });
@@ -322,6 +325,7 @@ fn build(events: Vec<RawEvent>, truncated: bool, bytes: u64) -> Result<ProcessTr
                 self_us: ev.dur.max(0.0),
                 depth: 0,
                 parent: None,
+                parent_cat: None,
                 args: ev.args,
                 unfinished: false,
             }),

@@ -77,7 +77,7 @@ pub fn render_text(header: &str, sections: &[Section]) -> String {
                 out.push_str(&format!("{}\n", table.title));
             }
             let mut comfy = Comfy::new();
-            comfy.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+            comfy.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
             comfy.set_width(140);
             comfy.set_header(table.headers.clone());
             for row in &table.rows {

@@ -1,0 +1,149 @@
+//! The command line: `lynanalyze [report] TRACES… [--format text|md|json] [-o OUT] [--spans FILE]`.
+//!
+//! Exit status: 0 when every input was read; 1 when some files were skipped (the report covers the
+//! rest, and each skipped file was named on stderr); 2 when nothing could be analysed or the command
+//! line was wrong.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::load::{self, LoadOptions};
+use crate::{frame, metrics, report};
+
+#[derive(Parser, Debug)]
+#[command(name = "lynanalyze", version, about = "Where a traced lamd build spent its time: reads lynshim traces \
+    and reports call frequency, operation mix, start-up against work, imports, memory, concurrency, config \
+    files and what lynguine's server mode (CIP-0008) would save.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Report on traces (the default command): files or directories, searched recursively.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// Trace files or directories written by `lynshim run`.
+    #[arg(required = true, value_name = "TRACES")]
+    inputs: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Write the report to this file instead of stdout.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Also write every span as a table (.parquet or .csv).
+    #[arg(long, value_name = "FILE")]
+    spans: Option<PathBuf>,
+    /// Rows in the longest tables.
+    #[arg(long, default_value_t = 15)]
+    top: usize,
+    /// Cost of one request to a warm lynguine server, used when no server-mode trace measures it.
+    #[arg(long, default_value_t = 2.0, value_name = "MS")]
+    request_cost_ms: f64,
+    /// Skip trace files larger than this many bytes.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_file_size: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Text,
+    Md,
+    Json,
+}
+
+/// Insert the default `report` command when the first argument is not a command or a global flag.
+fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let known = ["report", "help", "-h", "--help", "-V", "--version"];
+    if args.len() > 1 && !known.contains(&first) {
+        let mut out = vec![args[0].clone(), OsString::from("report")];
+        out.extend(args.into_iter().skip(1));
+        out
+    } else {
+        args
+    }
+}
+
+/// Run the command line; never panics, returns the exit status.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(with_default_command(args.into_iter().collect())) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Report(args) => match report_command(&args) {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("lynanalyze: {err:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let loaded = load::load(&args.inputs, LoadOptions {
+        max_file_bytes: args.max_file_size,
+        progress: std::io::stderr().is_terminal(),
+    });
+    for problem in &loaded.skipped {
+        eprintln!("lynanalyze: skipped {problem}");
+    }
+    for warning in &loaded.warnings {
+        eprintln!("lynanalyze: warning: {warning}");
+    }
+    if loaded.processes.is_empty() {
+        anyhow::bail!("no lynshim traces could be read from {} (run a command under `lynshim run` first)",
+            args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let mut spans = frame::spans(&loaded.processes).context("building the span table")?;
+    let options = metrics::Options { top: args.top, assumed_request_ms: args.request_cost_ms };
+    let sections = metrics::all(&loaded, &spans, options)?;
+    let runs: std::collections::BTreeSet<&str> = loaded.processes.iter().map(|p| p.run_id.as_str()).collect();
+    let header = format!(
+        "{} processes from {} run(s), {} spans, {:.1} MB of traces; {} file(s) skipped, {} cut short",
+        loaded.processes.len(), runs.len(), spans.height(), loaded.bytes as f64 / 1e6, loaded.skipped.len(), loaded.warnings.len()
+    );
+    let text = match args.format {
+        Format::Text => report::render_text(&header, &sections),
+        Format::Md => report::render_markdown(&header, &sections),
+        Format::Json => report::render_json(
+            json!({"processes": loaded.processes.len(), "runs": runs, "spans": spans.height(), "bytes": loaded.bytes,
+                   "skipped": loaded.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                   "cut_short": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+            &sections,
+        ),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = out.write_all(text.as_bytes());
+        }
+    }
+    if let Some(path) = &args.spans {
+        frame::write_spans(&mut spans, path)?;
+    }
+    if std::io::stderr().is_terminal() {
+        eprintln!("lynanalyze: {} in {:.2?}", header.split(';').next().unwrap_or(""), started.elapsed());
+    }
+    Ok(if loaded.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,127 @@
+//! Imports: which modules cost most (self and cumulative), how many processes paid for each, the
+//! share of start-up they make, and lazy-import candidates.
+//!
+//! A lazy-import candidate is a top-level package that a process imported but into which no traced
+//! span of that process calls. Only lynguine and lamd entry points are traced, so "no traced call" is
+//! the evidence, and the report says so: pandas is a candidate for a process whose lynguine calls
+//! never needed a data frame only if those calls are what lynshim traced.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use polars::prelude::*;
+use serde_json::json;
+
+use crate::frame::{f64s, strs};
+use crate::load::{is_call, ProcessTrace};
+use crate::report::{ms, pct, Section, Table};
+
+/// Per module: processes that imported it, total and mean self/cumulative time.
+pub fn per_module(spans: &DataFrame) -> PolarsResult<DataFrame> {
+    spans
+        .clone()
+        .lazy()
+        .filter(col("cat").eq(lit(lynschema::category::IMPORT)))
+        .group_by([col("name")])
+        .agg([
+            col("pid").n_unique().alias("processes"),
+            col("self_us").sum().alias("self_us"),
+            col("dur_us").sum().alias("cumulative_us"),
+            col("self_us").mean().alias("mean_self_us"),
+            col("dur_us").mean().alias("mean_cumulative_us"),
+        ])
+        .sort(["cumulative_us"], SortMultipleOptions::default().with_order_descending(true))
+        .collect()
+}
+
+/// Per top-level package: self time summed over its modules.
+pub fn per_package(spans: &DataFrame) -> PolarsResult<DataFrame> {
+    spans
+        .clone()
+        .lazy()
+        .filter(col("cat").eq(lit(lynschema::category::IMPORT)))
+        .group_by([col("package")])
+        .agg([col("pid").n_unique().alias("processes"), col("self_us").sum().alias("self_us")])
+        .sort(["self_us"], SortMultipleOptions::default().with_order_descending(true))
+        .collect()
+}
+
+pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> anyhow::Result<Section> {
+    let mut section = Section::new("imports", "Imports");
+    let total_import: f64 = processes.iter().flat_map(|p| &p.spans).filter(|s| s.cat == lynschema::category::IMPORT)
+        .map(|s| s.self_us).sum();
+
+    let df = per_module(spans)?;
+    let name = strs(&df, "name")?;
+    let cols = ["processes", "self_us", "cumulative_us", "mean_self_us", "mean_cumulative_us"];
+    let v = cols.iter().map(|c| f64s(&df, c)).collect::<PolarsResult<Vec<_>>>()?;
+    let get = |c: usize, i: usize| v[c][i].unwrap_or(0.0);
+    let mut by_cumulative = Table::new("top modules by cumulative time",
+        &["module", "processes", "cumulative ms (all)", "mean cumulative ms", "self ms (all)", "mean self ms"]);
+    let mut modules = Vec::new();
+    for i in 0..df.height() {
+        let n = name[i].clone().unwrap_or_default();
+        if i < top {
+            by_cumulative.row(vec![n.clone(), format!("{:.0}", get(0, i)), ms(get(2, i)), ms(get(4, i)), ms(get(1, i)), ms(get(3, i))]);
+        }
+        modules.push(json!({"module": n, "processes": get(0, i), "self_us": get(1, i), "cumulative_us": get(2, i),
+            "mean_self_us": get(3, i), "mean_cumulative_us": get(4, i)}));
+    }
+    section.tables.push(by_cumulative);
+
+    let mut by_self: Vec<_> = (0..df.height()).collect();
+    by_self.sort_by(|&a, &b| get(1, b).total_cmp(&get(1, a)));
+    let mut self_table = Table::new("top modules by self time", &["module", "processes", "self ms (all)", "share of import time"]);
+    for &i in by_self.iter().take(top) {
+        self_table.row(vec![name[i].clone().unwrap_or_default(), format!("{:.0}", get(0, i)), ms(get(1, i)), pct(get(1, i), total_import)]);
+    }
+    section.tables.push(self_table);
+
+    let packages = per_package(spans)?;
+    let (pkg, pkg_procs, pkg_self) = (strs(&packages, "package")?, f64s(&packages, "processes")?, f64s(&packages, "self_us")?);
+    let mut package_table = Table::new("by top-level package", &["package", "processes", "self ms (all)", "share of import time"]);
+    let mut package_data = Vec::new();
+    for i in 0..packages.height() {
+        let (p, s) = (pkg_procs[i].unwrap_or(0.0), pkg_self[i].unwrap_or(0.0));
+        if i < top {
+            package_table.row(vec![pkg[i].clone().unwrap_or_default(), format!("{p:.0}"), ms(s), pct(s, total_import)]);
+        }
+        package_data.push(json!({"package": pkg[i], "processes": p, "self_us": s}));
+    }
+    section.tables.push(package_table);
+
+    // Lazy-import candidates: packages imported by a process with no traced call into them.
+    let mut candidates: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    for p in processes {
+        let called: BTreeSet<&str> = p.spans.iter().filter(|s| is_call(&s.cat))
+            .filter_map(|s| s.name.split('.').next()).collect();
+        let mut cost: BTreeMap<&str, f64> = BTreeMap::new();
+        for s in p.spans.iter().filter(|s| s.cat == lynschema::category::IMPORT) {
+            if let Some(package) = s.name.split('.').next() {
+                *cost.entry(package).or_default() += s.self_us;
+            }
+        }
+        for (package, us) in cost {
+            if !called.contains(package) {
+                let entry = candidates.entry(package.to_owned()).or_default();
+                entry.0 += 1;
+                entry.1 += us;
+            }
+        }
+    }
+    let mut ranked: Vec<_> = candidates.into_iter().collect();
+    ranked.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    let mut lazy = Table::new("lazy-import candidates", &["package", "processes importing it without a traced call into it", "import self ms (all)"]);
+    let mut lazy_data = Vec::new();
+    for (package, (count, us)) in ranked.iter().take(top) {
+        lazy.row(vec![package.clone(), count.to_string(), ms(*us)]);
+    }
+    for (package, (count, us)) in &ranked {
+        lazy_data.push(json!({"package": package, "processes": count, "self_us": us}));
+    }
+    section.tables.push(lazy);
+    section.notes.push("lazy-import candidates: only lynguine and lamd entry points are traced, so a package \
+        listed may still be used indirectly (lynguine's readers use pandas); the time is what importing it cost".into());
+    section.data = json!({"modules": modules, "packages": package_data, "lazy_import_candidates": lazy_data,
+                          "total_import_self_us": total_import});
+    Ok(section)
+}

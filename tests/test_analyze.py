@@ -1,0 +1,141 @@
+"""lynanalyze end to end: a real traced build of real lynguine calls, checked against a brute-force
+count made here from the same trace files, every output format, and every kind of bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE, Trace, clean_env, load_events, lynshim_run
+from lynshim._native import schema
+
+LYNANALYZE = shutil.which("lynanalyze", path=str(Path(sys.executable).parent)) or "lynanalyze"
+
+
+def analyze(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LYNANALYZE, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample build, traced once for the module: seven Python processes under make."""
+    root = tmp_path_factory.mktemp("build")
+    work = root / "sample"
+    shutil.copytree(SAMPLE, work)
+    env = clean_env()
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    run = lynshim_run(root / "traces", ["make", "-s", f"PYTHON={sys.executable}"], cwd=work, env=env)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert len(run.traces) == 7
+    return run.run_dir
+
+
+def brute_force(run_dir: Path) -> dict:
+    """Call counts per entry point and per category, counted directly from the JSON events."""
+    calls: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
+    processes: dict[str, set[int]] = {}
+    for path in run_dir.glob("*" + schema.TRACE_SUFFIX):
+        trace = Trace(path, load_events(path))
+        for span in trace.spans():
+            if span["cat"] in schema.WORK_CATEGORIES:
+                calls[span["name"]] += 1
+                categories[span["cat"]] += 1
+                processes.setdefault(span["name"], set()).add(trace.pid)
+    return {"calls": calls, "categories": categories, "processes": processes}
+
+
+def test_report_json_agrees_with_a_brute_force_count(build: Path) -> None:
+    proc = analyze("report", build, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["schema_version"] == 1 and report["summary"]["processes"] == 7
+    expected = brute_force(build)
+    entry_points = {row["name"]: row for row in report["sections"]["call_frequency"]["data"]["entry_points"]}
+    assert {name: row["calls"] for name, row in entry_points.items()} == dict(expected["calls"])
+    for name, row in entry_points.items():
+        assert row["processes"] == len(expected["processes"][name])
+        assert row["p50_us"] <= row["p95_us"]
+    mix = {row["category"]: row["calls"] for row in report["sections"]["operation_mix"]["data"]}
+    assert mix == dict(expected["categories"])
+    assert sum(r["share_of_calls"] for r in report["sections"]["operation_mix"]["data"]) == pytest.approx(1.0)
+    # Per process: the phases add up to no more than the wall time, and lynguine's import dominates.
+    for row in report["sections"]["processes"]["data"]:
+        parts = row["startup_us"] + row["activation_us"] + row["import_us"] + row["work_us"] + row["unattributed_us"]
+        assert parts == pytest.approx(row["wall_us"], rel=1e-6) or parts >= row["wall_us"]
+        assert row["import_us"] > row["work_us"] and row["exit"] == "0"
+    imports = {m["module"]: m for m in report["sections"]["imports"]["data"]["modules"]}
+    assert imports["pandas"]["processes"] == 7 and imports["lynguine"]["cumulative_us"] > imports["pandas"]["cumulative_us"]
+    configs = {c["file"]: c for c in report["sections"]["config_files"]["data"]}
+    expected_reads = sum(
+        1 for path in build.glob("*" + schema.TRACE_SUFFIX) for span in Trace(path, load_events(path)).spans()
+        if span["cat"] == schema.CAT_CONFIG and "_lamd.yml" in str(span["args"].get("user_file", "")).split(","))
+    assert configs["_lamd.yml"]["reads"] == expected_reads > 0
+    concurrency = report["sections"]["concurrency"]["data"]
+    assert concurrency["processes"] == 7 and concurrency["max_alive"] == 1  # make -j1: one at a time
+    projection = report["sections"]["cip0008_projection"]["data"]
+    assert projection["request_cost_source"].startswith("ASSUMED") and projection["speedup"] > 1
+    runs = report["sections"]["startup_vs_work"]["data"]["runs"]
+    assert len(runs) == 1 and runs[0]["python_alive_us"] <= runs[0]["wall_us"]
+
+
+def test_text_and_markdown_reports(build: Path, tmp_path: Path) -> None:
+    text = analyze(build)  # `report` is the default command
+    assert text.returncode == 0, text.stderr
+    for title in ("Call frequency", "Operation mix", "Start-up against work", "Imports", "Memory", "Concurrency",
+                  "Config files", "CIP-0008"):
+        assert title in text.stdout, title
+    out = tmp_path / "report.md"
+    md = analyze("report", build, "--format", "md", "-o", out)
+    assert md.returncode == 0 and md.stdout == ""
+    body = out.read_text()
+    assert body.startswith("# lynanalyze report") and "| entry point |" in body
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_spans_export(build: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"spans.{suffix}"
+    proc = analyze("report", build, "--format", "json", "--spans", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 1000
+    if suffix == "csv":
+        header = out.read_text().splitlines()[0].split(",")
+        assert header[:4] == ["run_id", "pid", "process", "group"] and "self_us" in header
+
+
+def test_bad_files_are_named_skipped_and_counted(build: Path, tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(build, mixed)
+    good = sorted(mixed.glob("*" + schema.TRACE_SUFFIX))
+    text = good[0].read_text()
+    (mixed / "1-1-truncated.lynshim.json").write_text(text[: len(text) // 2])
+    (mixed / "2-2-empty.lynshim.json").write_text("")
+    (mixed / "3-3-garbage.lynshim.json").write_bytes(b"\x00\xffnot json at all")
+    (mixed / "4-4-shape.lynshim.json").write_text('{"traceEvents": []}')
+    (mixed / "5-5-array.lynshim.json").write_text('[{"ph": "B"}]')
+    proc = analyze("report", mixed, "--format", "json", "--max-file-size", str(10_000_000))
+    assert proc.returncode == 1
+    messages = proc.stderr.splitlines()
+    for name in ("2-2-empty", "3-3-garbage", "4-4-shape", "5-5-array"):
+        assert any(name in m and m.startswith("lynanalyze: skipped") for m in messages), name
+    assert any("1-1-truncated" in m and "cut short" in m for m in messages)
+    report = json.loads(proc.stdout)
+    assert report["summary"]["processes"] == 8 and len(report["summary"]["skipped"]) == 4
+    # Too large: skipped with the limit named.
+    big = analyze("report", good[0], "--max-file-size", "10")
+    assert big.returncode == 2 and "too large" in big.stderr and "--max-file-size" in big.stderr
+
+
+def test_no_traces_and_usage_errors(tmp_path: Path) -> None:
+    missing = analyze("report", tmp_path / "nothing-here")
+    assert missing.returncode == 2 and "nothing-here" in missing.stderr
+    assert analyze("--help").returncode == 0
+    assert analyze("report", "--format", "pdf", tmp_path).returncode == 2

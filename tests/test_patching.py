@@ -1,0 +1,259 @@
+"""Patching lynguine's entry points: the target table, the moment of patching, and transparency.
+
+Transparency is checked on the real lynguine (results and exceptions with and without the shim, in
+separate processes) and, for the wrapper mechanics (binding kinds, signatures, threads, recursion), on a
+small fixture module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE, clean_env, lynshim_run
+from lynshim import _patch, _state, targets
+from lynshim._native import schema
+
+PY = sys.executable
+
+
+def test_every_default_lynguine_target_exists_in_the_pinned_version() -> None:
+    import importlib
+
+    for target in targets.DEFAULT_TARGETS:
+        if target.module.startswith("lamd."):
+            continue  # lamd is not installed in the test environment
+        module = importlib.import_module(target.module)
+        if target.qualname.endswith("*"):
+            prefix = target.qualname[:-1]
+            assert any(name.startswith(prefix) for name in vars(module)), target
+            continue
+        owner = module
+        for part in target.qualname.split("."):
+            owner = getattr(owner, part)
+        assert callable(owner), target
+        assert target.category in schema.OPERATION_CATEGORIES + [schema.CAT_LAMD], target
+
+
+def test_env_targets_parse_and_round_trip() -> None:
+    added, dropped = targets.parse_env("pkg.mod:Cls.meth=compute; -lynguine.util.tex:extract_citations")
+    assert added == [targets.Target("pkg.mod", "Cls.meth", "compute")]
+    assert dropped == {"lynguine.util.tex:extract_citations"}
+    assert targets.parse_env(targets.to_env(added, dropped)) == (added, dropped)
+    with pytest.raises(ValueError, match="module:qualname"):
+        targets.parse_env("nonsense")
+    rows = targets.active_targets({schema.ENV_TARGETS: "-lynguine.util.tex:extract_citations"})
+    assert all(t.key != "lynguine.util.tex:extract_citations" for t in rows)
+
+
+# --- wrapper mechanics on a fixture module ------------------------------------------------------
+
+class Base:
+    calls: list[str] = []
+
+    def method(self, x: int, *, scale: int = 2) -> int:
+        "a method"
+        return x * scale
+
+    @classmethod
+    def build(cls, name: str) -> tuple[type, str]:
+        "a classmethod"
+        return cls, name
+
+    @staticmethod
+    def helper(a: int, b: int = 1) -> int:
+        return a - b
+
+
+class Child(Base):
+    pass
+
+
+def recursive(n: int) -> int:
+    return 0 if n == 0 else 1 + recursive(n - 1)
+
+
+def failing(field: str) -> None:
+    raise KeyError(field)
+
+
+@pytest.fixture
+def patched(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = sys.modules[__name__]
+    monkeypatch.setattr(_state, "active", True)
+    for owner, attr in ((Base, "method"), (Base, "build"), (Base, "helper"), (module, "recursive"), (module, "failing")):
+        monkeypatch.setattr(owner, attr, vars(owner)[attr])
+        assert _patch._patch_attribute(owner, attr, f"fixture.{attr}", schema.CAT_COMPUTE)
+
+
+def test_wrappers_keep_names_signatures_and_binding(patched: None) -> None:
+    assert Base.method.__name__ == "method" and Base.method.__qualname__ == "Base.method"
+    assert Base.method.__doc__ == "a method" and Base.method.__module__ == __name__
+    assert inspect.signature(Base.method) == inspect.signature(Base.method.__wrapped__)
+    # (annotations are strings here: this module uses `from __future__ import annotations`)
+    assert str(inspect.signature(Child.build)) == "(name: 'str') -> 'tuple[type, str]'"
+    assert str(inspect.signature(Base.helper)) == "(a: 'int', b: 'int' = 1) -> 'int'"
+    assert isinstance(vars(Base)["build"], classmethod) and isinstance(vars(Base)["helper"], staticmethod)
+    assert Child().method(3) == 6 and Child().method(3, scale=3) == 9
+    assert Child.build("x") == (Child, "x")  # the subclass binds, through the wrapper on Base
+    assert Base.helper(5) == 4 and Child().helper(5, 2) == 3
+    assert recursive(20) == 20
+
+
+def test_wrappers_reraise_the_same_exception(patched: None) -> None:
+    with pytest.raises(KeyError) as info:
+        failing("title")
+    assert info.value.args == ("title",)
+    frames = [f.name for f in __import__("traceback").extract_tb(info.tb)]
+    assert frames[-1] == "failing" and frames.count("wrapper") <= 1
+
+
+def test_wrappers_are_thread_safe(patched: None) -> None:
+    results: list[int] = []
+
+    def work() -> None:
+        for i in range(200):
+            results.append(Base().method(i))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == sorted([i * 2 for i in range(200)] * 4)
+
+
+def test_patching_twice_does_not_double_wrap(patched: None) -> None:
+    before = vars(Base)["method"]
+    _patch._patch_attribute(Base, "method", "fixture.method", schema.CAT_COMPUTE)
+    assert vars(Base)["method"] is before
+
+
+# --- real lynguine in traced processes ----------------------------------------------------------
+
+def _names(trace) -> list[str]:
+    return [s["name"] for s in trace.spans() if s["cat"] in schema.WORK_CATEGORIES]
+
+
+def test_module_level_calls_during_import_are_traced(tmp_path: Path) -> None:
+    run = lynshim_run(tmp_path / "t", [PY, "-c", "import lynguine"], env=clean_env())
+    trace = run.traces[0]
+    from_file = [s for s in trace.spans() if s["name"] == "lynguine.config.interface.Interface.from_file"]
+    # lynguine.util.tex calls Interface.from_file at import: inside the import span of lynguine.util.tex.
+    assert from_file, _names(trace)
+    imports = {s["name"]: s for s in trace.spans(schema.CAT_IMPORT)}
+    tex = imports["lynguine.util.tex"]
+    assert any(tex["ts"] <= s["ts"] <= tex["ts"] + tex["dur"] for s in from_file)
+
+
+CALLS = textwrap.dedent(
+    """
+    import json, sys
+    from lynguine.util.talk import talk_field          # bound with `from m import f`
+    from lynguine.util.yaml import header_fields, header_field, FileFormatError
+    import lynguine.access.io as io
+    import lynguine.config.interface as ci
+
+    class MyInterface(ci.Interface):                    # as lamd subclasses it
+        pass
+
+    out = {}
+    out["title"] = talk_field("title", "talk.md", user_file=["_lamd.yml"])
+    out["fields"] = sorted(header_fields("talk.md"))
+    try:
+        header_field("nope", {}, ["_lamd.yml"])
+    except FileFormatError as err:
+        out["error"] = [type(err).__name__, str(err)]
+    out["md"] = sorted(io.read_markdown_file("talk.md").keys())
+    out["sub"] = sorted(MyInterface.from_file(["_lamd.yml"], directory=".").keys())
+    df = io.read_yaml_directory({"type": "yaml_directory", "source": [{"directory": ".", "glob": "_*.yml"}],
+        "store_fields": {"directory": "sourceRoot", "filename": "sourceFile", "root": "."}})
+    out["rows"] = int(df.shape[0])
+    print(json.dumps(out, sort_keys=True, default=str))
+    """
+)
+
+
+def test_lynguine_results_are_unchanged_and_calls_traced(tmp_path: Path) -> None:
+    work = tmp_path / "sample"
+    shutil.copytree(SAMPLE, work)
+    (work / "calls.py").write_text(CALLS)
+    bare = subprocess.run([PY, "calls.py"], cwd=work, env=clean_env(), capture_output=True)
+    assert bare.returncode == 0, bare.stderr
+    run = lynshim_run(tmp_path / "t", [PY, "calls.py"], cwd=work, env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout == bare.stdout
+    result = json.loads(bare.stdout)
+    assert result["error"][0] == "FileFormatError" and result["rows"] == 2
+
+    trace = run.traces[0]
+    spans = [s for s in trace.spans() if s["cat"] in schema.WORK_CATEGORIES and s["ts"] > 0]
+    by_name: dict[str, list[dict]] = {}
+    for s in spans:
+        by_name.setdefault(s["name"], []).append(s)
+    talk = by_name["lynguine.util.talk.talk_field"]
+    assert len(talk) == 1 and talk[0]["args"]["field"] == "title" and talk[0]["args"]["filename"] == "talk.md"
+    assert talk[0]["args"]["found"] is True and talk[0]["cat"] == schema.CAT_FIELD
+    # Nesting: talk_field → header_fields → extract_header_body → read_markdown_file.
+    inner = [s for s in spans if s["ts"] >= talk[0]["ts"] and s["ts"] <= talk[0]["ts"] + talk[0]["dur"]]
+    chain = [s["name"].rsplit(".", 1)[-1] for s in sorted(inner, key=lambda s: s["ts"])]
+    assert chain[:4] == ["talk_field", "header_fields", "extract_header_body", "read_markdown_file"]
+    assert [s["depth"] for s in sorted(inner, key=lambda s: s["ts"])][:4] == [0, 1, 2, 3]
+    # The missing field: FileFormatError recorded, found false.
+    missing = [s for s in by_name["lynguine.util.yaml.header_field"] if s["args"].get("field") == "nope"]
+    assert missing[0]["args"]["error"] == "FileFormatError" and missing[0]["args"]["found"] is False
+    # The classmethod called through a subclass is traced once, with its args.
+    sub_calls = [s for s in by_name["lynguine.config.interface.Interface.from_file"]
+                 if s["args"].get("user_file") == "_lamd.yml" and s["depth"] == 0]
+    assert len(sub_calls) == 1 and sub_calls[0]["args"]["directory"] == "."
+    # The directory reader io creates with setattr at import is traced, with a row count.
+    reader = by_name["lynguine.access.io.read_yaml_directory"][0]
+    assert reader["cat"] == schema.CAT_READ and reader["args"]["rows"] == 2 and reader["args"]["type"] == "yaml_directory"
+
+
+def test_targets_added_by_environment_and_missing_ones_warn_once(tmp_path: Path) -> None:
+    env = clean_env()
+    env[schema.ENV_TARGETS] = "json:dumps=compute;json:no_such_function=compute"
+    code = "import json; json.dumps([1]); import subprocess, sys; subprocess.run([sys.executable, '-c', 'import json'])"
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=env)
+    assert run.proc.returncode == 0
+    warnings = [l for l in run.proc.stderr.decode().splitlines() if "not in the installed version" in l]
+    assert len(warnings) == 1 and "json:no_such_function" in warnings[0]
+    parent = next(t for t in run.traces if "dumps" in t.process_name)
+    assert [s["name"] for s in parent.spans(schema.CAT_COMPUTE)] == ["json.dumps"]
+
+
+def test_corpus_talk_called_the_way_lamd_calls_it(tmp_path: Path, corpus: Path) -> None:
+    work = tmp_path / "corpus"
+    shutil.copytree(corpus, work)
+    talks = work / "talks" / "_ai"
+    talk = "the-atomic-human-google.md"
+    code = textwrap.dedent(
+        f"""
+        from lynguine.util.talk import talk_field, extract_inputs, extract_all
+        from lynguine.config.interface import Interface
+        print(talk_field("title", "{talk}", user_file=["_lamd.yml", "_config.yml"]))
+        print(len(extract_inputs("{talk}", snippets_path="../../snippets")))
+        print(extract_all("{talk}", user_file=["_lamd.yml", "_config.yml"]))
+        Interface.from_file(["_lamd.yml", "_config.yml"], directory=".")
+        """
+    )
+    bare = subprocess.run([PY, "-c", code], cwd=talks, env=clean_env(), capture_output=True)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], cwd=talks, env=clean_env())
+    assert run.proc.returncode == bare.returncode == 0, bare.stderr
+    assert run.proc.stdout == bare.stdout
+    trace = run.traces[0]
+    work_spans = [s for s in trace.spans() if s["cat"] in schema.WORK_CATEGORIES and s["depth"] == 0
+                  and s["cat"] != schema.CAT_CONFIG or (s["cat"] == schema.CAT_CONFIG and s["args"].get("user_file"))]
+    top = [s["name"].rsplit(".", 1)[-1] for s in work_spans if s["depth"] == 0]
+    assert top[-4:] == ["talk_field", "extract_inputs", "extract_all", "from_file"]
+    inputs = next(s for s in work_spans if s["name"].endswith("talk.extract_inputs"))
+    assert inputs["args"]["filename"] == talk and inputs["args"]["result"].startswith("list[")

@@ -10,12 +10,17 @@ use crate::load::ProcessTrace;
 use crate::metrics::startup::union_length;
 use crate::report::{ms, pct, Section, Table};
 
-/// (start, end) of each process on the wall clock, microseconds.
+/// The kernel gives a process's start time in clock ticks (10 ms here), rounded down, so a process's
+/// start may appear up to one tick early: overlaps shorter than that are not evidence of concurrency.
+const START_RESOLUTION_US: f64 = 10_000.0;
+
+/// (start, end) of each process on the wall clock, microseconds, the start moved one tick later.
 fn intervals(processes: &[ProcessTrace]) -> Vec<(f64, f64)> {
     #[allow(clippy::cast_precision_loss)]
     processes.iter().map(|p| {
         let start = p.wall_zero_ns as f64 / 1000.0;
-        (start, start + p.end_us)
+        let end = start + p.end_us;
+        ((start + START_RESOLUTION_US).min(end), end)
     }).collect()
 }
 
@@ -61,6 +66,7 @@ pub fn section(processes: &[ProcessTrace]) -> Section {
     table.row(vec!["longest serial chain (processes)".into(), chain_len.to_string()]);
     table.row(vec!["longest serial chain, ms (critical path estimate)".into(), ms(chain_us)]);
     section.tables.push(table);
+    section.notes.push("process start times are known to one clock tick (10 ms); overlaps shorter than that are ignored".into());
     let alive_levels: Vec<_> = time_at.iter().filter(|(k, _)| **k > 0).map(|(k, v)| json!({"alive": k, "us": v})).collect();
     section.data = json!({"processes": processes.len(), "max_alive": max_alive, "busy_us": busy,
         "serial_chain_processes": chain_len, "serial_chain_us": chain_us, "time_at_concurrency": alive_levels});

@@ -257,3 +257,47 @@ def test_corpus_talk_called_the_way_lamd_calls_it(tmp_path: Path, corpus: Path) 
     assert top[-4:] == ["talk_field", "extract_inputs", "extract_all", "from_file"]
     inputs = next(s for s in work_spans if s["name"].endswith("talk.extract_inputs"))
     assert inputs["args"]["filename"] == talk and inputs["args"]["result"].startswith("list[")
+
+
+SERVER_ROUND_TRIP = textwrap.dedent(
+    """
+    import socket
+    from lynguine.client import ServerClient
+
+    with socket.socket() as s:          # a free port, never 8765
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = ServerClient(f"http://127.0.0.1:{port}", auto_start=True, max_retries=0)
+    print(client.extract_talk_field("title", "talk.md", config_files=["_lamd.yml"]))
+    print(client.extract_talk_field("venue", "talk.md", config_files=["_lamd.yml"]))
+    client._server_process.terminate()
+    client._server_process.wait(timeout=30)
+    """
+)
+
+
+def test_server_mode_round_trip_has_flows_on_both_sides(tmp_path: Path) -> None:
+    work = tmp_path / "sample"
+    shutil.copytree(SAMPLE, work)
+    (work / "client.py").write_text(SERVER_ROUND_TRIP)
+    run = lynshim_run(tmp_path / "t", [PY, "client.py"], cwd=work, env=clean_env(), timeout=120)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout.decode().splitlines() == ["Where does the time go?", "lynshim demo"]
+    assert len(run.traces) == 2
+    server = run.trace_for("lynguine.server")
+    client = next(t for t in run.traces if t is not server)
+    assert server.meta["parent_trace"] == str(client.path)
+    assert server.exit["exit_status"] == 0  # its own SIGTERM handler exits 0; the trace is closed
+    starts = {e["id"]: e for e in client.events if e.get("ph") == "s"}
+    ends = {e["id"]: e for e in server.events if e.get("ph") == "f"}
+    requests = [s for s in client.spans(schema.CAT_SERVER_CLIENT) if s["name"].endswith("extract_talk_field")]
+    assert len(requests) == 2
+    handled = [s for s in server.spans(schema.CAT_SERVER) if s["args"].get("path") == "/api/talk/field"]
+    assert len(handled) == 2
+    for span in handled:
+        flow_id = span["args"]["request_id"]
+        assert flow_id in starts and flow_id in ends
+        start = starts[flow_id]
+        # The flow starts inside a client request span and ends inside this server span.
+        assert any(r["ts"] <= start["ts"] <= r["ts"] + r["dur"] for r in requests)
+        assert span["ts"] <= ends[flow_id]["ts"] <= span["ts"] + span["dur"]

@@ -17,7 +17,7 @@ import os
 import sys
 
 
-from lynshim import _args, _native, _state, targets
+from lynshim import _args, _flows, _native, _state, targets
 from lynshim._native import schema
 
 TYPE_CHECKING = False
@@ -59,9 +59,52 @@ def reset_targets() -> None:
     _by_module = None
 
 
+def _main_module_name() -> str | None:
+    """The module this process runs with ``python -m``, if any (``lynguine.server`` for the server)."""
+    argv = getattr(sys, "orig_argv", [])
+    for i, word in enumerate(argv[1:-1], start=1):
+        if word == "-m":
+            return argv[i + 1]
+        if not word.startswith("-"):
+            return None
+    return None
+
+
+def _patch_main_then(serve: Callable[..., Any]) -> Callable[..., Any]:
+    """``socketserver.BaseServer.serve_forever``, patching ``__main__``'s targets first.
+
+    A module run with ``python -m`` executes as ``__main__``, from top to bottom, without an import
+    the hook could follow; a server defines its handler class, then serves. Serving is the first moment
+    after the class exists and before any request, so the targets of the module are patched there.
+    """
+
+    def serve_forever(*args: Any, **kwargs: Any) -> Any:
+        main = sys.modules.get("__main__")
+        name = _main_module_name()
+        if main is not None and name:
+            _patch_module(main, _targets_by_module().get(name, []))
+        return serve(*args, **kwargs)
+
+    serve_forever.__wrapped__ = serve  # type: ignore[attr-defined]
+    for attr in _WRAPPER_ASSIGNMENTS:
+        try:
+            setattr(serve_forever, attr, getattr(serve, attr))
+        except AttributeError:
+            pass
+    return serve_forever
+
+
 def module_loaded(module: ModuleType) -> None:
     """Patch the targets defined in ``module``, which has just finished executing."""
-    rows = _targets_by_module().get(getattr(module, "__name__", None) or "")
+    name = getattr(module, "__name__", None) or ""
+    if name == "socketserver" and _targets_by_module().get(_main_module_name() or ""):
+        server = getattr(module, "BaseServer", None)
+        if server is not None and "serve_forever" in vars(server):
+            server.serve_forever = _patch_main_then(vars(server)["serve_forever"])
+    _patch_module(module, _targets_by_module().get(name))
+
+
+def _patch_module(module: ModuleType, rows: list[targets.Target] | None) -> None:
     if not rows:
         return
     for target in rows:
@@ -165,6 +208,8 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
     state = _state
     describe_call = _args.describe_call
     describe_result = _args.describe_result
+    is_client = category == schema.CAT_SERVER_CLIENT
+    is_server = category == schema.CAT_SERVER
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not state.active:
@@ -174,18 +219,26 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
         except Exception as err:  # noqa: BLE001 - describing must never break the call
             described = {"lynshim_error": type(err).__name__}
         token = enter(span_name, category, described)
+        undo = _flows.client_request(args) if is_client else None
+        server_args = _flows.server_request(args) if is_server else None
         try:
             result = fn(*args, **kwargs)
         except BaseException as err:
-            end = {_ARG_ERROR: type(err).__name__}
+            if undo is not None:
+                undo()
+            end = {_ARG_ERROR: type(err).__name__, **(server_args or {})}
             if takes_field and described.get("field") is not None and type(err).__name__ == "FileFormatError":
                 end[_ARG_FOUND] = False
             leave(token, end)
             raise
+        if undo is not None:
+            undo()
         try:
             summary = describe_result(result)
         except Exception:  # noqa: BLE001
             summary = None
+        if server_args:
+            summary = {**(summary or {}), **server_args}
         if takes_field and described.get("field") is not None:
             summary = {**(summary or {}), _ARG_FOUND: True}
         leave(token, summary)

@@ -16,6 +16,8 @@ use serde_json::json;
 use crate::load::{self, LoadOptions};
 use crate::{frame, metrics, report};
 
+pub use Format as ReportFormat;
+
 #[derive(Parser, Debug)]
 #[command(name = "lynanalyze", version, about = "Where a traced lamd build spent its time: reads lynshim traces \
     and reports call frequency, operation mix, start-up against work, imports, memory, concurrency, config \
@@ -57,10 +59,11 @@ struct ReportArgs {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub enum Format {
     Text,
     Md,
     Json,
+    Html,
 }
 
 /// Insert the default `report` command when the first argument is not a command or a global flag.
@@ -98,47 +101,18 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 
 fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let loaded = load::load(&args.inputs, LoadOptions {
-        max_file_bytes: args.max_file_size,
-        progress: std::io::stderr().is_terminal(),
-    });
+    let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
+    let options = metrics::Options { top: args.top, assumed_request_ms: args.request_cost_ms };
+    let crate::Analysis { loaded, mut spans, sections, header } = crate::analyse(&args.inputs, load_options, options)?;
     for problem in &loaded.skipped {
         eprintln!("lynanalyze: skipped {problem}");
     }
     for warning in &loaded.warnings {
         eprintln!("lynanalyze: warning: {warning}");
     }
-    if loaded.processes.is_empty() {
-        anyhow::bail!("no lynshim traces could be read from {} (run a command under `lynshim run` first)",
-            args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
-    }
-    let mut spans = frame::spans(&loaded.processes).context("building the span table")?;
-    let options = metrics::Options { top: args.top, assumed_request_ms: args.request_cost_ms };
-    let sections = metrics::all(&loaded, &spans, options)?;
     let runs: std::collections::BTreeSet<&str> = loaded.processes.iter().map(|p| p.run_id.as_str()).collect();
-    let header = format!(
-        "{} processes from {} run(s), {} spans, {:.1} MB of traces; {} file(s) skipped, {} cut short",
-        loaded.processes.len(), runs.len(), spans.height(), loaded.bytes as f64 / 1e6, loaded.skipped.len(), loaded.warnings.len()
-    );
-    let text = match args.format {
-        Format::Text => report::render_text(&header, &sections),
-        Format::Md => report::render_markdown(&header, &sections),
-        Format::Json => report::render_json(
-            json!({"processes": loaded.processes.len(), "runs": runs, "spans": spans.height(), "bytes": loaded.bytes,
-                   "skipped": loaded.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                   "cut_short": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
-            &sections,
-        ),
-    };
-    match &args.output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-        None => {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth a message.
-            let _ = out.write_all(text.as_bytes());
-        }
-    }
+    let text = render(args.format, &header, &sections, &loaded, spans.height(), &runs);
+    write_output(args.output.as_deref(), &text)?;
     if let Some(path) = &args.spans {
         frame::write_spans(&mut spans, path)?;
     }
@@ -146,4 +120,38 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         eprintln!("lynanalyze: {} in {:.2?}", header.split(';').next().unwrap_or(""), started.elapsed());
     }
     Ok(if loaded.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Render the sections in `format`.
+pub fn render(
+    format: Format,
+    header: &str,
+    sections: &[report::Section],
+    loaded: &load::Loaded,
+    span_count: usize,
+    runs: &std::collections::BTreeSet<&str>,
+) -> String {
+    match format {
+        Format::Text => report::render_text(header, sections),
+        Format::Md => report::render_markdown(header, sections),
+        Format::Html => crate::html::render(header, sections),
+        Format::Json => report::render_json(
+            json!({"processes": loaded.processes.len(), "runs": runs, "spans": span_count, "bytes": loaded.bytes,
+                   "skipped": loaded.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                   "cut_short": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+            sections,
+        ),
+    }
+}
+
+fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    match path {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display())),
+        None => {
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            Ok(())
+        }
+    }
 }

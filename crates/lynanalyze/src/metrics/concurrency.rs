@@ -67,9 +67,15 @@ pub fn section(processes: &[ProcessTrace]) -> Section {
     table.row(vec!["longest serial chain, ms (critical path estimate)".into(), ms(chain_us)]);
     section.tables.push(table);
     section.notes.push("process start times are known to one clock tick (10 ms); overlaps shorter than that are ignored".into());
+    let origin = processes.iter().map(|p| p.wall_zero_ns).min().unwrap_or(0);
+    #[allow(clippy::cast_precision_loss)]
+    let lanes: Vec<_> = processes.iter().map(|p| json!({"pid": p.pid, "command": p.command,
+        "start_us": p.wall_zero_ns.saturating_sub(origin) as f64 / 1000.0,
+        "end_us": p.wall_zero_ns.saturating_sub(origin) as f64 / 1000.0 + p.end_us})).collect();
     let alive_levels: Vec<_> = time_at.iter().filter(|(k, _)| **k > 0).map(|(k, v)| json!({"alive": k, "us": v})).collect();
     section.data = json!({"processes": processes.len(), "max_alive": max_alive, "busy_us": busy,
-        "serial_chain_processes": chain_len, "serial_chain_us": chain_us, "time_at_concurrency": alive_levels});
+        "serial_chain_processes": chain_len, "serial_chain_us": chain_us, "time_at_concurrency": alive_levels,
+        "timeline": lanes});
     section
 }
 

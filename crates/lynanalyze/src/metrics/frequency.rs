@@ -26,7 +26,7 @@ pub fn per_entry_point(spans: &DataFrame) -> PolarsResult<DataFrame> {
             col("dur_us").quantile(lit(0.95), QuantileMethod::Linear).alias("p95_us"),
         ])
         .left_join(per_process, col("name"), col("name"))
-        .sort(["calls", "total_us"], SortMultipleOptions::default().with_order_descending(true))
+        .sort(["calls", "total_us", "name"], SortMultipleOptions::default().with_order_descending_multi([true, true, false]))
         .collect()
 }
 
@@ -38,7 +38,7 @@ pub fn per_group(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .filter(col("is_call"))
         .group_by([col("group"), col("name")])
         .agg([len().alias("calls"), col("pid").n_unique().alias("processes"), col("dur_us").sum().alias("total_us")])
-        .sort(["group", "calls"], SortMultipleOptions::default().with_order_descending_multi([false, true]))
+        .sort(["group", "calls", "name"], SortMultipleOptions::default().with_order_descending_multi([false, true, false]))
         .collect()
 }
 

@@ -29,7 +29,7 @@ pub fn per_module(spans: &DataFrame) -> PolarsResult<DataFrame> {
             col("self_us").mean().alias("mean_self_us"),
             col("dur_us").mean().alias("mean_cumulative_us"),
         ])
-        .sort(["cumulative_us"], SortMultipleOptions::default().with_order_descending(true))
+        .sort(["cumulative_us", "name"], SortMultipleOptions::default().with_order_descending_multi([true, false]))
         .collect()
 }
 
@@ -41,7 +41,7 @@ pub fn per_package(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .filter(col("cat").eq(lit(lynschema::category::IMPORT)))
         .group_by([col("package")])
         .agg([col("pid").n_unique().alias("processes"), col("self_us").sum().alias("self_us")])
-        .sort(["self_us"], SortMultipleOptions::default().with_order_descending(true))
+        .sort(["self_us", "package"], SortMultipleOptions::default().with_order_descending_multi([true, false]))
         .collect()
 }
 
@@ -69,7 +69,7 @@ pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> any
     section.tables.push(by_cumulative);
 
     let mut by_self: Vec<_> = (0..df.height()).collect();
-    by_self.sort_by(|&a, &b| get(1, b).total_cmp(&get(1, a)));
+    by_self.sort_by(|&a, &b| get(1, b).total_cmp(&get(1, a)).then_with(|| name[a].cmp(&name[b])));
     let mut self_table = Table::new("top modules by self time", &["module", "processes", "self ms (all)", "share of import time"]);
     for &i in by_self.iter().take(top) {
         self_table.row(vec![name[i].clone().unwrap_or_default(), format!("{:.0}", get(0, i)), ms(get(1, i)), pct(get(1, i), total_import)]);
@@ -109,7 +109,7 @@ pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> any
         }
     }
     let mut ranked: Vec<_> = candidates.into_iter().collect();
-    ranked.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    ranked.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then_with(|| a.0.cmp(&b.0)));
     let mut lazy = Table::new("lazy-import candidates", &["package", "processes importing it without a traced call into it", "import self ms (all)"]);
     let mut lazy_data = Vec::new();
     for (package, (count, us)) in ranked.iter().take(top) {

@@ -14,7 +14,7 @@ pub fn per_category(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .filter(col("is_call"))
         .group_by([col("cat")])
         .agg([len().alias("calls"), col("self_us").sum().alias("self_us")])
-        .sort(["self_us"], SortMultipleOptions::default().with_order_descending(true))
+        .sort(["self_us", "cat"], SortMultipleOptions::default().with_order_descending_multi([true, false]))
         .collect()
 }
 

@@ -1,0 +1,75 @@
+//! Snapshot tests of every output format on fixture traces recorded from the real shim
+//! (`tests/fixtures/record.sh` re-records them), and a brute-force cross-check of the figures.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use lynanalyze::cli::{render, Format};
+use lynanalyze::load::{is_call, LoadOptions};
+use lynanalyze::{analyse, metrics, Analysis};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/traces")
+}
+
+fn analysis() -> Analysis {
+    analyse(&[fixtures()], LoadOptions::default(), metrics::Options::default()).expect("fixtures load")
+}
+
+fn rendered(format: Format) -> String {
+    let a = analysis();
+    let runs = a.loaded.processes.iter().map(|p| p.run_id.as_str()).collect();
+    render(format, &a.header, &a.sections, &a.loaded, a.spans.height(), &runs)
+}
+
+#[test]
+fn text_report() {
+    insta::assert_snapshot!(rendered(Format::Text));
+}
+
+#[test]
+fn markdown_report() {
+    insta::assert_snapshot!(rendered(Format::Md));
+}
+
+#[test]
+fn json_report() {
+    insta::assert_snapshot!(rendered(Format::Json));
+}
+
+#[test]
+fn html_report() {
+    let html = rendered(Format::Html);
+    assert!(html.starts_with("<!DOCTYPE html>") && html.matches("<svg").count() == 3);
+    assert!(!html.contains("<script") && !html.contains("http://") || html.contains("xmlns=\"http://www.w3.org/2000/svg\""));
+    insta::assert_snapshot!(html);
+}
+
+/// The call-frequency and operation-mix figures, recomputed by brute force from the loaded spans.
+#[test]
+fn figures_agree_with_brute_force() {
+    let a = analysis();
+    let mut calls: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    let mut by_cat: BTreeMap<String, f64> = BTreeMap::new();
+    for p in &a.loaded.processes {
+        for s in p.spans.iter().filter(|s| is_call(&s.cat)) {
+            let e = calls.entry(s.name.clone()).or_default();
+            e.0 += 1;
+            e.1 += s.dur_us;
+            *by_cat.entry(s.cat.clone()).or_default() += s.self_us;
+        }
+    }
+    let frequency = a.sections.iter().find(|s| s.id == "call_frequency").expect("section");
+    for row in frequency.data["entry_points"].as_array().expect("rows") {
+        let name = row["name"].as_str().expect("name");
+        let (n, total) = calls[name];
+        assert_eq!(row["calls"].as_f64(), Some(n as f64), "{name}");
+        assert!((row["total_us"].as_f64().expect("total") - total).abs() < 1e-6, "{name}");
+    }
+    assert_eq!(frequency.data["entry_points"].as_array().map(Vec::len), Some(calls.len()));
+    let mix = a.sections.iter().find(|s| s.id == "operation_mix").expect("section");
+    for row in mix.data.as_array().expect("rows") {
+        let cat = row["category"].as_str().expect("cat");
+        assert!((row["self_us"].as_f64().expect("self") - by_cat[cat]).abs() < 1e-6, "{cat}");
+    }
+}

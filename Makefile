@@ -41,7 +41,7 @@ test: install test-rust test-python
 # One package set per invocation, as maturin builds them: the same feature resolution, so the release
 # builds of the dependencies (polars above all) are shared instead of compiled twice.
 test-rust:
-	cargo test --release -p lynanalyze
+	cargo test --release -p lynanalyze -p lynload
 	cargo test --release -p lynschema -p lynshim
 
 test-python:

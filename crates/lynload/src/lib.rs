@@ -1,4 +1,4 @@
-//! Loading trace files: one [`ProcessTrace`] per file, problems collected per file, never a panic.
+//! Loading lynshim trace files: one [`ProcessTrace`] per file, problems collected per file, never a panic.
 //!
 //! lynshim writes one event per line inside a JSON array (`[` on the first line). A file cut short by a
 //! crash lacks the closing `]` and may end in half an event: it is read as far as it goes and reported

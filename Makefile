@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 DEMO := build/demo
 
-.PHONY: all install demo test test-rust test-python clean
+.PHONY: all install demo test test-rust test-python perfetto-deps clean
 
 all: install
 
@@ -36,7 +36,14 @@ demo: install
 	  echo; echo "traces: $$run (open any *.lynshim.json in https://ui.perfetto.dev)"; \
 	  echo "report: $(DEMO)/report.md"
 
-test: install test-rust test-python
+test: install perfetto-deps test-rust test-python
+
+# The Perfetto conformance tests need a browser; Playwright cannot download one here, so the system's
+# Chromium is used. Installing it needs root: elsewhere those tests skip and say why (CI does not skip).
+perfetto-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "chromium is not installed and this is not root: the Perfetto conformance tests will skip"; fi; }
 
 # One package set per invocation, as maturin builds them: the same feature resolution, so the release
 # builds of the dependencies (polars above all) are shared instead of compiled twice.

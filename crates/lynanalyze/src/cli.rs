@@ -31,6 +31,21 @@ struct Cli {
 enum Command {
     /// Report on traces (the default command): files or directories, searched recursively.
     Report(ReportArgs),
+    /// Merge the traces of a build into one Chrome trace (one clock, one Perfetto timeline).
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MergeArgs {
+    /// Trace files or directories written by `lynshim run`.
+    #[arg(required = true, value_name = "TRACES")]
+    inputs: Vec<PathBuf>,
+    /// The merged trace (`.json`, or `.json.gz` to compress).
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// Skip trace files larger than this many bytes.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_file_size: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -69,7 +84,7 @@ pub enum Format {
 /// Insert the default `report` command when the first argument is not a command or a global flag.
 fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
-    let known = ["report", "help", "-h", "--help", "-V", "--version"];
+    let known = ["report", "merge", "help", "-h", "--help", "-V", "--version"];
     if args.len() > 1 && !known.contains(&first) {
         let mut out = vec![args[0].clone(), OsString::from("report")];
         out.extend(args.into_iter().skip(1));
@@ -88,15 +103,29 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             return if err.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    match cli.command {
-        Command::Report(args) => match report_command(&args) {
-            Ok(code) => code,
-            Err(err) => {
-                eprintln!("lynanalyze: {err:#}");
-                ExitCode::from(2)
-            }
-        },
+    let result = match cli.command {
+        Command::Report(args) => report_command(&args),
+        Command::Merge(args) => merge_command(&args),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("lynanalyze: {err:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn merge_command(args: &MergeArgs) -> anyhow::Result<ExitCode> {
+    let outcome = crate::merge::merge(&args.inputs, &args.output, args.max_file_size)?;
+    for problem in &outcome.skipped {
+        eprintln!("lynanalyze: skipped {problem}");
     }
+    for warning in &outcome.cut_short {
+        eprintln!("lynanalyze: warning: {warning}");
+    }
+    eprintln!(
+        "lynanalyze: merged {} processes ({} events, {} spawn arrows) into {}",
+        outcome.processes, outcome.events, outcome.spawn_flows, args.output.display()
+    );
+    Ok(if outcome.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {

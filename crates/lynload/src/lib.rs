@@ -216,6 +216,26 @@ pub fn read_trace(path: &Path, max_bytes: u64) -> Result<(ProcessTrace, Option<S
 
 /// Parse the bytes of one trace file.
 pub fn parse_trace(bytes: &[u8]) -> Result<ProcessTrace, String> {
+    let (events, truncated) = parse_lines::<RawEvent>(bytes)?;
+    build(events, truncated, bytes.len() as u64)
+}
+
+/// The events of one trace file, as they are, and whether the file was cut short: for merging.
+pub fn read_events(path: &Path, max_bytes: u64) -> Result<(Vec<Value>, bool), String> {
+    let size = fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?.len();
+    if size > max_bytes {
+        return Err(format!("too large ({size} bytes, limit {max_bytes}; raise it with --max-file-size)"));
+    }
+    let bytes = fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
+    let (events, truncated) = parse_lines::<Value>(&bytes)?;
+    if !events.iter().any(|e| e.get("name").and_then(Value::as_str) == Some(event::PROCESS)) {
+        return Err(format!("no `{}` event: not written by lynshim", event::PROCESS));
+    }
+    Ok((events, truncated))
+}
+
+/// lynshim's framing: `[` alone on the first line, one event per line, `]` at the end unless cut short.
+fn parse_lines<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(Vec<T>, bool), String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty());
     match lines.next() {
@@ -239,13 +259,13 @@ pub fn parse_trace(bytes: &[u8]) -> Result<ProcessTrace, String> {
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_str::<RawEvent>(line) {
+        match serde_json::from_str::<T>(line) {
             Ok(ev) => events.push(ev),
             Err(_) if index + 1 == rest.len() => cut = true,
             Err(err) => return Err(format!("line {number}: not a trace event ({err})")),
         }
     }
-    build(events, !closed || cut, bytes.len() as u64)
+    Ok((events, !closed || cut))
 }
 
 fn as_str(args: &Map<String, Value>, key: &str) -> Option<String> {

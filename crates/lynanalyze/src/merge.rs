@@ -1,0 +1,148 @@
+//! `lynanalyze merge`: every process of a build in one Chrome trace, on one clock.
+//!
+//! Each file's timestamps count from its own process's start; the merged file counts from the earliest
+//! process's start, shifting each by the difference of their wall-clock zeros. Processes keep their real
+//! pids, names, threads, counters and server-mode flows, are ordered by start time, and each traced child
+//! is joined to its traced parent by a flow arrow from a `spawn` mark in the parent to the child's start.
+//! Run records go into the trace's `metadata`. Files cut short are merged as far as they go.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use lynschema::{arg, category, event, RunRecord};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+use crate::load::{collect_files, read_events, Problem};
+
+/// Flow ids of spawn arrows start here, far above the ids of request flows (pid << 24 | counter).
+const SPAWN_FLOW_BASE: u64 = 1 << 50;
+
+/// What a merge did.
+#[derive(Debug, Default)]
+pub struct MergeOutcome {
+    pub processes: usize,
+    pub events: usize,
+    pub spawn_flows: usize,
+    pub skipped: Vec<Problem>,
+    pub cut_short: Vec<Problem>,
+}
+
+struct Process {
+    file: PathBuf,
+    events: Vec<Value>,
+    pid: i64,
+    wall_zero_ns: u64,
+    parent_trace: Option<String>,
+    command: String,
+}
+
+/// Merge the traces under `inputs` into `output` (gzip-compressed when it ends in `.gz`).
+pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Result<MergeOutcome> {
+    let (files, run_files, mut skipped) = collect_files(inputs);
+    let read: Vec<_> = files.par_iter().map(|f| (f.clone(), read_events(f, max_bytes))).collect();
+    let mut outcome = MergeOutcome::default();
+    let mut processes = Vec::new();
+    for (file, result) in read {
+        match result {
+            Ok((events, truncated)) => {
+                if truncated {
+                    outcome.cut_short.push(Problem { file: file.clone(), message: "cut short: merged as far as it goes".into() });
+                }
+                let meta = events
+                    .iter()
+                    .find(|e| e.get("name").and_then(Value::as_str) == Some(event::PROCESS))
+                    .and_then(|e| e.get("args"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                processes.push(Process {
+                    file,
+                    pid: meta.get(arg::PID).and_then(Value::as_i64).unwrap_or(0),
+                    wall_zero_ns: meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0),
+                    parent_trace: meta.get(arg::PARENT_TRACE).and_then(Value::as_str).map(str::to_owned),
+                    command: meta.get(arg::COMMAND).and_then(Value::as_str).unwrap_or("").to_owned(),
+                    events,
+                });
+            }
+            Err(message) => skipped.push(Problem { file, message }),
+        }
+    }
+    let runs: Vec<RunRecord> = run_files
+        .iter()
+        .filter_map(|f| std::fs::read(f).ok().and_then(|b| serde_json::from_slice(&b).ok()))
+        .collect();
+    if processes.is_empty() {
+        outcome.skipped = skipped;
+        anyhow::bail!("no lynshim traces could be read from the inputs");
+    }
+    processes.sort_by(|a, b| a.wall_zero_ns.cmp(&b.wall_zero_ns).then(a.pid.cmp(&b.pid)));
+    let origin = processes[0].wall_zero_ns;
+    #[allow(clippy::cast_precision_loss)]
+    let offset_us = |p: &Process| p.wall_zero_ns.saturating_sub(origin) as f64 / 1000.0;
+    let by_name: HashMap<String, usize> = processes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.file.file_name().and_then(|n| n.to_str()).map(|n| (n.to_owned(), i)))
+        .collect();
+
+    let mut out: Vec<Value> = Vec::new();
+    for (index, p) in processes.iter().enumerate() {
+        let shift = offset_us(p);
+        for ev in &p.events {
+            let mut ev = ev.clone();
+            if let Some(ts) = ev.get("ts").and_then(Value::as_f64) {
+                ev["ts"] = json!(ts + shift);
+            }
+            out.push(ev);
+        }
+        out.push(json!({"ph": "M", "name": event::PROCESS_SORT_INDEX, "pid": p.pid, "tid": p.pid,
+                        "args": {"sort_index": index}}));
+    }
+    // Spawn arrows: parent → child, where both were traced.
+    for (index, child) in processes.iter().enumerate() {
+        let parent = child
+            .parent_trace
+            .as_deref()
+            .and_then(|t| Path::new(t).file_name().and_then(|n| n.to_str()))
+            .and_then(|name| by_name.get(name))
+            .map(|&i| &processes[i]);
+        let Some(parent) = parent else { continue };
+        let at = offset_us(child);
+        let id = SPAWN_FLOW_BASE + index as u64;
+        out.push(json!({"ph": "X", "name": format!("spawn {}", child.command), "cat": category::TRACER,
+                        "pid": parent.pid, "tid": parent.pid, "ts": at, "dur": 1.0, "args": {"child_pid": child.pid}}));
+        out.push(json!({"ph": "s", "name": "spawn", "cat": category::TRACER, "id": id, "pid": parent.pid,
+                        "tid": parent.pid, "ts": at}));
+        out.push(json!({"ph": "f", "bp": "e", "name": "spawn", "cat": category::TRACER, "id": id, "pid": child.pid,
+                        "tid": child.pid, "ts": at}));
+        outcome.spawn_flows += 1;
+    }
+    outcome.processes = processes.len();
+    outcome.events = out.len();
+    outcome.skipped = skipped;
+    write_trace(output, &out, &runs).with_context(|| format!("writing {}", output.display()))?;
+    Ok(outcome)
+}
+
+fn write_trace(output: &Path, events: &[Value], runs: &[RunRecord]) -> std::io::Result<()> {
+    let file = BufWriter::new(File::create(output)?);
+    let mut sink: Box<dyn Write> = if output.extension().and_then(|e| e.to_str()) == Some("gz") {
+        Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::default()))
+    } else {
+        Box::new(file)
+    };
+    sink.write_all(b"{\"traceEvents\":[\n")?;
+    for (i, ev) in events.iter().enumerate() {
+        if i > 0 {
+            sink.write_all(b",\n")?;
+        }
+        serde_json::to_writer(&mut sink, ev)?;
+    }
+    sink.write_all(b"\n],\n\"displayTimeUnit\":\"ms\",\n\"metadata\":")?;
+    serde_json::to_writer(&mut sink, &json!({"lynshim_runs": runs}))?;
+    sink.write_all(b"}\n")?;
+    sink.flush()
+}

@@ -15,7 +15,7 @@ DEMO := build/demo
 
 all: install
 
-$(VENV)/.created:
+$(VENV)/.created: pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.9,<2"

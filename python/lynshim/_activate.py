@@ -128,6 +128,8 @@ def _install_hooks() -> None:
         return
     _hooks_installed = True
     _imports.install(record_imports=os.environ.get(schema.ENV_IMPORTS, "1") != "0")
+    if os.environ.get(schema.ENV_RECORD_FILES) == "1":
+        sys.addaudithook(_record_open)
     atexit.register(_at_python_exit)
     os.register_at_fork(before=_native.flush, after_in_child=_after_fork_in_child)
     _install_sigterm_handler()
@@ -148,9 +150,31 @@ def _library_version(name: str) -> str | None:
         return None
 
 
+_opened: set[str] = set()
+
+
+def _record_open(event: str, args: tuple) -> None:
+    # Only with LYNSHIM_RECORD_FILES=1 (the discovery run of `lynshim bench --cold`).
+    if event == "open" and args and isinstance(args[0], (str, bytes)):
+        _opened.add(os.path.abspath(os.fsdecode(args[0])))
+
+
+def _mapped_files() -> set[str]:
+    """Files mapped into this process: the interpreter, libpython, extension modules, shared libraries."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6
+                    and line.split(None, 5)[5].startswith("/")}
+    except OSError:
+        return set()
+
+
 def _at_python_exit() -> None:
     if not _state.active:
         return
+    if os.environ.get(schema.ENV_RECORD_FILES) == "1":
+        files = sorted(f for f in (_opened | _mapped_files() | {sys.executable}) if os.path.isfile(f))
+        _native.set_exit_meta(schema.ARG_OPENED_FILES, files)
     for name, key in (("lynguine", schema.ARG_LYNGUINE_VERSION), ("lamd", schema.ARG_LAMD_VERSION)):
         version = _library_version(name)
         if version:

@@ -72,5 +72,10 @@ class _Schema(ModuleType):
     ENV_TARGETS: str
     ENV_IMPORTS: str
     ENV_BOOTSTRAP: str
+    ENV_RECORD_FILES: str
+    ARG_OPENED_FILES: str
 
 schema: _Schema
+
+def page_residency(path: str | PathLike[str]) -> tuple[int, int]: ...
+def evict_from_page_cache(path: str | PathLike[str]) -> None: ...

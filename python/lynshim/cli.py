@@ -1,4 +1,4 @@
-"""The ``lynshim`` command: ``lynshim run [-o DIR] [--label NAME] -- CMD [ARGS…]``.
+"""The ``lynshim`` command: ``lynshim run [-o DIR] [--label NAME] -- CMD [ARGS…]``, and ``lynshim bench``.
 
 ``run`` starts CMD with the bootstrap ``sitecustomize`` first on ``PYTHONPATH``, so that every Python
 process of its tree that can import lynshim writes a trace into one run directory. CMD inherits stdin,
@@ -44,7 +44,19 @@ def traced_environment(run_dir: Path, run_id: str, label: str | None, cwd: Path)
     return env
 
 
-def run(out: Path, label: str | None, command: list[str]) -> int:
+class Launch:
+    """What one traced run of a command gave."""
+
+    def __init__(self, returncode: int, run_dir: Path, traces: list[Path], wall_s: float) -> None:
+        self.returncode = returncode
+        self.run_dir = run_dir
+        self.traces = traces
+        self.wall_s = wall_s
+
+
+def launch(out: Path, label: str | None, command: list[str], *, extra_env: dict[str, str] | None = None,
+           quiet: bool = False) -> Launch | int:
+    """Run ``command`` traced into a new run directory under ``out``; an int is an exit status on failure."""
     cwd = Path.cwd()
     run_id = new_run_id()
     run_dir = (out / run_id).resolve()
@@ -59,10 +71,13 @@ def run(out: Path, label: str | None, command: list[str]) -> int:
     except (ValueError, KeyError, OSError) as err:
         print(f"lynshim: {cwd / 'pyproject.toml'}: bad [tool.lynshim] table: {err}", file=sys.stderr)
         return 2
+    env.update(extra_env or {})
 
     start_ns = time.time_ns()
+    started = time.perf_counter()
+    output = subprocess.DEVNULL if quiet else None
     try:
-        child = subprocess.Popen(command, env=env)
+        child = subprocess.Popen(command, env=env, stdout=output, stderr=output)
     except FileNotFoundError:
         print(f"lynshim: {command[0]}: command not found", file=sys.stderr)
         return 127
@@ -78,6 +93,7 @@ def run(out: Path, label: str | None, command: list[str]) -> int:
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
+    wall_s = time.perf_counter() - started
     end_ns = time.time_ns()
 
     traces = sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))
@@ -99,10 +115,18 @@ def run(out: Path, label: str | None, command: list[str]) -> int:
         _native.write_run_record(run_dir / schema.RUN_RECORD, record)
     except ValueError as err:
         print(f"lynshim: could not write the run record: {err}", file=sys.stderr)
-    where = os.path.relpath(run_dir) if run_dir.is_relative_to(cwd) else str(run_dir)
-    noun = "process" if len(traces) == 1 else "processes"
-    print(f"lynshim: traced {len(traces)} Python {noun}; traces in {where}/", file=sys.stderr)
+    return Launch(returncode, run_dir, traces, wall_s)
 
+
+def run(out: Path, label: str | None, command: list[str]) -> int:
+    result = launch(out, label, command)
+    if isinstance(result, int):
+        return result
+    cwd = Path.cwd()
+    where = os.path.relpath(result.run_dir) if result.run_dir.is_relative_to(cwd) else str(result.run_dir)
+    noun = "process" if len(result.traces) == 1 else "processes"
+    print(f"lynshim: traced {len(result.traces)} Python {noun}; traces in {where}/", file=sys.stderr)
+    returncode = result.returncode
     if returncode < 0:
         # Die of the same signal, so whoever started us sees what they would have seen.
         try:
@@ -133,17 +157,39 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--label", help="a label stored with the run (e.g. 'cold' or 'server-mode')")
     run_parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS…]",
                             help="the command to trace")
+    bench_parser = sub.add_parser(
+        "bench",
+        help="time a command N times under tracing, phase by phase (start-up, imports, work)",
+        description="Run CMD N times under tracing (after W untimed warm-up runs) and report, for every "
+        "Python process it starts, min/median/max of each phase: interpreter start-up, imports by "
+        "package, lamd work, lynguine work by category, the rest; and the command's wall time. With "
+        "--cold, every file the command's Python processes opened is evicted from the page cache "
+        "before each run (no root needed), and the residency check says whether that worked.",
+        epilog="example: lynshim bench -n 5 --cold -- python -c 'import lynguine'",
+    )
+    bench_parser.add_argument("-n", type=int, default=5, metavar="N", help="timed runs (default 5)")
+    bench_parser.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed runs first (default 1)")
+    bench_parser.add_argument("--cold", action="store_true", help="evict the command's files before each run")
+    bench_parser.add_argument("-o", "--out", type=Path, default=Path("lynshim-bench"), metavar="DIR",
+                              help="directory for the traces and bench.json (default: ./lynshim-bench)")
+    bench_parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS…]")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error(f"{args.verb}: no command given (usage: lynshim {args.verb} [options] -- CMD [ARGS…])")
     if args.verb == "run":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if not command:
-            parser.error("run: no command given (usage: lynshim run [-o DIR] -- CMD [ARGS…])")
         return run(args.out, args.label, command)
+    if args.verb == "bench":
+        if args.n < 1 or args.warmup < 0:
+            parser.error("bench: -n must be at least 1 and --warmup at least 0")
+        from lynshim import bench
+
+        return bench.bench(command, n=args.n, warmup=args.warmup, cold=args.cold, out=args.out)
     parser.error(f"unknown command {args.verb}")
     return 2
 

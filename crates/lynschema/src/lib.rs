@@ -123,6 +123,8 @@ pub mod arg {
     pub const PEAK_RSS_BYTES: &str = "peak_rss_bytes";
     pub const LYNGUINE_VERSION: &str = "lynguine_version";
     pub const LAMD_VERSION: &str = "lamd_version";
+    /// Files the process opened or mapped (only with `env::RECORD_FILES`).
+    pub const OPENED_FILES: &str = "opened_files";
     // Counters.
     pub const BYTES: &str = "bytes";
     /// Where in the process a counter sample was taken (`activation`, `imports`, `exit`, span name).
@@ -202,6 +204,8 @@ pub mod env {
     pub const IMPORTS: &str = "LYNSHIM_IMPORTS";
     /// Directory of the bootstrap `sitecustomize` (so the bootstrap can chain to the next one).
     pub const BOOTSTRAP: &str = "LYNSHIM_BOOTSTRAP";
+    /// Set to `1` to record every file the process opened (`lynshim bench --cold` learns them so).
+    pub const RECORD_FILES: &str = "LYNSHIM_RECORD_FILES";
 }
 
 /// What `lynshim run` records about the whole command, written to [`files::RUN_RECORD`].
@@ -266,6 +270,8 @@ pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[
     ("ENV_TARGETS", env::TARGETS),
     ("ENV_IMPORTS", env::IMPORTS),
     ("ENV_BOOTSTRAP", env::BOOTSTRAP),
+    ("ENV_RECORD_FILES", env::RECORD_FILES),
+    ("ARG_OPENED_FILES", arg::OPENED_FILES),
 ];
 
 #[cfg(test)]

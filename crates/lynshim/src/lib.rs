@@ -11,6 +11,7 @@
 //! (a failure warns once on stderr and turns tracing off); it raises only for a wrong call.
 
 pub mod fixup;
+pub mod pagecache;
 pub mod procinfo;
 pub mod session;
 
@@ -279,6 +280,18 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// `(resident pages, total pages)` of a file in the page cache (`mincore`).
+#[pyfunction]
+fn page_residency(path: PathBuf) -> PyResult<(u64, u64)> {
+    pagecache::residency(&path).map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display())))
+}
+
+/// Drop a file's pages from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`; no root needed).
+#[pyfunction]
+fn evict_from_page_cache(path: PathBuf) -> PyResult<()> {
+    pagecache::evict(&path).map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display())))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
@@ -300,6 +313,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(children_cpu_s, m)?)?;
     m.add_function(wrap_pyfunction!(write_run_record, m)?)?;
+    m.add_function(wrap_pyfunction!(page_residency, m)?)?;
+    m.add_function(wrap_pyfunction!(evict_from_page_cache, m)?)?;
 
     let schema = PyModule::new(m.py(), "schema")?;
     for (name, value) in lynschema::PYTHON_CONSTANTS {

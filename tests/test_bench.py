@@ -1,0 +1,48 @@
+"""``lynshim bench`` on real lynguine: cold runs are cold (page residency), warm runs are warm, and the
+phases of every process add up to its traced wall time. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import clean_env
+
+PY = sys.executable
+
+
+def bench(tmp_path: Path, *flags: str) -> dict:
+    out = tmp_path / "bench"
+    proc = subprocess.run([PY, "-m", "lynshim", "bench", "-n", "2", "--warmup", "0", *flags, "-o", str(out),
+                           "--", PY, "-c", "import lynguine"], env=clean_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "interpreter start-up" in proc.stdout and "imports: pandas" in proc.stdout
+    return json.loads((out / "bench.json").read_text())
+
+
+def check_phases_add_up(report: dict) -> None:
+    for run in report["runs"]:
+        assert len(run["processes"]) == 1
+        for process in run["processes"]:
+            assert sum(process["phases_us"].values()) == pytest.approx(process["wall_us"], rel=1e-9)
+            assert process["phases_us"]["imports: pandas"] > 0
+
+
+def test_cold_runs_are_cold_and_warm_runs_warm(tmp_path: Path) -> None:
+    cold = bench(tmp_path / "c", "--cold")
+    warm = bench(tmp_path / "w")
+    check_phases_add_up(cold)
+    check_phases_add_up(warm)
+    assert cold["evicted_files"] > 500  # pandas, numpy, lynguine… sources, bytecode and extension modules
+    # The installed packages' pages: evicted before every cold run, resident before every warm one.
+    assert cold["resident_share_site_packages"]["max"] < 0.05
+    assert warm["resident_share_site_packages"]["min"] > 0.9
+    assert all(run["evict_failures"] == 0 for run in cold["runs"])
+    # Every run is an ordinary traced run that lynanalyze can read.
+    for run in cold["runs"] + warm["runs"]:
+        assert list(Path(run["run_dir"]).glob("*.lynshim.json"))

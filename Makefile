@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 DEMO := build/demo
 
-.PHONY: all install demo test test-rust test-python perfetto-deps clean
+.PHONY: all install demo test test-rust test-python perfetto-deps bench clean
 
 all: install
 
@@ -53,6 +53,12 @@ test-rust:
 
 test-python:
 	$(PY) -m pytest tests
+
+# Benchmarks against the peers, side by side; rewrites analysis/benchmarks.md. Never part of `make test`.
+bench: install
+	$(PIP) install --quiet "wrapt>=1.16" "viztracer==1.1.1"
+	cargo bench -p lynload --bench parse -- --noplot 2>&1 | tee build/criterion.txt
+	$(PY) analysis/bench.py
 
 clean:
 	rm -rf build $(VENV) target

@@ -45,10 +45,12 @@ perfetto-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "chromium is not installed and this is not root: the Perfetto conformance tests will skip"; fi; }
 
-# One package set per invocation, as maturin builds them: the same feature resolution, so the release
-# builds of the dependencies (polars above all) are shared instead of compiled twice.
+# One package per invocation: a test build unifies the features of its dev-dependencies with the rest,
+# so testing lynload (criterion) beside lynanalyze would compile polars a third time. (The test build of
+# lynanalyze cannot share polars with maturin's build of the binary for the same reason: insta.)
 test-rust:
-	cargo test --release -p lynanalyze -p lynload
+	cargo test --release -p lynanalyze
+	cargo test --release -p lynload
 	cargo test --release -p lynschema -p lynshim
 
 test-python:

@@ -278,7 +278,7 @@ def replicate(dest: Path, count: int) -> int:
     total = 0
     for i in range(count):
         text = texts[i % len(texts)]
-        old_pid = json.loads(text.splitlines()[1])["pid"]
+        old_pid = json.loads(text.splitlines()[1].rstrip(","))["pid"]
         new_pid = 100_000 + i
         body = text.replace(f'"pid":{old_pid},', f'"pid":{new_pid},').replace(f'"tid":{old_pid}', f'"tid":{new_pid}')
         # Each copy starts 2 s after the previous one, as a serial build would.

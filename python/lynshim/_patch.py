@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 
-
 from lynshim import _args, _flows, _native, _state, targets
 from lynshim._native import schema
 
@@ -53,12 +52,6 @@ def _targets_by_module() -> dict[str, list[targets.Target]]:
     return _by_module
 
 
-def reset_targets() -> None:
-    """Forget the parsed target table (for tests that change ``LYNSHIM_TARGETS``)."""
-    global _by_module
-    _by_module = None
-
-
 def _main_module_name() -> str | None:
     """The module this process runs with ``python -m``, if any (``lynguine.server`` for the server)."""
     argv = getattr(sys, "orig_argv", [])
@@ -85,13 +78,7 @@ def _patch_main_then(serve: Callable[..., Any]) -> Callable[..., Any]:
             _patch_module(main, _targets_by_module().get(name, []))
         return serve(*args, **kwargs)
 
-    serve_forever.__wrapped__ = serve  # type: ignore[attr-defined]
-    for attr in _WRAPPER_ASSIGNMENTS:
-        try:
-            setattr(serve_forever, attr, getattr(serve, attr))
-        except AttributeError:
-            pass
-    return serve_forever
+    return _look_like(serve_forever, serve)
 
 
 def module_loaded(module: ModuleType) -> None:
@@ -244,6 +231,13 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
         leave(token, summary)
         return result
 
+    _look_like(wrapper, fn)
+    setattr(wrapper, _MARK, span_name)
+    return wrapper
+
+
+def _look_like(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What :func:`functools.update_wrapper` does: the wrapper takes the original's names, doc and dict."""
     for attr in _WRAPPER_ASSIGNMENTS:
         try:
             setattr(wrapper, attr, getattr(fn, attr))
@@ -251,5 +245,4 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
             pass
     wrapper.__dict__.update(getattr(fn, "__dict__", {}))
     wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-    setattr(wrapper, _MARK, span_name)
     return wrapper

@@ -262,7 +262,7 @@ PANDAS_SCRIPT = textwrap.dedent(
     calls = df[df.cat.isin(WORK)]
     freq = calls.groupby("name").agg(calls=("dur", "size"), processes=("pid", "nunique"), total=("dur", "sum"),
                                      p50=("dur", "median"), p95=("dur", lambda s: s.quantile(0.95)))
-    mix = calls.groupby("cat").agg(calls=("dur", "size"), self=("self", "sum"))
+    mix = calls.groupby("cat").agg(calls=("dur", "size"), self_time=("self", "sum"))
     phases = df.groupby(["pid", "cat"])["self"].sum().unstack(fill_value=0)
     print(json.dumps({"calls": {k: int(v) for k, v in freq["calls"].items()},
                       "mix": {k: int(v) for k, v in mix["calls"].items()}, "processes": int(len(phases))}))
@@ -295,8 +295,8 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return elapsed, max(after, before) / 1024, proc.stdout
 
 
@@ -312,7 +312,7 @@ def throughput(work: Path, sizes: list[int], pandas_up_to: int) -> tuple[list[st
         report = json.loads(out)
         row = f"| {count} | {mb:.0f} | {t_rust:.2f} | {mb / t_rust:.0f} |"
         if count <= pandas_up_to:
-            t_pd, rss_pd, out_pd = run_measured([PY, str(script), str(dest)])
+            t_pd, _, out_pd = run_measured([PY, str(script), str(dest)])
             theirs = json.loads(out_pd)
             ours = {r["name"]: int(r["calls"]) for r in report["sections"]["call_frequency"]["data"]["entry_points"]}
             ours_mix = {r["category"]: int(r["calls"]) for r in report["sections"]["operation_mix"]["data"]}

@@ -139,3 +139,25 @@ def test_no_traces_and_usage_errors(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nothing-here" in missing.stderr
     assert analyze("--help").returncode == 0
     assert analyze("report", "--format", "pdf", tmp_path).returncode == 2
+
+
+def test_merge_compressed_and_cut_short(build: Path, tmp_path: Path) -> None:
+    import gzip
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(build, mixed)
+    first = sorted(mixed.glob("*" + schema.TRACE_SUFFIX))[0]
+    text = first.read_text()
+    first.write_text(text[: len(text) * 2 // 3])  # as SIGKILL would leave it
+    (mixed / "9-9-garbage.lynshim.json").write_text("not a trace")
+    out = tmp_path / "build.json.gz"
+    proc = analyze("merge", mixed, "-o", out)
+    assert proc.returncode == 1  # one file skipped
+    assert "9-9-garbage" in proc.stderr and "cut short" in proc.stderr and first.name in proc.stderr
+    merged = json.loads(gzip.decompress(out.read_bytes()))
+    events = merged["traceEvents"]
+    assert len({e["pid"] for e in events if e.get("ph") == "M" and e["name"] == "process_name"}) == 7
+    assert merged["metadata"]["lynshim_runs"][0]["traced_processes"] == 7
+    # One clock: every process's events are shifted by its start relative to the earliest.
+    starts = sorted(e["ts"] for e in events if e.get("name") == "interpreter start-up")
+    assert starts[0] == 0 and starts == sorted(set(starts)) and starts[-1] > 0

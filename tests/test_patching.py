@@ -301,3 +301,62 @@ def test_server_mode_round_trip_has_flows_on_both_sides(tmp_path: Path) -> None:
         # The flow starts inside a client request span and ends inside this server span.
         assert any(r["ts"] <= start["ts"] <= r["ts"] + r["dur"] for r in requests)
         assert span["ts"] <= ends[flow_id]["ts"] <= span["ts"] + span["dur"]
+
+
+EVERY_CATEGORY = textwrap.dedent(
+    """
+    import json
+    from lynguine.config.interface import Interface
+    from lynguine.assess.data import CustomDataFrame
+    from lynguine.assess.compute import Compute
+    from lynguine.util.liquid import load_template_env
+    import lynguine.access.io as io
+
+    interface = Interface.from_yaml('''
+    input:
+      type: local
+      index: name
+      data:
+      - name: a
+        x: 1
+      - name: b
+        x: 2
+    ''')
+    data = CustomDataFrame.from_flow(interface)                 # dataframe
+    compute = Compute(interface)
+    compute.preprocess(data, interface)                         # compute
+    compute.run_all(data, interface)
+    env = load_template_env()                                   # template
+    io.write_yaml_file({"written": [1, 2]}, "written.yml")      # write
+    out = {"shape": list(data.to_pandas().shape), "template": type(env).__name__,
+           "written": open("written.yml").read(), "yaml": io.read_yaml_file("written.yml")}
+    try:
+        io.read_yaml_file("no-such-file.yml")                   # read, failing
+    except Exception as err:
+        out["error"] = [type(err).__name__, str(err)]
+    print(json.dumps(out, sort_keys=True))
+    """
+)
+
+
+def test_every_category_is_transparent_and_traced(tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "every.py").write_text(EVERY_CATEGORY)
+    bare = subprocess.run([PY, "every.py"], cwd=work, env=clean_env(), capture_output=True)
+    assert bare.returncode == 0, bare.stderr
+    (work / "written.yml").unlink()
+    run = lynshim_run(tmp_path / "t", [PY, "every.py"], cwd=work, env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout == bare.stdout
+    assert json.loads(bare.stdout)["error"][0] == "FileNotFoundError"
+    spans = run.traces[0].spans()
+    cats = {s["cat"] for s in spans if s["ts"] > 0}
+    for cat in (schema.CAT_CONFIG, schema.CAT_DATAFRAME, schema.CAT_COMPUTE, schema.CAT_TEMPLATE, schema.CAT_WRITE,
+                schema.CAT_READ):
+        assert cat in cats, cat
+    failed = [s for s in spans if s["name"] == "lynguine.access.io.read_yaml_file" and "error" in s["args"]]
+    assert failed and failed[0]["args"]["error"] == "FileNotFoundError"
+    assert failed[0]["args"]["filename"] == "no-such-file.yml"
+    frame = next(s for s in spans if s["name"] == "lynguine.assess.data.CustomDataFrame.from_flow")
+    assert frame["cat"] == schema.CAT_DATAFRAME

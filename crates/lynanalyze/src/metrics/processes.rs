@@ -27,6 +27,8 @@ pub struct ProcessTimes {
     pub import_us: f64,
     pub work_us: f64,
     pub work_by_category: BTreeMap<String, f64>,
+    /// Import self time by top-level package.
+    pub imports_by_package: BTreeMap<String, f64>,
     pub unattributed_us: f64,
     pub peak_rss: Option<f64>,
     pub exit: String,
@@ -45,12 +47,17 @@ pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
         .iter()
         .map(|p| {
             let mut by_cat: BTreeMap<String, f64> = BTreeMap::new();
+            let mut by_package: BTreeMap<String, f64> = BTreeMap::new();
             let (mut startup, mut activation, mut import, mut calls) = (0.0, 0.0, 0.0, 0);
             for s in &p.spans {
                 match s.cat.as_str() {
                     c if c == category::STARTUP => startup += s.dur_us,
                     c if c == category::TRACER => activation += s.dur_us,
-                    c if c == category::IMPORT => import += s.self_us,
+                    c if c == category::IMPORT => {
+                        import += s.self_us;
+                        let package = s.name.split('.').next().unwrap_or("").to_owned();
+                        *by_package.entry(package).or_default() += s.self_us;
+                    }
                     c if is_call(c) => {
                         *by_cat.entry(c.to_owned()).or_default() += s.self_us;
                         calls += 1;
@@ -77,6 +84,7 @@ pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
                 work_us: work,
                 unattributed_us: (p.end_us - startup - activation - import - work).max(0.0),
                 work_by_category: by_cat,
+                imports_by_package: by_package,
                 peak_rss: p.peak_rss,
                 exit,
                 calls,
@@ -89,7 +97,7 @@ pub fn section(rows: &[ProcessTimes]) -> Section {
     let mut section = Section::new("processes", "Processes: start-up against work");
     let mut table = Table::new(
         "",
-        &["pid", "command", "wall ms", "start-up ms", "imports ms", "work ms", "work by category (ms)",
+        &["pid", "command", "wall ms", "start-up ms", "imports ms", "top imports (ms)", "work ms", "work by category (ms)",
           "unattributed ms", "overhead : work", "peak RSS MiB", "exit"],
     );
     for r in rows {
@@ -99,6 +107,10 @@ pub fn section(rows: &[ProcessTimes]) -> Section {
             .map(|(c, us)| format!("{c} {}", ms(*us)))
             .collect::<Vec<_>>()
             .join(", ");
+        let mut packages: Vec<_> = r.imports_by_package.iter().collect();
+        packages.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let top_imports =
+            packages.iter().take(3).map(|(p, us)| format!("{p} {}", ms(**us))).collect::<Vec<_>>().join(", ");
         let ratio = if r.work_us > 0.0 { format!("{:.0} : 1", r.overhead_us() / r.work_us) } else { "no work".into() };
         table.row(vec![
             r.pid.to_string(),
@@ -106,6 +118,7 @@ pub fn section(rows: &[ProcessTimes]) -> Section {
             ms(r.wall_us),
             ms(r.startup_us + r.activation_us),
             ms(r.import_us),
+            top_imports,
             ms(r.work_us),
             by_cat,
             ms(r.unattributed_us),
@@ -125,7 +138,7 @@ pub fn section(rows: &[ProcessTimes]) -> Section {
         .map(|r| json!({
             "pid": r.pid, "command": r.command, "group": r.group, "lamd_command": r.lamd_command,
             "wall_us": r.wall_us, "startup_us": r.startup_us, "activation_us": r.activation_us,
-            "import_us": r.import_us, "work_us": r.work_us, "work_by_category_us": r.work_by_category,
+            "import_us": r.import_us, "imports_by_package_us": r.imports_by_package, "work_us": r.work_us, "work_by_category_us": r.work_by_category,
             "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
         }))
         .collect::<Vec<_>>());

@@ -81,7 +81,7 @@ class span:
             from lynshim import _args
 
             described = {
-                k: (_args.REDACTED if _args.is_credential(k) else _args.describe_value(v, _os.getcwd()))
+                k: (_args.REDACTED if _args.is_credential(k) else _args.describe_value(v))
                 for k, v in self._args.items()
             }
             if self._rss:

@@ -33,23 +33,32 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 1] + "…"
 
 
-def _path_or_text(text: str, cwd: str) -> str:
-    if text.startswith(cwd) and (len(text) == len(cwd) or text[len(cwd)] == os.sep):
-        text = os.path.relpath(text, cwd)
-    return _short(text)
+def _path_or_text(text: str) -> str:
+    # Only an absolute path can lie inside the working directory: getcwd (a system call) is asked only then.
+    if text.startswith(os.sep):
+        cwd = os.getcwd()
+        if text.startswith(cwd) and (len(text) == len(cwd) or text[len(cwd)] == os.sep):
+            text = os.path.relpath(text, cwd)
+    return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 1] + "…"
 
 
-def describe_value(value: Any, cwd: str) -> Any:
+_SCALARS = (bool, int, float, type(None))
+
+
+def describe_value(value: Any) -> Any:
     """One argument as a short JSON scalar."""
-    if value is None or isinstance(value, (bool, int, float)):
+    kind = type(value)
+    if kind is str:
+        return _path_or_text(value)
+    if kind in _SCALARS:
         return value
     if isinstance(value, str):
-        return _path_or_text(value, cwd)
+        return _path_or_text(str(value))
     if isinstance(value, os.PathLike):
-        return _path_or_text(os.fspath(value), cwd)
+        return _path_or_text(os.fspath(value))
     if isinstance(value, (list, tuple)):
         if len(value) <= 20 and all(isinstance(v, (str, os.PathLike)) for v in value):
-            return _short(",".join(_path_or_text(os.fspath(v), cwd) for v in value))
+            return _short(",".join(_path_or_text(os.fspath(v)) for v in value))
         return f"{type(value).__name__}[{len(value)}]"
     shape = getattr(value, "shape", None)
     if isinstance(shape, tuple) and len(shape) == 2:
@@ -59,44 +68,67 @@ def describe_value(value: Any, cwd: str) -> Any:
     return type(value).__name__
 
 
+class CallDescriber:
+    """Describes the calls of one function. What does not change between calls — which parameters are
+    credentials, how the defaults read — is worked out once, when the function is wrapped. (Defaults are
+    described then: a function that mutates its own default list would be misreported.)"""
+
+    __slots__ = ("_defaults", "_positional", "_redacted")
+
+    def __init__(self, positional: tuple[str, ...], defaults: dict[str, Any]) -> None:
+        self._positional = positional
+        names = set(positional) | set(defaults)
+        self._redacted = frozenset(name for name in names if is_credential(name))
+        self._defaults = {
+            name: (REDACTED if name in self._redacted else describe_value(value))
+            for name, value in defaults.items()
+            if name not in _SKIP_PARAMS
+        }
+
+    def _put(self, out: dict[str, Any], name: str, value: Any) -> None:
+        if name in _SKIP_PARAMS:
+            return
+        if name in self._redacted or (name not in self._positional and is_credential(name)):
+            out[name] = REDACTED
+            return
+        if type(value) is dict:
+            found = False
+            for key in DETAIL_KEYS:
+                if key in value:
+                    out[key] = REDACTED if is_credential(key) else describe_value(value[key])
+                    found = True
+            if found:
+                return
+        out[name] = describe_value(value)
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        positional = self._positional
+        for index, value in enumerate(args):
+            self._put(out, positional[index] if index < len(positional) else f"arg{index}", value)
+        for name, value in kwargs.items():
+            self._put(out, name, value)
+        for name, described in self._defaults.items():
+            if name not in out and name not in kwargs:
+                out[name] = described
+        return out
+
+
 def describe_call(
     params: tuple[str, ...],
     defaults: dict[str, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> dict[str, Any]:
-    """The args of a call as a dict of short values, keyed by parameter name."""
-    cwd = os.getcwd()
-    out: dict[str, Any] = {}
-
-    def put(name: str, value: Any) -> None:
-        if name in _SKIP_PARAMS:
-            return
-        if is_credential(name):
-            out[name] = REDACTED
-            return
-        if isinstance(value, dict):
-            details = {k: value[k] for k in DETAIL_KEYS if k in value}
-            if details:
-                for key, detail in details.items():
-                    out[key] = REDACTED if is_credential(key) else describe_value(detail, cwd)
-                return
-        out[name] = describe_value(value, cwd)
-
-    for name, value in zip(params, args):
-        put(name, value)
-    for index in range(len(params), len(args)):
-        put(f"arg{index}", args[index])
-    for name, value in kwargs.items():
-        put(name, value)
-    for name, value in defaults.items():
-        if name not in out and name not in kwargs and name not in params[: len(args)]:
-            put(name, value)
-    return out
+    """The args of a call as a dict of short values, keyed by parameter name (one-off form)."""
+    return CallDescriber(params, defaults)(args, kwargs)
 
 
 def describe_result(result: Any) -> dict[str, Any] | None:
     """A cheap size of a result: rows of a data frame, length of a list or dict."""
+    kind = type(result)
+    if kind is str or kind in _SCALARS:
+        return None
     shape = getattr(result, "shape", None)
     if isinstance(shape, tuple) and shape:
         return {schema.ARG_ROWS: shape[0]}

@@ -193,7 +193,7 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
     enter = _native.enter
     leave = _native.exit
     state = _state
-    describe_call = _args.describe_call
+    describe_call = _args.CallDescriber(positional, defaults)
     describe_result = _args.describe_result
     is_client = category == schema.CAT_SERVER_CLIENT
     is_server = category == schema.CAT_SERVER
@@ -202,7 +202,7 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
         if not state.active:
             return fn(*args, **kwargs)
         try:
-            described = describe_call(positional, defaults, args, kwargs)
+            described = describe_call(args, kwargs)
         except Exception as err:  # noqa: BLE001 - describing must never break the call
             described = {"lynshim_error": type(err).__name__}
         token = enter(span_name, category, described)

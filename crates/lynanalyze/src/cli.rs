@@ -132,7 +132,8 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
     let options = metrics::Options { top: args.top, assumed_request_ms: args.request_cost_ms };
-    let crate::Analysis { loaded, mut spans, sections, header } = crate::analyse(&args.inputs, load_options, options)?;
+    let crate::Analysis { loaded, spans, processes, sections, header } =
+        crate::analyse(&args.inputs, load_options, options)?;
     for problem in &loaded.skipped {
         eprintln!("lynanalyze: skipped {problem}");
     }
@@ -143,12 +144,16 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let text = render(args.format, &header, &sections, &loaded, spans.height(), &runs);
     write_output(args.output.as_deref(), &text)?;
     if let Some(path) = &args.spans {
-        frame::write_spans(&mut spans, path)?;
+        let mut table = frame::export(&processes, &spans, &loaded.processes)?;
+        frame::write_spans(&mut table, path)?;
     }
     if std::io::stderr().is_terminal() {
         eprintln!("lynanalyze: {} in {:.2?}", header.split(';').next().unwrap_or(""), started.elapsed());
     }
-    Ok(if loaded.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let code = if loaded.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    // The process ends right after this: freeing millions of spans one by one would only delay it.
+    std::mem::forget((loaded, spans, processes, sections));
+    Ok(code)
 }
 
 /// Render the sections in `format`.

@@ -5,6 +5,7 @@
 //! as truncated. Anything else that is not such a file — empty, not UTF-8, not JSON, JSON of another
 //! shape, larger than the limit — is skipped with a one-line reason naming the file.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,8 @@ pub struct Span {
     /// Duration minus the durations of the spans directly inside it.
     pub self_us: f64,
     pub depth: u32,
-    pub parent: Option<String>,
+    /// Index in [`ProcessTrace::spans`] of the span directly enclosing this one.
+    pub parent: Option<usize>,
     pub parent_cat: Option<String>,
     pub args: Map<String, Value>,
     /// The file ended before this span did.
@@ -111,12 +113,17 @@ impl Default for LoadOptions {
     }
 }
 
+/// One event as it stands in the file. Strings are borrowed from the file's text where they can be (no
+/// escapes), so the `E` half of a span, whose name and category repeat the `B`, allocates nothing.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct RawEvent {
-    ph: String,
-    name: String,
-    cat: String,
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    ph: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    cat: Cow<'a, str>,
     ts: f64,
     dur: f64,
     tid: i64,
@@ -235,7 +242,7 @@ pub fn read_events(path: &Path, max_bytes: u64) -> Result<(Vec<Value>, bool), St
 }
 
 /// lynshim's framing: `[` alone on the first line, one event per line, `]` at the end unless cut short.
-fn parse_lines<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(Vec<T>, bool), String> {
+fn parse_lines<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(Vec<T>, bool), String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty());
     match lines.next() {
@@ -272,7 +279,7 @@ fn as_str(args: &Map<String, Value>, key: &str) -> Option<String> {
     args.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-fn build(events: Vec<RawEvent>, truncated: bool, bytes: u64) -> Result<ProcessTrace, String> {
+fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<ProcessTrace, String> {
     let meta = events
         .iter()
         .find(|e| e.ph == "i" && e.name == event::PROCESS)
@@ -303,15 +310,15 @@ fn build(events: Vec<RawEvent>, truncated: bool, bytes: u64) -> Result<ProcessTr
     let mut last_ts = 0.0_f64;
     for ev in events {
         last_ts = last_ts.max(ev.ts + ev.dur.max(0.0));
-        match ev.ph.as_str() {
+        match &*ev.ph {
             "B" => {
                 let stack = open.entry(ev.tid).or_default();
-                let parent = stack.last().map(|(i, _)| trace.spans[*i].name.clone());
+                let parent = stack.last().map(|(i, _)| *i);
                 let parent_cat = stack.last().map(|(i, _)| trace.spans[*i].cat.clone());
                 stack.push((trace.spans.len(), 0.0));
                 trace.spans.push(Span {
-                    name: ev.name,
-                    cat: ev.cat,
+                    name: ev.name.into_owned(),
+                    cat: ev.cat.into_owned(),
                     tid: ev.tid,
                     start_us: ev.ts,
                     dur_us: 0.0,
@@ -337,8 +344,8 @@ fn build(events: Vec<RawEvent>, truncated: bool, bytes: u64) -> Result<ProcessTr
                 }
             }
             "X" => trace.spans.push(Span {
-                name: ev.name,
-                cat: ev.cat,
+                name: ev.name.into_owned(),
+                cat: ev.cat.into_owned(),
                 tid: ev.tid,
                 start_us: ev.ts,
                 dur_us: ev.dur.max(0.0),
@@ -410,7 +417,8 @@ mod tests {
         let pandas = t.spans.iter().find(|s| s.name == "pandas").expect("pandas");
         assert_eq!((pandas.dur_us, pandas.self_us, pandas.depth), (100.0, 50.0, 0));
         let numpy = t.spans.iter().find(|s| s.name == "numpy").expect("numpy");
-        assert_eq!((numpy.depth, numpy.parent.as_deref()), (1, Some("pandas")));
+        assert_eq!(numpy.depth, 1);
+        assert_eq!(numpy.parent.map(|i| t.spans[i].name.as_str()), Some("pandas"));
         assert_eq!(t.end_us, 400.0);
     }
 

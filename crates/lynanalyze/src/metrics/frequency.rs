@@ -11,7 +11,7 @@ pub fn per_entry_point(spans: &DataFrame) -> PolarsResult<DataFrame> {
     let calls = spans.clone().lazy().filter(col("is_call"));
     let per_process = calls
         .clone()
-        .group_by([col("name"), col("pid")])
+        .group_by([col("name"), col("proc")])
         .agg([len().alias("n")])
         .group_by([col("name")])
         .agg([col("n").mean().alias("per_process_mean"), col("n").max().alias("per_process_max")]);
@@ -19,7 +19,7 @@ pub fn per_entry_point(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .group_by([col("name"), col("cat")])
         .agg([
             len().alias("calls"),
-            col("pid").n_unique().alias("processes"),
+            col("proc").n_unique().alias("processes"),
             col("dur_us").sum().alias("total_us"),
             col("dur_us").mean().alias("mean_us"),
             col("dur_us").quantile(lit(0.5), QuantileMethod::Linear).alias("p50_us"),
@@ -30,31 +30,34 @@ pub fn per_entry_point(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .collect()
 }
 
+fn calls_with_process(spans: &DataFrame, processes: &DataFrame) -> LazyFrame {
+    spans.clone().lazy().filter(col("is_call")).join(
+        processes.clone().lazy(),
+        [col("proc")],
+        [col("proc")],
+        JoinArgs::new(JoinType::Inner),
+    )
+}
+
 /// Calls per group (lamd command or program) and entry point.
-pub fn per_group(spans: &DataFrame) -> PolarsResult<DataFrame> {
-    spans
-        .clone()
-        .lazy()
-        .filter(col("is_call"))
+pub fn per_group(spans: &DataFrame, processes: &DataFrame) -> PolarsResult<DataFrame> {
+    calls_with_process(spans, processes)
         .group_by([col("group"), col("name")])
-        .agg([len().alias("calls"), col("pid").n_unique().alias("processes"), col("dur_us").sum().alias("total_us")])
+        .agg([len().alias("calls"), col("proc").n_unique().alias("processes"), col("dur_us").sum().alias("total_us")])
         .sort(["group", "calls", "name"], SortMultipleOptions::default().with_order_descending_multi([false, true, false]))
         .collect()
 }
 
 /// Calls per build (run).
-pub fn per_run(spans: &DataFrame) -> PolarsResult<DataFrame> {
-    spans
-        .clone()
-        .lazy()
-        .filter(col("is_call"))
+pub fn per_run(spans: &DataFrame, processes: &DataFrame) -> PolarsResult<DataFrame> {
+    calls_with_process(spans, processes)
         .group_by([col("run_id")])
-        .agg([len().alias("calls"), col("pid").n_unique().alias("processes"), col("dur_us").sum().alias("total_us")])
+        .agg([len().alias("calls"), col("proc").n_unique().alias("processes"), col("dur_us").sum().alias("total_us")])
         .sort(["run_id"], SortMultipleOptions::default())
         .collect()
 }
 
-pub fn section(spans: &DataFrame, top: usize) -> anyhow::Result<Section> {
+pub fn section(spans: &DataFrame, processes: &DataFrame, top: usize) -> anyhow::Result<Section> {
     let mut section = Section::new("call_frequency", "Call frequency of lynguine and lamd entry points");
     let df = per_entry_point(spans)?;
     let (name, cat) = (strs(&df, "name")?, strs(&df, "cat")?);
@@ -82,7 +85,7 @@ pub fn section(spans: &DataFrame, top: usize) -> anyhow::Result<Section> {
     }
     section.tables.push(table);
 
-    let groups = per_group(spans)?;
+    let groups = per_group(spans, processes)?;
     let (g, gn) = (strs(&groups, "group")?, strs(&groups, "name")?);
     let (gc, gp, gt) = (f64s(&groups, "calls")?, f64s(&groups, "processes")?, f64s(&groups, "total_us")?);
     let mut by_group = Table::new("per command", &["command", "entry point", "calls", "processes", "total ms"]);
@@ -95,7 +98,7 @@ pub fn section(spans: &DataFrame, top: usize) -> anyhow::Result<Section> {
     }
     section.tables.push(by_group);
 
-    let runs = per_run(spans)?;
+    let runs = per_run(spans, processes)?;
     let (r, rc, rp, rt) = (strs(&runs, "run_id")?, f64s(&runs, "calls")?, f64s(&runs, "processes")?, f64s(&runs, "total_us")?);
     let mut by_run = Table::new("per build", &["run", "calls", "processes calling", "total ms"]);
     let mut run_data = Vec::new();

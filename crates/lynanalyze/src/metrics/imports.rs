@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use polars::prelude::*;
+use rayon::prelude::*;
 use serde_json::json;
 
 use crate::frame::{f64s, strs};
@@ -23,7 +24,7 @@ pub fn per_module(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .filter(col("cat").eq(lit(lynschema::category::IMPORT)))
         .group_by([col("name")])
         .agg([
-            col("pid").n_unique().alias("processes"),
+            col("proc").n_unique().alias("processes"),
             col("self_us").sum().alias("self_us"),
             col("dur_us").sum().alias("cumulative_us"),
             col("self_us").mean().alias("mean_self_us"),
@@ -40,15 +41,17 @@ pub fn per_package(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .lazy()
         .filter(col("cat").eq(lit(lynschema::category::IMPORT)))
         .group_by([col("package")])
-        .agg([col("pid").n_unique().alias("processes"), col("self_us").sum().alias("self_us")])
+        .agg([col("proc").n_unique().alias("processes"), col("self_us").sum().alias("self_us")])
         .sort(["self_us", "package"], SortMultipleOptions::default().with_order_descending_multi([true, false]))
         .collect()
 }
 
 pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> anyhow::Result<Section> {
     let mut section = Section::new("imports", "Imports");
-    let total_import: f64 = processes.iter().flat_map(|p| &p.spans).filter(|s| s.cat == lynschema::category::IMPORT)
-        .map(|s| s.self_us).sum();
+    let total_import: f64 = processes
+        .par_iter()
+        .map(|p| p.spans.iter().filter(|s| s.cat == lynschema::category::IMPORT).map(|s| s.self_us).sum::<f64>())
+        .sum();
 
     let df = per_module(spans)?;
     let name = strs(&df, "name")?;
@@ -90,23 +93,25 @@ pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> any
     section.tables.push(package_table);
 
     // Lazy-import candidates: packages imported by a process with no traced call into them.
+    let per_process: Vec<Vec<(&str, f64)>> = processes
+        .par_iter()
+        .map(|p| {
+            let called: BTreeSet<&str> =
+                p.spans.iter().filter(|s| is_call(&s.cat)).filter_map(|s| s.name.split('.').next()).collect();
+            let mut cost: BTreeMap<&str, f64> = BTreeMap::new();
+            for s in p.spans.iter().filter(|s| s.cat == lynschema::category::IMPORT) {
+                if let Some(package) = s.name.split('.').next() {
+                    *cost.entry(package).or_default() += s.self_us;
+                }
+            }
+            cost.into_iter().filter(|(package, _)| !called.contains(package)).collect()
+        })
+        .collect();
     let mut candidates: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-    for p in processes {
-        let called: BTreeSet<&str> = p.spans.iter().filter(|s| is_call(&s.cat))
-            .filter_map(|s| s.name.split('.').next()).collect();
-        let mut cost: BTreeMap<&str, f64> = BTreeMap::new();
-        for s in p.spans.iter().filter(|s| s.cat == lynschema::category::IMPORT) {
-            if let Some(package) = s.name.split('.').next() {
-                *cost.entry(package).or_default() += s.self_us;
-            }
-        }
-        for (package, us) in cost {
-            if !called.contains(package) {
-                let entry = candidates.entry(package.to_owned()).or_default();
-                entry.0 += 1;
-                entry.1 += us;
-            }
-        }
+    for (package, us) in per_process.into_iter().flatten() {
+        let entry = candidates.entry(package.to_owned()).or_default();
+        entry.0 += 1;
+        entry.1 += us;
     }
     let mut ranked: Vec<_> = candidates.into_iter().collect();
     ranked.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then_with(|| a.0.cmp(&b.0)));

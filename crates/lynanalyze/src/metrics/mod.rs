@@ -31,17 +31,30 @@ impl Default for Options {
 }
 
 /// Every section, in report order.
-pub fn all(loaded: &Loaded, spans: &DataFrame, options: Options) -> anyhow::Result<Vec<Section>> {
+pub fn all(loaded: &Loaded, spans: &DataFrame, processes_df: &DataFrame, options: Options) -> anyhow::Result<Vec<Section>> {
+    let timings = std::env::var_os("LYNANALYZE_TIMINGS").is_some();
+    let mut clock = std::time::Instant::now();
+    let mut tick = |label: &str| {
+        if timings {
+            eprintln!("lynanalyze:   {label} {:.2?}", clock.elapsed());
+        }
+        clock = std::time::Instant::now();
+    };
     let per_process = processes::compute(&loaded.processes);
-    Ok(vec![
-        processes::section(&per_process),
-        frequency::section(spans, options.top)?,
-        mix::section(spans)?,
-        startup::section(&per_process, loaded),
-        imports::section(spans, &loaded.processes, options.top)?,
-        memory::section(&loaded.processes),
-        concurrency::section(&loaded.processes),
-        config_files::section(&loaded.processes),
-        projection::section(&per_process, spans, options.assumed_request_ms)?,
-    ])
+    let mut sections = vec![processes::section(&per_process)];
+    tick("processes");
+    sections.push(frequency::section(spans, processes_df, options.top)?);
+    tick("call frequency");
+    sections.push(mix::section(spans)?);
+    sections.push(startup::section(&per_process, loaded));
+    tick("mix, start-up");
+    sections.push(imports::section(spans, &loaded.processes, options.top)?);
+    tick("imports");
+    sections.push(memory::section(&loaded.processes));
+    sections.push(concurrency::section(&loaded.processes));
+    sections.push(config_files::section(&loaded.processes));
+    tick("memory, concurrency, config files");
+    sections.push(projection::section(&per_process, spans, options.assumed_request_ms)?);
+    tick("projection");
+    Ok(sections)
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use lynschema::category;
+use rayon::prelude::*;
 use serde_json::json;
 
 use crate::load::{is_call, ProcessTrace};
@@ -44,10 +45,11 @@ impl ProcessTimes {
 
 pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
     processes
-        .iter()
+        .par_iter()
         .map(|p| {
-            let mut by_cat: BTreeMap<String, f64> = BTreeMap::new();
-            let mut by_package: BTreeMap<String, f64> = BTreeMap::new();
+            // Keyed by borrowed names while summing: one allocation per key, not per span.
+            let mut by_cat: BTreeMap<&str, f64> = BTreeMap::new();
+            let mut by_package: BTreeMap<&str, f64> = BTreeMap::new();
             let (mut startup, mut activation, mut import, mut calls) = (0.0, 0.0, 0.0, 0);
             for s in &p.spans {
                 match s.cat.as_str() {
@@ -55,11 +57,11 @@ pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
                     c if c == category::TRACER => activation += s.dur_us,
                     c if c == category::IMPORT => {
                         import += s.self_us;
-                        let package = s.name.split('.').next().unwrap_or("").to_owned();
+                        let package = s.name.split('.').next().unwrap_or("");
                         *by_package.entry(package).or_default() += s.self_us;
                     }
                     c if is_call(c) => {
-                        *by_cat.entry(c.to_owned()).or_default() += s.self_us;
+                        *by_cat.entry(c).or_default() += s.self_us;
                         calls += 1;
                     }
                     _ => {}
@@ -83,8 +85,8 @@ pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
                 import_us: import,
                 work_us: work,
                 unattributed_us: (p.end_us - startup - activation - import - work).max(0.0),
-                work_by_category: by_cat,
-                imports_by_package: by_package,
+                work_by_category: by_cat.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                imports_by_package: by_package.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 peak_rss: p.peak_rss,
                 exit,
                 calls,

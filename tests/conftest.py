@@ -97,6 +97,9 @@ class Run:
 def lynshim_run(out: Path, command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
                 input: bytes | None = None, label: str | None = None, timeout: float = 300) -> Run:
     """Run ``lynshim run -o out -- command`` and load the traces it wrote."""
+    # lynguine writes lynguine.log into the working directory: never the repository's.
+    if cwd is None:
+        cwd = out.parent
     args = [sys.executable, "-m", "lynshim", "run", "-o", str(out)]
     if label:
         args += ["--label", label]

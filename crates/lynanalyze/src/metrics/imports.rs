@@ -48,9 +48,12 @@ pub fn per_package(spans: &DataFrame) -> PolarsResult<DataFrame> {
 
 pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> anyhow::Result<Section> {
     let mut section = Section::new("imports", "Imports");
+    // Summed in process order, so the floating-point total is the same on every run.
     let total_import: f64 = processes
         .par_iter()
         .map(|p| p.spans.iter().filter(|s| s.cat == lynschema::category::IMPORT).map(|s| s.self_us).sum::<f64>())
+        .collect::<Vec<_>>()
+        .into_iter()
         .sum();
 
     let df = per_module(spans)?;

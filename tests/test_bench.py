@@ -19,7 +19,7 @@ def bench(tmp_path: Path, *flags: str) -> dict:
     out = tmp_path / "bench"
     proc = subprocess.run([PY, "-m", "lynshim", "bench", "-n", "2", "--warmup", "0", *flags, "-o", str(out),
                            "--", PY, "-c", "import lynguine"], env=clean_env(), capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "interpreter start-up" in proc.stdout and "imports: pandas" in proc.stdout
     return json.loads((out / "bench.json").read_text())

@@ -138,7 +138,7 @@ def test_output_and_exit_status_are_byte_identical(tmp_path: Path) -> None:
 
 def test_uncaught_exception(tmp_path: Path) -> None:
     code = "import lynguine\nraise KeyError('boom')"
-    bare = untraced([PY, "-c", code], env=clean_env())
+    bare = untraced([PY, "-c", code], env=clean_env(), cwd=tmp_path)
     run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
     assert run.proc.returncode == bare.returncode == 1
     assert run.proc.stderr.splitlines()[:-1] == bare.stderr.splitlines()
@@ -149,7 +149,7 @@ def test_uncaught_exception(tmp_path: Path) -> None:
 
 def test_sigterm_closes_the_trace_and_dies_of_sigterm(tmp_path: Path) -> None:
     code = "import os, signal, lynguine\nos.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(5)"
-    bare = untraced([PY, "-c", code], env=clean_env())
+    bare = untraced([PY, "-c", code], env=clean_env(), cwd=tmp_path)
     run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
     assert bare.returncode == run.proc.returncode == -15
     trace = run.traces[0]
@@ -253,7 +253,7 @@ def test_unwritable_trace_dir_warns_once_and_runs_on(tmp_path: Path) -> None:
     env = clean_env()
     env[schema.ENV_DIR] = str(blocked / "traces")
     code = "import lynshim, lynguine; print('ran')\nwith lynshim.span('x'): pass"
-    proc = subprocess.run([PY, "-c", code], env=env, capture_output=True)
+    proc = subprocess.run([PY, "-c", code], env=env, capture_output=True, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout == b"ran\n"
     warnings = [line for line in proc.stderr.decode().splitlines() if line.startswith("lynshim:")]
     assert len(warnings) == 1 and "tracing is off" in warnings[0]
@@ -283,7 +283,8 @@ def test_in_code_activation_and_api(tmp_path: Path) -> None:
     ).replace("DIR", repr(str(tmp_path / "api")))
     env = clean_env()
     env["SECRET"] = "s3cret"
-    proc = subprocess.run([PY, "-c", code, "--password", "hunter2", "--api-key=k3y"], env=env, capture_output=True)
+    proc = subprocess.run([PY, "-c", code, "--password", "hunter2", "--api-key=k3y"], env=env, capture_output=True,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.decode().strip())
     trace = Trace(path, json.loads(path.read_text()))
@@ -308,7 +309,8 @@ def test_import_lynshim_without_environment_does_nothing(tmp_path: Path) -> None
 def test_import_lynshim_with_environment_activates(tmp_path: Path) -> None:
     env = clean_env()
     env[schema.ENV_DIR] = str(tmp_path / "env")
-    proc = subprocess.run([PY, "-c", "import lynshim; print(lynshim.is_active())"], env=env, capture_output=True)
+    proc = subprocess.run([PY, "-c", "import lynshim; print(lynshim.is_active())"], env=env, capture_output=True,
+                          cwd=tmp_path)
     assert proc.stdout == b"True\n"
     files = list((tmp_path / "env").glob("*" + schema.TRACE_SUFFIX))
     assert len(files) == 1

@@ -232,16 +232,25 @@ def per_call_profile(work: Path, loops: int) -> list[str]:
 
 # --- 3. import lynshim, tracing off ------------------------------------------------------------------
 
-def import_cost(runs: int) -> tuple[str, str]:
-    cumulative = []
+def _importtime(module: str) -> float:
+    proc = subprocess.run([PY, "-X", "importtime", "-c", f"import {module}"], env=clean_env(),
+                          capture_output=True, text=True, check=True)
+    line = [l for l in proc.stderr.splitlines() if l.rstrip().endswith(f"| {module}")][-1]
+    return int(line.split("|")[1]) / 1000
+
+
+def import_cost(runs: int) -> tuple[list[str], str]:
+    ours, json_ = [], []
     for _ in range(runs):
-        proc = subprocess.run([PY, "-X", "importtime", "-c", "import lynshim"], env=clean_env(),
-                              capture_output=True, text=True, check=True)
-        line = [l for l in proc.stderr.splitlines() if l.rstrip().endswith("| lynshim")][-1]
-        cumulative.append(int(line.split("|")[1]) / 1000)
-    median = statistics.median(cumulative)
-    return (f"| `import lynshim`, LYNSHIM_DIR unset | {spread(cumulative)} ms | ≤ 2 ms |",
-            f"import lynshim with tracing off: median {median:.2f} ms — target ≤ 2 ms {'met' if median <= 2 else 'missed'}")
+        ours.append(_importtime("lynshim"))
+        json_.append(_importtime("json"))  # a yardstick for this machine's speed, measured alternately
+    median, yardstick = statistics.median(ours), statistics.median(json_)
+    rows = [f"| `import lynshim`, LYNSHIM_DIR unset | {spread(ours)} ms | ≤ 2 ms |",
+            f"| `import json` (yardstick, same run) | {spread(json_)} ms | |"]
+    verdict = "met" if median <= 2 else f"missed by {median - 2:.2f} ms"
+    return rows, (f"import lynshim with tracing off: median {median:.2f} ms — target ≤ 2 ms {verdict}; "
+                  f"`import json` took {yardstick:.2f} ms in the same run, so lynshim costs "
+                  f"{median / yardstick:.2f}× a stdlib json import here")
 
 
 # --- 4. analyzer throughput --------------------------------------------------------------------------
@@ -306,10 +315,10 @@ def replicate(dest: Path, count: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, str]:
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
@@ -326,6 +335,12 @@ def throughput(work: Path, sizes: list[int], pandas_up_to: int) -> tuple[list[st
         size = replicate(dest, count)
         mb = size / 1e6
         t_rust, rss_rust, out = run_measured([LYNANALYZE, "report", str(dest), "--format", "json"])
+        if count == 1000:
+            # Where lynanalyze's time goes, from its own phase timings (a second run).
+            proc = subprocess.run([LYNANALYZE, "report", str(dest), "--format", "json"], capture_output=True,
+                                  text=True, env={**os.environ, "LYNANALYZE_TIMINGS": "1"})
+            phases = [l.removeprefix("lynanalyze:").strip() for l in proc.stderr.splitlines()]
+            notes.append(f"where lynanalyze's time goes on {count} files ({mb:.0f} MB): " + "; ".join(phases))
         report = json.loads(out)
         row = f"| {count} | {mb:.0f} | {t_rust:.2f} | {mb / t_rust:.0f} |"
         if count <= pandas_up_to:
@@ -346,6 +361,20 @@ def throughput(work: Path, sizes: list[int], pandas_up_to: int) -> tuple[list[st
     return rows, notes
 
 
+def criterion_summary() -> str:
+    """The loader's criterion results from this `make bench` (build/criterion.txt), if it ran."""
+    path = REPO / "build" / "criterion.txt"
+    if not path.exists():
+        return "not run (`make bench` runs `cargo bench -p lynload` first)"
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if line.startswith("loader/") and i + 2 < len(lines) and "thrpt" in lines[i + 2]:
+            out.append(f"`{line.strip()}`: time {lines[i + 1].split('[', 1)[1].strip(' ]')}, "
+                       f"throughput {lines[i + 2].split('[', 1)[1].strip(' ]')}")
+    return "; ".join(out) or "no results found in build/criterion.txt"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for trying the script)")
@@ -362,7 +391,7 @@ def main() -> None:
         c_rows, c_notes = per_call(work, loops, rounds)
         c_profile = per_call_profile(work, loops)
         print("import lynshim…", file=sys.stderr)
-        i_row, i_note = import_cost(20)
+        i_rows, i_note = import_cost(20)
         print("analyzer throughput…", file=sys.stderr)
         t_rows, t_notes = throughput(work, sizes, pandas_up_to=1000)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, {platform.platform()}"
@@ -376,6 +405,23 @@ to reproduce; expect other numbers on another machine or under other load.
 ## Summary against the targets
 
 {chr(10).join('- ' + n for n in s_notes + c_notes + [i_note] + t_notes)}
+
+## Why the missed targets are missed (from the figures below)
+
+- Start-up: the difference between `lynshim run` and the in-process row is the launcher itself — a second
+  Python process (`python -m lynshim run`) in front of the command, paid once per `lynshim run`, not once per
+  traced process of a build. The in-process overhead is lynshim's activation (quoted under table 1) plus, for
+  every module imported, a Python-level `find_spec`, a loader proxy and a native span (table 2 gives the span's
+  cost), with the writer thread parsing and rewriting every event on the second core.
+- Per call: table 2's breakdown. The native `enter` + `exit` pair — a `tracing` span through the
+  tracing-chrome layer, whose `on_enter`/`on_exit` format the span's fields, allocate its name and target and
+  send a message to the writer thread each time — alone exceeds the 1 µs budget; describing the arguments adds
+  the rest. wrapt's timer records no arguments and writes nothing, and viztracer's C tracer stores a fixed
+  record per call in a ring buffer, which is why both are cheaper.
+- `import lynshim`: compared with `import json` in the same run (table 3); the package's own import finds and
+  loads the native module. This machine's interpreter is slow to import (see the yardstick).
+- Analyzer: the phase timings in the summary. Loading (parsing JSON, in parallel) runs near the loader's
+  criterion throughput; building the polars frames and the metrics on ~1,300 spans per file take the rest.
 
 ## 1. Start-up overhead on real lynguine (ratio to a bare run, per alternating pair)
 
@@ -401,7 +447,7 @@ What a lynshim-wrapped call costs, component by component (ns per call):
 
 | measure | median (IQR, n) | target |
 | --- | --- | --- |
-{i_row}
+{chr(10).join(i_rows)}
 
 ## 4. Analyzer throughput (replicated real traces from tests/fixtures, distinct pids)
 
@@ -412,7 +458,8 @@ What a lynshim-wrapped call costs, component by component (ns per call):
 The pandas script (in analysis/bench.py) computes the same call-frequency, operation-mix and per-process
 tables; "same tables" checks that both give the same call counts and mix. Peak RSS is the largest child
 resident size seen so far in the run (`getrusage(RUSAGE_CHILDREN)`), so it is an upper bound per row.
-Loader micro-benchmarks: `cargo bench -p lynload` (criterion).
+Loader micro-benchmarks (`cargo bench -p lynload --bench parse`, criterion, low/estimate/high):
+{criterion_summary()}.
 """
     (REPO / "analysis" / "benchmarks.md").write_text(doc)
     print(doc)

@@ -16,6 +16,7 @@ PY = sys.executable
 
 
 def bench(tmp_path: Path, *flags: str) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "bench"
     proc = subprocess.run([PY, "-m", "lynshim", "bench", "-n", "2", "--warmup", "0", *flags, "-o", str(out),
                            "--", PY, "-c", "import lynguine"], env=clean_env(), capture_output=True, text=True,

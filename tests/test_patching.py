@@ -360,3 +360,43 @@ def test_every_category_is_transparent_and_traced(tmp_path: Path) -> None:
     assert failed[0]["args"]["filename"] == "no-such-file.yml"
     frame = next(s for s in spans if s["name"] == "lynguine.assess.data.CustomDataFrame.from_flow")
     assert frame["cat"] == schema.CAT_DATAFRAME
+
+
+def test_lamd_style_build_on_the_corpus_in_several_processes(tmp_path: Path, corpus: Path) -> None:
+    """Done-when of the instrumentation issue: lamd's calls on a real talk, one process per make rule."""
+    work = tmp_path / "corpus"
+    shutil.copytree(corpus, work)
+    talks = work / "talks" / "_ai"
+    shutil.copy(SAMPLE / "lamd_calls.py", talks)
+    talk = "the-atomic-human-google.md"
+    rules = {"title.txt": f"mdfield title {talk}", "venue.txt": f"mdfield venue {talk}",
+             "flags.txt": f"flags {talk}", "inputs.txt": f"dependencies inputs {talk}",
+             "all.txt": f"dependencies all {talk}"}
+    makefile = "all: " + " ".join(rules) + "\n" + "".join(
+        f"{target}:\n\t{PY} lamd_calls.py {command} > $@\n" for target, command in rules.items())
+    (talks / "Makefile.lamd").write_text(makefile)
+    bare = subprocess.run(["make", "-s", "-f", "Makefile.lamd"], cwd=talks, env=clean_env(), capture_output=True)
+    assert bare.returncode == 0, bare.stderr
+    expected = {target: (talks / target).read_text() for target in rules}
+    for target in rules:
+        (talks / target).unlink()
+    run = lynshim_run(tmp_path / "t", ["make", "-s", "-f", "Makefile.lamd"], cwd=talks, env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert {target: (talks / target).read_text() for target in rules} == expected  # results unchanged
+    assert len(run.traces) == len(rules)
+    top_calls = {
+        "mdfield title": ["talk_field"], "mdfield venue": ["talk_field"],
+        "flags": ["header_fields", "header_field", "header_field"],
+        "dependencies inputs": ["extract_inputs"], "dependencies all": ["extract_all"],
+    }
+    for command, calls in top_calls.items():
+        trace = run.trace_for(f"lamd_calls.py {command} ")
+        work_spans = [s for s in trace.spans() if s["cat"] in schema.WORK_CATEGORIES]
+        # lamd's calls are the top-level work spans after the imports, once each, in this process only.
+        top = [s for s in work_spans if s["depth"] == 0 and s["cat"] != schema.CAT_CONFIG]
+        assert [s["name"].rsplit(".", 1)[-1] for s in top] == calls, (command, [s["name"] for s in top])
+        for span in top:
+            assert span["args"]["filename" if "filename" in span["args"] else "field"]
+            assert span["cat"] == schema.CAT_FIELD
+        # Nested inside lamd's calls: talk_field → header_fields → read_markdown_file, and so on.
+        assert any(s["depth"] > 0 and s["ts"] >= top[0]["ts"] for s in work_spans), command

@@ -19,8 +19,11 @@ from lynshim._native import schema
 MAX_CHARS: int = schema.MAX_ARG_CHARS
 REDACTED: str = schema.REDACTED
 _CREDENTIAL_WORDS: tuple[str, ...] = tuple(schema.CREDENTIAL_WORDS)
-#: Keys of a mapping argument worth recording (lynguine's ``details`` dicts, request payloads).
+#: Keys of a mapping argument worth recording (lynguine's ``details`` dicts, request payloads)…
 DETAIL_KEYS = ("type", "filename", "directory", "glob", "source", "field", "name", "user_file")
+#: …for parameters with these names only: other mappings (a talk's header fields, say) are data, not a
+#: description of what is read, and are recorded by their size.
+DETAIL_PARAMS = frozenset({"details", "data_source", "request_data", "source", "spec"})
 _SKIP_PARAMS = frozenset({"self", "cls"})
 
 
@@ -91,10 +94,10 @@ class CallDescriber:
         if name in self._redacted or (name not in self._positional and is_credential(name)):
             out[name] = REDACTED
             return
-        if type(value) is dict:
+        if name in DETAIL_PARAMS and type(value) is dict:
             found = False
             for key in DETAIL_KEYS:
-                if key in value:
+                if key in value and key not in out:
                     out[key] = REDACTED if is_credential(key) else describe_value(value[key])
                     found = True
             if found:

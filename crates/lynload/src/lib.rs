@@ -210,15 +210,20 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
 
 /// Read and parse one file; `Ok` carries a warning when the file was cut short.
 pub fn read_trace(path: &Path, max_bytes: u64) -> Result<(ProcessTrace, Option<String>), String> {
-    let size = fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?.len();
-    if size > max_bytes {
-        return Err(format!("too large ({size} bytes, limit {max_bytes}; raise it with --max-file-size)"));
-    }
-    let bytes = fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
+    let bytes = read_limited(path, max_bytes)?;
     let mut trace = parse_trace(&bytes)?;
     trace.file = path.to_path_buf();
     let warning = trace.truncated.then(|| "cut short (no closing ]): read as far as it goes".to_owned());
     Ok((trace, warning))
+}
+
+/// A file's bytes, unless it is larger than `max_bytes`.
+fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    let size = fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?.len();
+    if size > max_bytes {
+        return Err(format!("too large ({size} bytes, limit {max_bytes}; raise it with --max-file-size)"));
+    }
+    fs::read(path).map_err(|e| format!("cannot read it ({e})"))
 }
 
 /// Parse the bytes of one trace file.
@@ -229,11 +234,7 @@ pub fn parse_trace(bytes: &[u8]) -> Result<ProcessTrace, String> {
 
 /// The events of one trace file, as they are, and whether the file was cut short: for merging.
 pub fn read_events(path: &Path, max_bytes: u64) -> Result<(Vec<Value>, bool), String> {
-    let size = fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?.len();
-    if size > max_bytes {
-        return Err(format!("too large ({size} bytes, limit {max_bytes}; raise it with --max-file-size)"));
-    }
-    let bytes = fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
+    let bytes = read_limited(path, max_bytes)?;
     let (events, truncated) = parse_lines::<Value>(&bytes)?;
     if !events.iter().any(|e| e.get("name").and_then(Value::as_str) == Some(event::PROCESS)) {
         return Err(format!("no `{}` event: not written by lynshim", event::PROCESS));

@@ -158,6 +158,9 @@ pub fn collect_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<Pro
     (traces, runs, problems)
 }
 
+/// A trace, and a warning when its file was cut short.
+type TraceAndWarning = (ProcessTrace, Option<String>);
+
 /// Load every trace and run record under `inputs`, in parallel.
 pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
     let (traces, run_files, mut skipped) = collect_files(inputs);
@@ -172,7 +175,7 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
     } else {
         ProgressBar::hidden()
     };
-    let results: Vec<(PathBuf, Result<(ProcessTrace, Option<String>), String>)> = traces
+    let results: Vec<(PathBuf, Result<TraceAndWarning, String>)> = traces
         .par_iter()
         .map(|path| {
             let result = read_trace(path, options.max_file_bytes);
@@ -209,7 +212,7 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
 }
 
 /// Read and parse one file; `Ok` carries a warning when the file was cut short.
-pub fn read_trace(path: &Path, max_bytes: u64) -> Result<(ProcessTrace, Option<String>), String> {
+pub fn read_trace(path: &Path, max_bytes: u64) -> Result<TraceAndWarning, String> {
     let bytes = read_limited(path, max_bytes)?;
     let mut trace = parse_trace(&bytes)?;
     trace.file = path.to_path_buf();

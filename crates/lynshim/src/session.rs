@@ -122,7 +122,7 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     let age_ns = if info.forked_from.is_some() { 0 } else { procinfo::process_age_ns(start_ticks) };
     #[allow(clippy::cast_precision_loss)]
     let shift_us = age_ns as f64 / 1000.0;
-    let fixup = Fixup::new(file, pid, zero_mono_ns, shift_us, Box::new(|msg| warn_once(msg)));
+    let fixup = Fixup::new(file, pid, zero_mono_ns, shift_us, Box::new(warn_once));
     let writer = Arc::new(Mutex::new(fixup));
     let (layer, guard) = ChromeLayerBuilder::new()
         .writer(SharedFixup(Arc::clone(&writer)))

@@ -95,7 +95,8 @@ def activate(
     if _state.active and _native.is_active():
         return _native.trace_path()
     _run_id, _label = run_id, label
-    path = _native.start(os.fspath(directory), _process_meta(), process_name(), import_started_ns)
+    meta = _process_meta()
+    path = _native.start(os.fspath(directory), meta, meta["command"], import_started_ns)
     if path is None:
         return None
     _state.active = True
@@ -185,7 +186,8 @@ def _at_python_exit() -> None:
 
 def _after_fork_in_child() -> None:
     if _state.active:
-        _native.after_fork_child(_process_meta(), process_name())
+        meta = _process_meta()
+        _native.after_fork_child(meta, meta["command"])
         _state.active = _native.is_active()
 
 

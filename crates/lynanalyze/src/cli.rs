@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::load::{self, LoadOptions};
+use crate::load::LoadOptions;
 use crate::{frame, metrics, report};
 
 pub use Format as ReportFormat;
@@ -132,45 +132,38 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
     let options = metrics::Options { top: args.top, assumed_request_ms: args.request_cost_ms };
-    let crate::Analysis { loaded, spans, processes, sections, header } =
-        crate::analyse(&args.inputs, load_options, options)?;
+    let analysis = crate::analyse(&args.inputs, load_options, options)?;
+    let loaded = &analysis.loaded;
     for problem in &loaded.skipped {
         eprintln!("lynanalyze: skipped {problem}");
     }
     for warning in &loaded.warnings {
         eprintln!("lynanalyze: warning: {warning}");
     }
-    let runs: std::collections::BTreeSet<&str> = loaded.processes.iter().map(|p| p.run_id.as_str()).collect();
-    let text = render(args.format, &header, &sections, &loaded, spans.height(), &runs);
-    write_output(args.output.as_deref(), &text)?;
+    write_output(args.output.as_deref(), &render(args.format, &analysis))?;
     if let Some(path) = &args.spans {
-        let mut table = frame::export(&processes, &spans, &loaded.processes)?;
+        let mut table = frame::export(&analysis.processes, &analysis.spans, &loaded.processes)?;
         frame::write_spans(&mut table, path)?;
     }
     if std::io::stderr().is_terminal() {
-        eprintln!("lynanalyze: {} in {:.2?}", header.split(';').next().unwrap_or(""), started.elapsed());
+        eprintln!("lynanalyze: {} in {:.2?}", analysis.header.split(';').next().unwrap_or(""), started.elapsed());
     }
     let code = if loaded.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
     // The process ends right after this: freeing millions of spans one by one would only delay it.
-    std::mem::forget((loaded, spans, processes, sections));
+    std::mem::forget(analysis);
     Ok(code)
 }
 
-/// Render the sections in `format`.
-pub fn render(
-    format: Format,
-    header: &str,
-    sections: &[report::Section],
-    loaded: &load::Loaded,
-    span_count: usize,
-    runs: &std::collections::BTreeSet<&str>,
-) -> String {
+/// Render an analysis in `format`.
+pub fn render(format: Format, analysis: &crate::Analysis) -> String {
+    let (header, sections, loaded) = (&analysis.header, &analysis.sections, &analysis.loaded);
     match format {
         Format::Text => report::render_text(header, sections),
         Format::Md => report::render_markdown(header, sections),
         Format::Html => crate::html::render(header, sections),
         Format::Json => report::render_json(
-            json!({"processes": loaded.processes.len(), "runs": runs, "spans": span_count, "bytes": loaded.bytes,
+            json!({"processes": loaded.processes.len(), "runs": loaded.run_ids(), "spans": analysis.spans.height(),
+                   "bytes": loaded.bytes,
                    "skipped": loaded.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
                    "cut_short": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
             sections,

@@ -17,9 +17,7 @@ fn analysis() -> Analysis {
 }
 
 fn rendered(format: Format) -> String {
-    let a = analysis();
-    let runs = a.loaded.processes.iter().map(|p| p.run_id.as_str()).collect();
-    render(format, &a.header, &a.sections, &a.loaded, a.spans.height(), &runs)
+    render(format, &analysis())
 }
 
 #[test]

@@ -100,6 +100,13 @@ pub struct Loaded {
     pub bytes: u64,
 }
 
+impl Loaded {
+    /// The runs the loaded processes belong to.
+    pub fn run_ids(&self) -> std::collections::BTreeSet<&str> {
+        self.processes.iter().map(|p| p.run_id.as_str()).collect()
+    }
+}
+
 /// Options for [`load`].
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {

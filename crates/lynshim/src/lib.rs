@@ -280,16 +280,21 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// An `OSError` naming the file.
+fn os_error(path: &std::path::Path, err: &std::io::Error) -> PyErr {
+    pyo3::exceptions::PyOSError::new_err(format!("{}: {err}", path.display()))
+}
+
 /// `(resident pages, total pages)` of a file in the page cache (`mincore`).
 #[pyfunction]
 fn page_residency(path: PathBuf) -> PyResult<(u64, u64)> {
-    pagecache::residency(&path).map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display())))
+    pagecache::residency(&path).map_err(|e| os_error(&path, &e))
 }
 
 /// Drop a file's pages from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`; no root needed).
 #[pyfunction]
 fn evict_from_page_cache(path: PathBuf) -> PyResult<()> {
-    pagecache::evict(&path).map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display())))
+    pagecache::evict(&path).map_err(|e| os_error(&path, &e))
 }
 
 #[pymodule]

@@ -2,7 +2,7 @@
 
 from os import PathLike
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Sequence
 
 __version__: str
 
@@ -18,6 +18,39 @@ def trace_path() -> str | None: ...
 def enter(name: str, cat: str, args: dict[str, Any] | None = None) -> int: ...
 def exit(token: int, args: dict[str, Any] | None = None) -> None: ...
 def instant(name: str, cat: str, args: dict[str, Any] | None = None) -> None: ...
+
+class Probe:
+    """One wrapped function: its span's name and category, and how its calls are described."""
+
+    def __init__(
+        self,
+        name: str,
+        cat: str,
+        function: Callable[..., Any],
+        positional: Sequence[str],
+        defaults: dict[str, Any],
+        takes_field: bool,
+        describe_value: Callable[[Any], Any],
+    ) -> None: ...
+    def describe(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> str: ...
+    def describe_end(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> str: ...
+
+def call(probe: Probe, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
+def probe_begin(probe: Probe, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> tuple[int, bool]: ...
+def probe_end(
+    probe: Probe,
+    token: int,
+    asks_for_field: bool,
+    result: Any = None,
+    error: BaseException | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None: ...
 def complete(name: str, cat: str, start_ns: int, end_ns: int, args: dict[str, Any] | None = None) -> None: ...
 def sample_rss() -> None: ...
 def flow_out(id: int) -> None: ...

@@ -131,6 +131,8 @@ pub mod arg {
     pub const AT: &str = "at";
     // Span args recorded by the wrappers.
     pub const MODULE: &str = "module";
+    /// The field a field extractor was asked for (its parameter's name).
+    pub const FIELD: &str = "field";
     pub const ERROR: &str = "error";
     pub const FOUND: &str = "found";
     pub const ROWS: &str = "rows";
@@ -156,11 +158,22 @@ pub const CREDENTIAL_WORDS: &[&str] = &[
     "session",
 ];
 
-/// True when an argument called `name` must be redacted.
+/// True when an argument called `name` must be redacted (ASCII case ignored; asked on every traced
+/// call, so it does not allocate).
 pub fn is_credential_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    CREDENTIAL_WORDS.iter().any(|w| lower.contains(w))
+    let name = name.as_bytes();
+    CREDENTIAL_WORDS
+        .iter()
+        .any(|w| name.windows(w.len()).any(|window| window.eq_ignore_ascii_case(w.as_bytes())))
 }
+
+/// Parameters never recorded: the object or class a method is bound to.
+pub const SKIP_PARAMS: &[&str] = &["self", "cls"];
+/// Keys of a mapping argument worth recording (lynguine's `details` dicts, request payloads)…
+pub const DETAIL_KEYS: &[&str] = &["type", "filename", "directory", "glob", "source", "field", "name", "user_file"];
+/// …for parameters with these names only: other mappings (a talk's header fields, say) are data, not
+/// a description of what is read, and are recorded by their size.
+pub const DETAIL_PARAMS: &[&str] = &["details", "data_source", "request_data", "source", "spec"];
 
 /// Longest string a span argument may hold; longer ones are cut and end in `…`.
 pub const MAX_ARG_CHARS: usize = 200;

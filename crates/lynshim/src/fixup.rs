@@ -5,11 +5,12 @@
 //! names and no counters, and buffers 8 KiB in a `BufWriter` whose `unwrap()` on a write error would kill
 //! its thread. We give it this `Write` instead, and fix each line up on the way to the file:
 //!
-//! - every event gets the real pid, and the OS thread id learned from a per-thread registration event;
-//! - span events take their name, category and args from the fields lynshim put on the callsite
-//!   ([`F_NAME`], [`F_CAT`], [`F_ARGS`] at begin, [`F_END_ARGS`] at end), args as real JSON objects;
-//! - lynshim's own events ([`F_KIND`] + [`F_PAYLOAD`]) become thread names, process metadata, counters
-//!   (`C`), complete events (`X`) and flow events (`s`/`f`);
+//! - lynshim's events arrive as `tracing` events with a kind ([`F_KIND`]) and a JSON payload
+//!   ([`F_PAYLOAD`]); most are batches ([`kind::BATCH`]) of span begins and ends and of lynshim's own
+//!   events, recorded on the traced threads (see [`crate::session`]). Each element becomes an event of
+//!   its own with the time and OS thread id it was recorded with, args as real JSON objects: spans
+//!   (`B`/`E`), thread names, process metadata, counters (`C`), complete events (`X`) and flows (`s`/`f`);
+//! - every event gets the real pid;
 //! - timestamps are shifted so that 0 is the process's start, not the moment tracing began;
 //! - the array is re-framed so that the file only ever holds whole events: a file cut short by SIGKILL
 //!   still parses as a Chrome trace with a missing `]`, which the format allows;
@@ -19,20 +20,17 @@
 //! - a failing write (full disk, file removed) is reported once on stderr and later output is dropped,
 //!   so the traced program never sees an error from its tracer.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, Write};
 
 use lynschema::{category, event};
-use serde_json::{json, Map, Value};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
-/// Callsite field holding a span's name.
-pub const F_NAME: &str = "n";
-/// Callsite field holding a span's category.
-pub const F_CAT: &str = "c";
-/// Callsite field holding a span's begin args, as a JSON object in a string.
-pub const F_ARGS: &str = "a";
-/// Callsite field recorded just before a span ends, with its end args as a JSON object in a string.
-pub const F_END_ARGS: &str = "r";
 /// Callsite field of lynshim's own events: which kind of event this is.
 pub const F_KIND: &str = "k";
 /// Callsite field of lynshim's own events: the event's payload as JSON.
@@ -40,6 +38,13 @@ pub const F_PAYLOAD: &str = "p";
 
 /// Kinds of lynshim's own events (values of [`F_KIND`]).
 pub mod kind {
+    /// A JSON array of records, each `[kind, OS thread id, ns since the zero, name, cat, args, payload]`
+    /// (trailing nulls left out), in base64 (which tracing-chrome need not escape).
+    pub const BATCH: &str = "batch";
+    /// A span begins (a batch element with `name`, `cat` and optional `args`).
+    pub const BEGIN: &str = "B";
+    /// The innermost open span of its thread ends (optional `args` recorded at the end).
+    pub const END: &str = "E";
     pub const THREAD: &str = "thread";
     pub const PROCESS: &str = "process";
     pub const EXIT: &str = "exit";
@@ -48,6 +53,48 @@ pub mod kind {
     pub const INSTANT: &str = "instant";
     pub const FLOW_OUT: &str = "flow_out";
     pub const FLOW_IN: &str = "flow_in";
+}
+
+/// The part of a tracing-chrome line that matters: lynshim only writes events (`ph` `i`) with a kind
+/// and a payload (see the module doc).
+#[derive(Deserialize)]
+struct ChromeLine<'a> {
+    #[serde(borrow)]
+    ph: Cow<'a, str>,
+    #[serde(default)]
+    tid: u64,
+    #[serde(default)]
+    ts: f64,
+    #[serde(default, borrow)]
+    args: Option<ChromeArgs<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChromeArgs<'a> {
+    #[serde(default, borrow)]
+    k: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    p: Option<Cow<'a, str>>,
+}
+
+/// One record of a batch, as `crate::session` writes it: an array, in the order of these fields.
+#[derive(Deserialize)]
+struct BatchRecord<'a> {
+    #[serde(borrow)]
+    k: Cow<'a, str>,
+    #[serde(default)]
+    tid: u64,
+    /// Nanoseconds since the zero.
+    #[serde(default)]
+    t: i64,
+    #[serde(default, borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    cat: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    args: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    p: Option<&'a RawValue>,
 }
 
 /// Where fixed-up events go: a file in production, a `Vec<u8>` in tests.
@@ -62,6 +109,9 @@ pub struct Fixup<W: Write> {
     tids: HashMap<u64, u64>,
     /// Bytes received but not yet ended by a newline (tracing-chrome writes `,\n` before each event).
     pending: Vec<u8>,
+    /// How much of `pending` is known to hold no newline.
+    scanned: usize,
+    batches_parsed_in_full: usize,
     wrote_any: bool,
     /// tracing-chrome wrote its closing `]` (it is not copied: see [`Fixup::close`]).
     chrome_done: bool,
@@ -87,6 +137,8 @@ impl<W: Write> Fixup<W> {
             shift_us,
             tids: HashMap::new(),
             pending: Vec::with_capacity(16 * 1024),
+            scanned: 0,
+            batches_parsed_in_full: 0,
             wrote_any: false,
             chrome_done: false,
             finished: false,
@@ -100,83 +152,117 @@ impl<W: Write> Fixup<W> {
         self.out
     }
 
+    /// How many batches were found only by parsing their line in full (tests check that none are).
+    pub fn batches_parsed_in_full(&self) -> usize {
+        self.batches_parsed_in_full
+    }
+
     fn process_pending_lines(&mut self, at_flush: bool) {
         let mut batch = Vec::new();
+        // Taken out while its lines are fixed up: they borrow from it.
+        let mut pending = std::mem::take(&mut self.pending);
         let mut start = 0;
-        while let Some(rel) = self.pending[start..].iter().position(|&b| b == b'\n') {
-            let end = start + rel;
-            self.fix_line(start, end, &mut batch);
+        // Bytes before `scanned` hold no newline: a long line arriving in pieces is searched once.
+        let mut from = self.scanned;
+        while let Some(rel) = pending[from..].iter().position(|&b| b == b'\n') {
+            let end = from + rel;
+            self.fix_line(&pending[start..end], &mut batch);
             start = end + 1;
+            from = start;
         }
         // At a flush tracing-chrome has written whole events only, so the unterminated tail is complete.
-        if at_flush && start < self.pending.len() {
-            self.fix_line(start, self.pending.len(), &mut batch);
-            start = self.pending.len();
+        if at_flush && start < pending.len() {
+            self.fix_line(&pending[start..], &mut batch);
+            start = pending.len();
         }
-        self.pending.drain(..start);
+        pending.drain(..start);
+        self.scanned = pending.len();
+        self.pending = pending;
         self.emit(&batch);
     }
 
-    fn fix_line(&mut self, start: usize, end: usize, batch: &mut Vec<u8>) {
-        let line = trim_line(&self.pending[start..end]);
+    fn fix_line(&mut self, line: &[u8], batch: &mut Vec<u8>) {
+        let line = trim_line(line);
         match line {
             b"" | b"[" => {}
             b"]" => self.chrome_done = true,
             _ => {
+                // Batches are nearly all of the bytes: their payload is found without parsing the line
+                // (tracing-chrome writes args first, keys sorted, and base64 holds no quote).
+                if let Some(payload) = batch_payload(line) {
+                    self.fix_batch(payload, batch);
+                    return;
+                }
                 // A line we cannot parse is dropped rather than written: the file must stay valid.
-                let Ok(Value::Object(raw)) = serde_json::from_slice::<Value>(line) else {
+                let Ok(line) = serde_json::from_slice::<ChromeLine<'_>>(line) else {
                     return;
                 };
-                for fixed in self.fix_event(raw) {
-                    batch.extend_from_slice(if self.wrote_any || !batch.is_empty() { b",\n" } else { b"" });
-                    // Serialising a Value cannot fail.
-                    let _ = serde_json::to_writer(&mut *batch, &fixed);
+                // tracing-chrome's own thread names carry its thread numbers; ours replace them. Spans
+                // are not created through tracing-chrome (see crate::session): only events matter.
+                let Some(ChromeArgs { k: Some(kind), p: Some(payload) }) = line.args.filter(|_| line.ph == "i") else {
+                    return;
+                };
+                let ts = line.ts + self.shift_us;
+                let tid = self.tids.get(&line.tid).copied().unwrap_or(line.tid);
+                if kind == kind::BATCH {
+                    self.batches_parsed_in_full += 1;
+                    self.fix_batch(payload.as_bytes(), batch);
+                } else {
+                    let payload = serde_json::from_str(&payload).unwrap_or(Value::Null);
+                    let events = self.fix_own_event(&kind, payload, tid, line.tid, ts);
+                    self.write_values(&events, batch);
                 }
             }
         }
     }
 
-    /// One tracing-chrome event in, zero or more lynshim events out.
-    fn fix_event(&mut self, mut raw: Map<String, Value>) -> Vec<Value> {
-        let ph = raw.get("ph").and_then(Value::as_str).unwrap_or("").to_owned();
-        let chrome_tid = raw.get("tid").and_then(Value::as_u64).unwrap_or(0);
-        let tid = self.tids.get(&chrome_tid).copied().unwrap_or(chrome_tid);
-        let ts = raw.get("ts").and_then(Value::as_f64).unwrap_or(0.0) + self.shift_us;
-        let mut args = match raw.remove("args") {
-            Some(Value::Object(args)) => args,
-            _ => Map::new(),
-        };
-        let field = |args: &mut Map<String, Value>, key: &str| -> Option<String> {
-            match args.remove(key) {
-                Some(Value::String(s)) => Some(s),
-                _ => None,
-            }
-        };
-        match ph.as_str() {
-            // tracing-chrome's own thread names carry its thread numbers; ours replace them.
-            "M" => Vec::new(),
-            "B" | "E" => {
-                let name = field(&mut args, F_NAME).unwrap_or_default();
-                let cat = field(&mut args, F_CAT).unwrap_or_default();
-                let begin_args = field(&mut args, F_ARGS);
-                let end_args = field(&mut args, F_END_ARGS);
-                let mut ev = json!({"ph": ph, "name": name, "cat": cat, "pid": self.pid, "tid": tid, "ts": ts});
-                let own = if ph == "B" { begin_args } else { end_args };
-                if let Some(Value::Object(obj)) = own.and_then(|s| serde_json::from_str(&s).ok()) {
-                    if !obj.is_empty() {
-                        ev["args"] = Value::Object(obj);
-                    }
+    fn separate(&self, batch: &mut Vec<u8>) {
+        if self.wrote_any || !batch.is_empty() {
+            batch.extend_from_slice(b",\n");
+        }
+    }
+
+    fn write_values(&self, events: &[Value], batch: &mut Vec<u8>) {
+        for event in events {
+            self.separate(batch);
+            // Serialising a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *batch, event);
+        }
+    }
+
+    /// A batch of records, each with its own time and OS thread id. Span records are the bulk of a
+    /// trace: they are copied through without building JSON values (names, categories and args are
+    /// already valid JSON, written by the session).
+    fn fix_batch(&mut self, payload: impl AsRef<[u8]>, batch: &mut Vec<u8>) {
+        let Ok(decoded) = BASE64.decode(payload) else { return };
+        let Ok(records) = serde_json::from_slice::<Vec<BatchRecord<'_>>>(&decoded) else { return };
+        for record in records {
+            #[allow(clippy::cast_precision_loss)]
+            let ts = record.t as f64 / 1000.0 + self.shift_us;
+            if record.k == kind::BEGIN || record.k == kind::END {
+                self.separate(batch);
+                batch.extend_from_slice(br#"{"ph":""#);
+                batch.extend_from_slice(record.k.as_bytes());
+                batch.extend_from_slice(br#"","name":"#);
+                batch.extend_from_slice(record.name.map_or("\"\"", RawValue::get).as_bytes());
+                batch.extend_from_slice(br#","cat":"#);
+                batch.extend_from_slice(record.cat.map_or("\"\"", RawValue::get).as_bytes());
+                batch.extend_from_slice(br#","pid":"#);
+                batch.extend_from_slice(itoa::Buffer::new().format(self.pid).as_bytes());
+                batch.extend_from_slice(br#","tid":"#);
+                batch.extend_from_slice(itoa::Buffer::new().format(record.tid).as_bytes());
+                batch.extend_from_slice(br#","ts":"#);
+                let _ = serde_json::to_writer(&mut *batch, &ts);
+                if let Some(args) = record.args.filter(|a| a.get() != "{}") {
+                    batch.extend_from_slice(br#","args":"#);
+                    batch.extend_from_slice(args.get().as_bytes());
                 }
-                vec![ev]
+                batch.push(b'}');
+            } else {
+                let payload = record.p.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null);
+                let events = self.fix_own_event(&record.k, payload, record.tid, record.tid, ts);
+                self.write_values(&events, batch);
             }
-            "i" => {
-                let kind = field(&mut args, F_KIND).unwrap_or_default();
-                let payload: Value = field(&mut args, F_PAYLOAD)
-                    .and_then(|s| serde_json::from_str(&s).ok())
-                    .unwrap_or(Value::Null);
-                self.fix_own_event(&kind, payload, tid, chrome_tid, ts)
-            }
-            _ => Vec::new(),
         }
     }
 
@@ -325,6 +411,15 @@ impl<W: Write> Write for Fixup<W> {
     }
 }
 
+/// The base64 payload of a batch line as tracing-chrome writes it, or `None` for any other line (which
+/// is then parsed in full).
+fn batch_payload(line: &[u8]) -> Option<&[u8]> {
+    const PREFIX: &[u8] = br#"{"args":{"k":"batch","p":""#;
+    let rest = line.strip_prefix(PREFIX)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    rest[end..].starts_with(br#""},"#).then(|| &rest[..end])
+}
+
 fn trim_line(mut line: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = line {
         if first.is_ascii_whitespace() || *first == b',' {
@@ -372,39 +467,57 @@ mod tests {
         serde_json::from_str(&text).expect("valid JSON array")
     }
 
+    /// A line as tracing-chrome writes one of lynshim's events: kind and payload as string fields.
+    fn chrome_line(kind: &str, payload: &str, chrome_tid: u64, ts: f64) -> Vec<u8> {
+        let line = json!({"args": {"k": kind, "p": payload}, "cat": "lynshim", "name": "event",
+                          "ph": "i", "pid": 1, "tid": chrome_tid, "ts": ts, "s": "t"});
+        line.to_string().into_bytes()
+    }
+
     #[test]
-    fn spans_get_real_pid_tid_name_and_args() {
+    fn batches_become_spans_with_real_pid_tid_time_name_and_args() {
         let mut f = fixup();
+        let batch = json!([
+            ["thread", 77, 500, null, null, null, {"tid": 77, "name": "MainThread"}],
+            ["B", 77, 5000, "lynguine", "import", {"file": "talk.md"}],
+            ["E", 77, 9000, "lynguine", "import", {"rows": 3}],
+            ["E", 77, 9500, "lynguine", "import"],
+            ["counter", 78, 10000, null, null, null, {"name": "rss", "value": 7}],
+        ]);
         f.write_all(b"[\n").unwrap();
-        f.write_all(br#"{"args":{"k":"thread","p":"{\"tid\":77,\"name\":\"MainThread\"}"},"cat":"lynshim","name":"event","ph":"i","pid":1,"tid":0,"ts":1.0,"s":"t"}"#).unwrap();
-        f.write_all(b",\n").unwrap();
-        f.write_all(br#"{"args":{"n":"lynguine","c":"import","a":"{\"file\":\"talk.md\"}"},"cat":"lynshim","name":"span","ph":"B","pid":1,"tid":0,"ts":5.0}"#).unwrap();
-        f.write_all(b",\n").unwrap();
-        f.write_all(br#"{"args":{"n":"lynguine","c":"import","a":"{\"file\":\"talk.md\"}","r":"{\"rows\":3}"},"cat":"lynshim","name":"span","ph":"E","pid":1,"tid":0,"ts":9.0}"#).unwrap();
+        let encoded = BASE64.encode(batch.to_string());
+        f.write_all(&chrome_line(kind::BATCH, &encoded, 0, 123.0)).unwrap();
         f.flush().unwrap();
         f.write_all(b"\n]").unwrap();
         f.flush().unwrap();
         f.close();
         let ev = events(&f.into_inner());
-        assert_eq!(ev.len(), 3);
+        assert_eq!(ev.len(), 5);
         assert_eq!(ev[0]["ph"], "M");
         assert_eq!(ev[0]["tid"], 77);
+        assert_eq!(ev[1]["ph"], "B");
         assert_eq!(ev[1]["name"], "lynguine");
         assert_eq!(ev[1]["cat"], "import");
         assert_eq!(ev[1]["pid"], 4242);
         assert_eq!(ev[1]["tid"], 77);
+        // The recorded time, shifted to the process start; not tracing-chrome's time of the batch.
         assert_eq!(ev[1]["ts"], 1005.0);
         assert_eq!(ev[1]["args"]["file"], "talk.md");
+        assert_eq!(ev[2]["ph"], "E");
         assert_eq!(ev[2]["args"], json!({"rows": 3}));
+        assert!(ev[3].get("args").is_none());
+        assert_eq!((ev[4]["ph"].as_str(), ev[4]["tid"].as_u64(), ev[4]["ts"].as_f64()), (Some("C"), Some(78), Some(1010.0)));
     }
 
     #[test]
     fn file_holds_only_whole_events_until_flushed() {
         let mut f = fixup();
+        let instant = |name: &str| json!({"name": name, "cat": "user", "args": {}});
         f.write_all(b"[\n").unwrap();
-        f.write_all(br#"{"args":{"n":"a","c":"user"},"cat":"x","name":"span","ph":"B","pid":1,"tid":0,"ts":1.0}"#).unwrap();
+        f.write_all(&chrome_line(kind::INSTANT, &instant("a").to_string(), 0, 1.0)).unwrap();
         f.write_all(b",\n").unwrap();
-        f.write_all(br#"{"args":{"n":"a","c":"us"#).unwrap();
+        let second = chrome_line(kind::INSTANT, &instant("b").to_string(), 0, 2.0);
+        f.write_all(&second[..second.len() / 2]).unwrap();
         // Cut mid-event (as SIGKILL would leave tracing-chrome's buffer): what reached the sink parses.
         let ev = events(&f.into_inner());
         assert_eq!(ev.len(), 1);
@@ -451,7 +564,8 @@ mod tests {
         let sink = std::sync::Arc::clone(&warnings);
         let mut f = Fixup::new(Failing, 1, 0, 0.0, Box::new(move |m| sink.lock().unwrap().push(m.to_owned())));
         for _ in 0..3 {
-            assert!(f.write(br#"{"args":{"n":"a","c":"u"},"ph":"B","tid":0,"ts":1.0}"#).is_ok());
+            let line = chrome_line(kind::INSTANT, &json!({"name": "a", "cat": "user"}).to_string(), 0, 1.0);
+            assert!(f.write(&line).is_ok());
             assert!(f.write(b"\n").is_ok());
             assert!(f.flush().is_ok());
         }

@@ -2,16 +2,20 @@
 //!
 //! The Python package (`python/lynshim`) decides *what* to trace — the bootstrap, the import hook, the
 //! wrappers around lynguine and lamd — and calls in here to record it. This module owns *how* it is
-//! recorded: spans go through `tracing` and tracing-chrome into one Chrome-trace file per process
-//! ([`session`]), fixed up on the way with the real pid and tid, process and thread names, counters and
-//! flows ([`fixup`]); the process facts come from `/proc` ([`procinfo`]); names and keys come from the
-//! shared schema crate, re-exported to Python as `lynshim._native.schema`.
+//! recorded: a wrapped call runs through its [`probe`], which describes the call and records its span
+//! without leaving Rust; spans go through `tracing` and tracing-chrome into one Chrome-trace file per
+//! process ([`session`], which hands them to `tracing` in batches from a background thread), fixed up on
+//! the way with the real pid and tid, process and thread names, counters and flows ([`fixup`]); the
+//! process facts come from `/proc` ([`procinfo`]); names and keys come from the shared schema crate,
+//! re-exported to Python as `lynshim._native.schema`.
 //!
 //! Every function here is total from Python's point of view: it never raises because tracing failed
 //! (a failure warns once on stderr and turns tracing off); it raises only for a wrong call.
 
 pub mod fixup;
+pub mod json;
 pub mod pagecache;
+pub mod probe;
 pub mod procinfo;
 pub mod session;
 
@@ -28,7 +32,7 @@ use crate::fixup::kind;
 use crate::session::{End, StartInfo};
 
 /// Run `f`, turning a panic into one warning and `fallback`: the host program must never see one.
-fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+pub(crate) fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         session::warn_once("internal error in lynshim");
         fallback
@@ -36,7 +40,7 @@ fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
 }
 
 /// A Python value as JSON: containers recursively, anything else by `str()`.
-fn to_json(value: &Bound<'_, PyAny>) -> Value {
+pub(crate) fn to_json(value: &Bound<'_, PyAny>) -> Value {
     if value.is_none() {
         Value::Null
     } else if let Ok(b) = value.cast::<PyBool>() {
@@ -70,7 +74,7 @@ fn args_json(args: Option<&Bound<'_, PyDict>>) -> Option<String> {
 
 /// Name of the calling Python thread (`threading.current_thread().name`). Without `threading`
 /// imported there is only the main thread, and importing it here would hide its cost from the trace.
-fn python_thread_name(py: Python<'_>) -> String {
+pub(crate) fn python_thread_name(py: Python<'_>) -> String {
     let threading = py
         .import("sys")
         .and_then(|sys| sys.getattr("modules"))
@@ -173,19 +177,25 @@ fn trace_path() -> Option<String> {
 #[pyfunction]
 #[pyo3(signature = (name, cat, args=None))]
 fn enter(py: Python<'_>, name: &str, cat: &str, args: Option<&Bound<'_, PyDict>>) -> u64 {
+    if !session::is_recording() {
+        return 0;
+    }
     let args = args_json(args);
-    guarded(0, || session::enter(name, cat, args.as_deref(), || python_thread_name(py)))
+    guarded(0, || session::enter(name.to_owned().into(), cat.to_owned().into(), args.as_deref(), || python_thread_name(py)))
 }
 
 /// Close the span `token` names, with `args` recorded at its end.
 #[pyfunction]
 #[pyo3(signature = (token, args=None))]
 fn exit(token: u64, args: Option<&Bound<'_, PyDict>>) {
+    if token == 0 {
+        return;
+    }
     let args = args_json(args);
     guarded((), || session::exit(token, args.as_deref()));
 }
 
-fn emit_own(py: Python<'_>, kind: &str, payload: &Value) {
+fn emit_own(py: Python<'_>, kind: &'static str, payload: Value) {
     guarded((), || session::emit(kind, payload, || python_thread_name(py)));
 }
 
@@ -194,7 +204,7 @@ fn emit_own(py: Python<'_>, kind: &str, payload: &Value) {
 #[pyo3(signature = (name, cat, args=None))]
 fn instant(py: Python<'_>, name: &str, cat: &str, args: Option<&Bound<'_, PyDict>>) {
     let args = args.map(dict_to_map).unwrap_or_default();
-    emit_own(py, kind::INSTANT, &json!({"name": name, "cat": cat, "args": args}));
+    emit_own(py, kind::INSTANT, json!({"name": name, "cat": cat, "args": args}));
 }
 
 /// A complete span timed by the caller on CLOCK_MONOTONIC (`time.monotonic_ns()`).
@@ -205,7 +215,7 @@ fn complete(py: Python<'_>, name: &str, cat: &str, start_ns: u64, end_ns: u64, a
     #[allow(clippy::cast_precision_loss)]
     let dur = end_ns.saturating_sub(start_ns) as f64 / 1000.0;
     let args = args.map(dict_to_map).unwrap_or_default();
-    emit_own(py, kind::COMPLETE, &json!({"name": name, "cat": cat, "ts": ts, "dur": dur, "args": args}));
+    emit_own(py, kind::COMPLETE, json!({"name": name, "cat": cat, "ts": ts, "dur": dur, "args": args}));
 }
 
 /// Sample the resident set size now (an `rss` counter event).
@@ -220,7 +230,7 @@ fn flow_out(py: Python<'_>, id: u64) {
     emit_own(
         py,
         kind::FLOW_OUT,
-        &json!({"id": id, "name": lynschema::event::REQUEST_FLOW, "cat": lynschema::category::SERVER_CLIENT}),
+        json!({"id": id, "name": lynschema::event::REQUEST_FLOW, "cat": lynschema::category::SERVER_CLIENT}),
     );
 }
 
@@ -230,7 +240,7 @@ fn flow_in(py: Python<'_>, id: u64) {
     emit_own(
         py,
         kind::FLOW_IN,
-        &json!({"id": id, "name": lynschema::event::REQUEST_FLOW, "cat": lynschema::category::SERVER_CLIENT}),
+        json!({"id": id, "name": lynschema::event::REQUEST_FLOW, "cat": lynschema::category::SERVER_CLIENT}),
     );
 }
 
@@ -307,6 +317,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(trace_path, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;
+    m.add_class::<probe::Probe>()?;
+    m.add_function(wrap_pyfunction!(probe::call, m)?)?;
+    m.add_function(wrap_pyfunction!(probe::probe_begin, m)?)?;
+    m.add_function(wrap_pyfunction!(probe::probe_end, m)?)?;
     m.add_function(wrap_pyfunction!(exit, m)?)?;
     m.add_function(wrap_pyfunction!(instant, m)?)?;
     m.add_function(wrap_pyfunction!(complete, m)?)?;

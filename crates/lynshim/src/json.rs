@@ -1,0 +1,87 @@
+//! Writing JSON text by hand where the hot path and the emitter need it: a serde `Map` or `json!` value
+//! per span would cost a tree and an allocation per key, and `write!` formats integers slowly.
+
+use serde_json::Value;
+
+/// A JSON object from ordered pairs (a serde `Map` would reorder or cost a tree).
+pub fn object_json(pairs: &[(String, Value)]) -> String {
+    let mut out = String::with_capacity(16 + pairs.len() * 24);
+    out.push('{');
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(&mut out, key);
+        out.push(':');
+        match value {
+            Value::String(s) => push_str(&mut out, s),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// `s` as a JSON string.
+pub fn push_str(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    // Names, paths and field names rarely need escaping: copy them whole when they do not.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// An integer.
+pub fn push_int(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_keep_order_and_escape_strings() {
+        let pairs = vec![
+            ("b".to_owned(), Value::from("a \"quoted\"\n\\ path\u{1}")),
+            ("a".to_owned(), Value::from(3)),
+            ("n".to_owned(), Value::Null),
+        ];
+        let text = object_json(&pairs);
+        assert!(text.starts_with(r#"{"b":"#));
+        let parsed: serde_json::Map<String, Value> = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(parsed["b"], "a \"quoted\"\n\\ path\u{1}");
+        assert_eq!(parsed["a"], 3);
+        assert!(parsed["n"].is_null());
+    }
+
+    #[test]
+    fn integers_and_strings_make_valid_json() {
+        let mut out = String::from("[");
+        push_int(&mut out, -42_i64);
+        out.push(',');
+        push_int(&mut out, u64::MAX);
+        out.push(',');
+        push_str(&mut out, "tab\there");
+        out.push(']');
+        let parsed: Vec<Value> = serde_json::from_str(&out).expect("valid JSON");
+        assert_eq!(parsed, vec![Value::from(-42), Value::from(u64::MAX), Value::from("tab\there")]);
+    }
+}

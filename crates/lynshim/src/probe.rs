@@ -1,0 +1,482 @@
+//! A probe: everything lynshim needs to trace one wrapped function, worked out once when it is wrapped,
+//! and the hot path of every traced call.
+//!
+//! A traced call may cost at most a microsecond more than the bare call (issue #3), so the work of a
+//! call happens here rather than in Python: the wrapper Python sees is `lambda *a, **k: call(probe, a, k)`
+//! (see `python/lynshim/_patch.py`), and [`call`] describes the arguments, records the span's begin,
+//! calls the function, describes the result or the exception, and records the end.
+//!
+//! What a span records about a call: its arguments by parameter name (defaults included, since a
+//! default config file is still a file read), each as a short scalar — strings cut to
+//! [`MAX_ARG_CHARS`], lists of paths joined, mappings reduced to the keys that say what is read
+//! ([`DETAIL_KEYS`], for [`DETAIL_PARAMS`] only), data frames to their shape, anything else to its
+//! type name; arguments whose names look like credentials are replaced by [`arg::REDACTED`], whatever
+//! their value. Common values (relative paths, names, numbers, plain dicts) are described here; the
+//! rest, including absolute paths (made relative to the working directory), by Python's
+//! `lynshim._args.describe_value`, so that there is one definition of each rule.
+
+use std::borrow::Cow;
+
+use lynschema::{arg, is_credential_name, DETAIL_KEYS, DETAIL_PARAMS, MAX_ARG_CHARS, SKIP_PARAMS};
+use pyo3::exceptions::PyAttributeError;
+use pyo3::prelude::*;
+use pyo3::Borrowed;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
+use serde_json::Value;
+
+use crate::json::{push_int, push_str};
+use crate::{session, to_json};
+
+/// One described argument. Strings are borrowed from the call's own argument objects where they can
+/// be: a traced call allocates once for the list of args and once for their JSON text.
+enum Arg<'a> {
+    Str(&'a str),
+    String(String),
+    Value(Value),
+    Default(&'a Value),
+    Redacted,
+    /// A mapping recorded by its size: `dict[n]`.
+    DictLen(usize),
+}
+
+impl Arg<'_> {
+    fn is_null(&self) -> bool {
+        matches!(self, Arg::Value(Value::Null)) || matches!(self, Arg::Default(Value::Null))
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Arg::Str(s) => push_str(out, s),
+            Arg::String(s) | Arg::Value(Value::String(s)) | Arg::Default(Value::String(s)) => push_str(out, s),
+            Arg::Value(v) => out.push_str(&v.to_string()),
+            Arg::Default(v) => out.push_str(&v.to_string()),
+            Arg::Redacted => push_str(out, arg::REDACTED),
+            Arg::DictLen(n) => {
+                out.push_str("\"dict[");
+                push_int(out, *n);
+                out.push_str("]\"");
+            }
+        }
+    }
+}
+
+/// Args of a span, in the order Python would put them in a dict; a name set twice keeps its place.
+type Described<'a> = Vec<(Cow<'a, str>, Arg<'a>)>;
+
+/// One wrapped function.
+#[pyclass(frozen, module = "lynshim._native")]
+pub struct Probe {
+    /// Leaked: a probe lives as long as the process (patches are never undone), and spans borrow
+    /// its names without counting references on the hot path.
+    name: &'static str,
+    cat: &'static str,
+    function: Py<PyAny>,
+    /// Positional parameter names, each with whether it looks like a credential.
+    positional: Vec<(String, bool)>,
+    /// Defaults, described when the function was wrapped (a function that mutates its own default
+    /// list would be misreported).
+    defaults: Vec<(String, Value)>,
+    /// The function has a `field` parameter: record whether the field was found.
+    takes_field: bool,
+    /// `lynshim._args.describe_value`, for the values not described here.
+    describe_value: Py<PyAny>,
+}
+
+#[pymethods]
+impl Probe {
+    #[new]
+    #[pyo3(signature = (name, cat, function, positional, defaults, takes_field, describe_value))]
+    fn new(
+        name: &str,
+        cat: &str,
+        function: Py<PyAny>,
+        positional: Vec<String>,
+        defaults: &Bound<'_, PyDict>,
+        takes_field: bool,
+        describe_value: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let mut probe = Self {
+            name: Box::leak(name.into()),
+            cat: Box::leak(cat.into()),
+            function,
+            positional: positional.into_iter().map(|p| { let secret = is_credential_name(&p); (p, secret) }).collect(),
+            defaults: Vec::new(),
+            takes_field,
+            describe_value,
+        };
+        for (key, value) in defaults.iter() {
+            let key: String = key.extract()?;
+            if SKIP_PARAMS.contains(&key.as_str()) {
+                continue;
+            }
+            let described = if is_credential_name(&key) {
+                arg::REDACTED.into()
+            } else {
+                match probe.value(&value)? {
+                    Arg::Str(s) => s.into(),
+                    Arg::String(s) => s.into(),
+                    Arg::Value(v) => v,
+                    Arg::Default(v) => v.clone(),
+                    Arg::Redacted => arg::REDACTED.into(),
+                    Arg::DictLen(n) => format!("dict[{n}]").into(),
+                }
+            };
+            probe.defaults.push((key, described));
+        }
+        Ok(probe)
+    }
+
+    /// The args a call with `args` and `kwargs` records, as a JSON object (for tests and benchmarks).
+    #[pyo3(signature = (args, kwargs=None))]
+    fn describe(&self, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        Ok(described_json(&self.describe_call(args, kwargs)?))
+    }
+
+    /// What a call's end records, given its result or its exception, as a JSON object.
+    #[pyo3(signature = (args, kwargs=None, result=None, error=None))]
+    fn describe_end(
+        &self,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+        result: Option<&Bound<'_, PyAny>>,
+        error: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let asked = self.asks_for_field(&self.describe_call(args, kwargs)?);
+        let outcome = match (result, error) {
+            (_, Some(error)) => Err(PyErr::from_value(error.clone())),
+            (Some(result), None) => Ok(result.clone()),
+            (None, None) => Ok(args.py().None().into_bound(args.py())),
+        };
+        Ok(described_json(&self.end_args(args.py(), asked, &outcome)))
+    }
+}
+
+impl Probe {
+    fn describe_call<'a>(
+        &'a self,
+        args: &'a Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Described<'a>> {
+        let mut out = Described::with_capacity(args.len() + self.defaults.len() + 1);
+        for (index, value) in args.iter_borrowed().enumerate() {
+            let described = Self::value_borrowed(&self.describe_value, value)?;
+            match self.positional.get(index) {
+                Some((name, secret)) => self.put(&mut out, Cow::Borrowed(name), *secret, &value, described)?,
+                None => self.put(&mut out, Cow::Owned(format!("arg{index}")), false, &value, described)?,
+            }
+        }
+        if let Some(kwargs) = kwargs {
+            for (name, value) in kwargs.iter() {
+                let name = name.cast::<PyString>()?.to_cow()?.into_owned();
+                let secret = is_credential_name(&name);
+                let described = self.value(&value)?;
+                self.put(&mut out, Cow::Owned(name), secret, &value, described)?;
+            }
+        }
+        for (name, described) in &self.defaults {
+            if !has(&out, name) && !kwargs.is_some_and(|k| k.contains(name).unwrap_or(false)) {
+                out.push((Cow::Borrowed(name), Arg::Default(described)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record `name` as `described` (already worked out from `value`), unless a rule says otherwise.
+    fn put<'a>(
+        &self,
+        out: &mut Described<'a>,
+        name: Cow<'a, str>,
+        secret: bool,
+        value: &Bound<'_, PyAny>,
+        described: Arg<'a>,
+    ) -> PyResult<()> {
+        if SKIP_PARAMS.contains(&&*name) {
+            return Ok(());
+        }
+        if secret {
+            set(out, name, Arg::Redacted);
+            return Ok(());
+        }
+        if DETAIL_PARAMS.contains(&&*name) {
+            if let Ok(details) = value.cast_exact::<PyDict>() {
+                let mut found = false;
+                for key in DETAIL_KEYS {
+                    if has(out, key) {
+                        continue;
+                    }
+                    if let Some(inner) = details.get_item(key)? {
+                        let described = if is_credential_name(key) { Arg::Redacted } else { self.value(&inner)? };
+                        out.push((Cow::Borrowed(key), described));
+                        found = true;
+                    }
+                }
+                if found {
+                    return Ok(());
+                }
+            }
+        }
+        set(out, name, described);
+        Ok(())
+    }
+
+    /// One argument as a short JSON scalar, its text borrowed from the argument where possible.
+    fn value_borrowed<'a>(describe_value: &Py<PyAny>, value: Borrowed<'a, '_, PyAny>) -> PyResult<Arg<'a>> {
+        if let Ok(text) = value.cast_exact::<PyString>() {
+            if let Ok(text) = text.extract::<&'a str>() {
+                if !text.starts_with('/') {
+                    return Ok(if text.len() <= MAX_ARG_CHARS { Arg::Str(text) } else { Arg::String(short(text)) });
+                }
+            }
+        }
+        Self::scalar(describe_value, &value)
+    }
+
+    /// One argument as a short JSON scalar.
+    fn value<'a>(&self, value: &Bound<'_, PyAny>) -> PyResult<Arg<'a>> {
+        if let Ok(text) = value.cast_exact::<PyString>() {
+            if let Ok(text) = text.to_str() {
+                if !text.starts_with('/') {
+                    return Ok(Arg::String(short(text)));
+                }
+            }
+        }
+        Self::scalar(&self.describe_value, value)
+    }
+
+    fn scalar<'a>(describe_value: &Py<PyAny>, value: &Bound<'_, PyAny>) -> PyResult<Arg<'a>> {
+        if value.is_none() {
+            return Ok(Arg::Value(Value::Null));
+        } else if let Ok(flag) = value.cast_exact::<PyBool>() {
+            return Ok(Arg::Value(Value::Bool(flag.is_true())));
+        } else if value.is_exact_instance_of::<PyInt>() {
+            if let Ok(number) = value.extract::<i64>() {
+                return Ok(Arg::Value(number.into()));
+            }
+        } else if let Ok(number) = value.cast_exact::<PyFloat>() {
+            return Ok(Arg::Value(serde_json::json!(number.value())));
+        } else if let Ok(dict) = value.cast_exact::<PyDict>() {
+            return Ok(Arg::DictLen(dict.len()));
+        }
+        // Everything else, and absolute paths, as Python's describe_value has it.
+        Ok(Arg::Value(to_json(&describe_value.bind(value.py()).call1((value,))?)))
+    }
+
+    fn asks_for_field(&self, described: &Described<'_>) -> bool {
+        self.takes_field && described.iter().any(|(k, v)| k == arg::FIELD && !v.is_null())
+    }
+
+    /// Args recorded at the end: the exception's type, or a cheap size of the result; whether the field
+    /// asked for was found.
+    fn end_args(&self, py: Python<'_>, asked_for_field: bool, outcome: &PyResult<Bound<'_, PyAny>>) -> Described<'static> {
+        let mut end = Described::new();
+        match outcome {
+            Ok(result) => {
+                if let Some((key, size)) = result_size(result) {
+                    end.push((Cow::Borrowed(key), Arg::Value(size)));
+                }
+                if asked_for_field {
+                    end.push((Cow::Borrowed(arg::FOUND), Arg::Value(Value::Bool(true))));
+                }
+            }
+            Err(err) => {
+                let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
+                let not_found = asked_for_field && name == "FileFormatError";
+                end.push((Cow::Borrowed(arg::ERROR), Arg::String(name)));
+                if not_found {
+                    end.push((Cow::Borrowed(arg::FOUND), Arg::Value(Value::Bool(false))));
+                }
+            }
+        }
+        end
+    }
+
+    /// Record the begin of a call; returns its token and whether it asks for a field.
+    fn begin(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> (u64, bool) {
+        let (described, asked) = match self.describe_call(args, kwargs) {
+            Ok(described) => {
+                let asked = self.asks_for_field(&described);
+                (described, asked)
+            }
+            // Describing must never break the call.
+            Err(err) => {
+                let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
+                (vec![(Cow::Borrowed("lynshim_error"), Arg::String(name))], false)
+            }
+        };
+        let args = (!described.is_empty()).then(|| described_json(&described));
+        let token = crate::guarded(0, || session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), args.as_deref(), || crate::python_thread_name(py)));
+        (token, asked)
+    }
+
+    fn finish(&self, py: Python<'_>, token: u64, asked_for_field: bool, outcome: &PyResult<Bound<'_, PyAny>>) {
+        if token == 0 {
+            return;
+        }
+        let end = self.end_args(py, asked_for_field, outcome);
+        let end = (!end.is_empty()).then(|| described_json(&end));
+        crate::guarded((), || session::exit(token, end.as_deref()));
+    }
+}
+
+/// A cheap size of a result: rows of a data frame, length of a list or dict.
+fn result_size(result: &Bound<'_, PyAny>) -> Option<(&'static str, Value)> {
+    if result.is_none()
+        || result.is_exact_instance_of::<PyString>()
+        || result.is_exact_instance_of::<PyBool>()
+        || result.is_exact_instance_of::<PyInt>()
+        || result.is_exact_instance_of::<PyFloat>()
+    {
+        return None;
+    }
+    let container = result.is_instance_of::<PyList>()
+        || result.is_instance_of::<PyTuple>()
+        || result.is_instance_of::<PyDict>()
+        || result.is_instance_of::<PySet>();
+    // Built-in containers have no `shape`: skip asking (a failed getattr raises and clears an error).
+    let exact_builtin = result.is_exact_instance_of::<PyList>()
+        || result.is_exact_instance_of::<PyTuple>()
+        || result.is_exact_instance_of::<PyDict>()
+        || result.is_exact_instance_of::<PySet>();
+    if !exact_builtin {
+        match result.getattr("shape") {
+            Ok(shape) => {
+                if let Ok(shape) = shape.cast::<PyTuple>() {
+                    if let Ok(rows) = shape.get_item(0) {
+                        return Some((arg::ROWS, to_json(&rows)));
+                    }
+                }
+            }
+            Err(err) if err.is_instance_of::<PyAttributeError>(result.py()) => {}
+            Err(_) => return None,
+        }
+    }
+    if container {
+        let kind = result.get_type().name().ok()?;
+        let len = result.len().ok()?;
+        return Some((arg::RESULT, format!("{kind}[{len}]").into()));
+    }
+    None
+}
+
+/// Call `probe`'s function with `args` and `kwargs`, as a span when tracing is on: returns what the
+/// function returns, raises what it raises.
+#[pyfunction]
+pub fn call<'py>(
+    py: Python<'py>,
+    probe: &Bound<'py, Probe>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let probe = probe.get();
+    let kwargs = (!kwargs.is_empty()).then_some(kwargs);
+    let function = probe.function.bind(py);
+    if !session::is_recording() {
+        return function.call(args, kwargs);
+    }
+    let (token, asked) = probe.begin(py, args, kwargs);
+    let outcome = function.call(args, kwargs);
+    probe.finish(py, token, asked, &outcome);
+    outcome
+}
+
+/// The begin half of [`call`], for wrappers that must act between begin and call (server requests):
+/// returns `(token, asks_for_field)` for [`probe_end`].
+#[pyfunction]
+#[pyo3(signature = (probe, args, kwargs=None))]
+pub fn probe_begin(
+    py: Python<'_>,
+    probe: &Bound<'_, Probe>,
+    args: &Bound<'_, PyTuple>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> (u64, bool) {
+    if !session::is_recording() {
+        return (0, false);
+    }
+    probe.get().begin(py, args, kwargs.filter(|k| !k.is_empty()))
+}
+
+/// The end half of [`call`]: `result`, or the exception `error`, plus `extra` args (server request ids).
+#[pyfunction]
+#[pyo3(signature = (probe, token, asks_for_field, result=None, error=None, extra=None))]
+pub fn probe_end(
+    py: Python<'_>,
+    probe: &Bound<'_, Probe>,
+    token: u64,
+    asks_for_field: bool,
+    result: Option<&Bound<'_, PyAny>>,
+    error: Option<&Bound<'_, PyAny>>,
+    extra: Option<&Bound<'_, PyDict>>,
+) {
+    if token == 0 {
+        return;
+    }
+    let probe = probe.get();
+    let outcome = match (result, error) {
+        (_, Some(error)) => Err(PyErr::from_value(error.clone())),
+        (Some(result), None) => Ok(result.clone()),
+        (None, None) => Ok(py.None().into_bound(py)),
+    };
+    let mut end = probe.end_args(py, asks_for_field, &outcome);
+    if let Some(extra) = extra {
+        for (key, value) in extra.iter() {
+            if let Ok(key) = key.extract::<String>() {
+                set(&mut end, Cow::Owned(key), Arg::Value(to_json(&value)));
+            }
+        }
+    }
+    let end = (!end.is_empty()).then(|| described_json(&end));
+    crate::guarded((), || session::exit(token, end.as_deref()));
+}
+
+fn has(out: &Described<'_>, name: &str) -> bool {
+    out.iter().any(|(k, _)| k == name)
+}
+
+fn set<'a>(out: &mut Described<'a>, name: Cow<'a, str>, value: Arg<'a>) {
+    match out.iter_mut().find(|(k, _)| *k == name) {
+        Some(slot) => slot.1 = value,
+        None => out.push((name, value)),
+    }
+}
+
+/// Described args as a JSON object.
+fn described_json(pairs: &Described<'_>) -> String {
+    let mut out = String::with_capacity(16 + pairs.len() * 32);
+    out.push('{');
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_str(&mut out, key);
+        out.push(':');
+        value.write(&mut out);
+    }
+    out.push('}');
+    out
+}
+
+/// `text`, cut to [`MAX_ARG_CHARS`] characters ending in `…` when longer.
+fn short(text: &str) -> String {
+    if text.len() <= MAX_ARG_CHARS || text.chars().count() <= MAX_ARG_CHARS {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_ARG_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_strings_are_cut_by_characters() {
+        let long = "é".repeat(MAX_ARG_CHARS + 5);
+        let cut = short(&long);
+        assert_eq!(cut.chars().count(), MAX_ARG_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(short("abc"), "abc");
+        let exact = "é".repeat(MAX_ARG_CHARS);
+        assert_eq!(short(&exact), exact);
+    }
+}

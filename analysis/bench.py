@@ -429,11 +429,11 @@ to reproduce; expect other numbers on another machine or under other load.
 
 ## Why the missed targets are missed (from the figures below)
 
-- Start-up: the difference between `lynshim run` and the in-process row is the launcher itself — a second
-  Python process (`python -m lynshim run`) in front of the command, paid once per `lynshim run`, not once per
-  traced process of a build. The in-process overhead is lynshim's activation (quoted under table 1) plus, for
-  every module imported, a Python-level `find_spec`, a loader proxy and a native span (table 2 gives the span's
-  cost), with the writer thread parsing and rewriting every event on the second core.
+- Start-up: lynshim's in-process cost is its activation (quoted under table 1) plus, for every module
+  imported, a Python-level `find_spec`, a loader proxy and a native span, with the background threads
+  writing on the second core; `lynshim run` adds its launcher (`python -m lynshim run`) in front of the
+  command, once per run, not once per traced process. The interquartile ranges show how large this
+  machine's run-to-run noise is next to a 2 % target.
 - Per call (table 2): a traced call is one native call (`_native.call`) that describes the arguments,
   timestamps the begin and end and appends them to a list; a background thread hands the list to `tracing`
   in batches and tracing-chrome's writer thread writes them. "ns/call" is the caller's wall time in a tight

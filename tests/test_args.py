@@ -69,12 +69,25 @@ def test_credentials_are_redacted_whatever_their_value() -> None:
     assert "k3y" not in json.dumps(got) and "default-secret" not in json.dumps(got)
 
 
-def test_self_and_cls_are_not_recorded() -> None:
+def test_self_and_cls_are_not_recorded_nor_looked_at() -> None:
     class Reader:
+        @property
+        def shape(self):
+            raise AssertionError("describing looked at self")
+
         def read(self, filename):
             return filename
 
     assert described(Reader.read, Reader(), "talk.md") == {"filename": "talk.md"}
+
+    def connect(host, token):
+        return host
+
+    class Secret:
+        def __fspath__(self) -> str:
+            raise AssertionError("describing looked at a secret")
+
+    assert described(connect, "example.org", Secret()) == {"host": "example.org", "token": schema.REDACTED}
 
 
 def test_details_mappings_are_reduced_to_what_is_read() -> None:

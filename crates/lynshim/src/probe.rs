@@ -40,6 +40,17 @@ enum Arg<'a> {
 }
 
 impl Arg<'_> {
+    fn into_value(self) -> Value {
+        match self {
+            Arg::Str(s) => s.into(),
+            Arg::String(s) => s.into(),
+            Arg::Value(v) => v,
+            Arg::Default(v) => v.clone(),
+            Arg::Redacted => arg::REDACTED.into(),
+            Arg::DictLen(n) => format!("dict[{n}]").into(),
+        }
+    }
+
     fn is_null(&self) -> bool {
         matches!(self, Arg::Value(Value::Null)) || matches!(self, Arg::Default(Value::Null))
     }
@@ -99,7 +110,13 @@ impl Probe {
             name: Box::leak(name.into()),
             cat: Box::leak(cat.into()),
             function,
-            positional: positional.into_iter().map(|p| { let secret = is_credential_name(&p); (p, secret) }).collect(),
+            positional: positional
+                .into_iter()
+                .map(|name| {
+                    let secret = is_credential_name(&name);
+                    (name, secret)
+                })
+                .collect(),
             defaults: Vec::new(),
             takes_field,
             describe_value,
@@ -109,18 +126,8 @@ impl Probe {
             if SKIP_PARAMS.contains(&key.as_str()) {
                 continue;
             }
-            let described = if is_credential_name(&key) {
-                arg::REDACTED.into()
-            } else {
-                match probe.value(&value)? {
-                    Arg::Str(s) => s.into(),
-                    Arg::String(s) => s.into(),
-                    Arg::Value(v) => v,
-                    Arg::Default(v) => v.clone(),
-                    Arg::Redacted => arg::REDACTED.into(),
-                    Arg::DictLen(n) => format!("dict[{n}]").into(),
-                }
-            };
+            let described = if is_credential_name(&key) { Arg::Redacted } else { probe.value(&value)? };
+            let described = described.into_value();
             probe.defaults.push((key, described));
         }
         Ok(probe)
@@ -159,18 +166,23 @@ impl Probe {
     ) -> PyResult<Described<'a>> {
         let mut out = Described::with_capacity(args.len() + self.defaults.len() + 1);
         for (index, value) in args.iter_borrowed().enumerate() {
-            let described = Self::value_borrowed(&self.describe_value, value)?;
-            match self.positional.get(index) {
-                Some((name, secret)) => self.put(&mut out, Cow::Borrowed(name), *secret, &value, described)?,
-                None => self.put(&mut out, Cow::Owned(format!("arg{index}")), false, &value, described)?,
+            let (name, secret) = match self.positional.get(index) {
+                Some((name, secret)) => (Cow::Borrowed(name.as_str()), *secret),
+                None => (Cow::Owned(format!("arg{index}")), false),
+            };
+            if !self.by_rule(&mut out, &name, secret, &value)? {
+                let described = Self::value_borrowed(&self.describe_value, value)?;
+                set(&mut out, name, described);
             }
         }
         if let Some(kwargs) = kwargs {
             for (name, value) in kwargs.iter() {
                 let name = name.cast::<PyString>()?.to_cow()?.into_owned();
                 let secret = is_credential_name(&name);
-                let described = self.value(&value)?;
-                self.put(&mut out, Cow::Owned(name), secret, &value, described)?;
+                if !self.by_rule(&mut out, &name, secret, &value)? {
+                    let described = self.value(&value)?;
+                    set(&mut out, Cow::Owned(name), described);
+                }
             }
         }
         for (name, described) in &self.defaults {
@@ -181,23 +193,18 @@ impl Probe {
         Ok(out)
     }
 
-    /// Record `name` as `described` (already worked out from `value`), unless a rule says otherwise.
-    fn put<'a>(
-        &self,
-        out: &mut Described<'a>,
-        name: Cow<'a, str>,
-        secret: bool,
-        value: &Bound<'_, PyAny>,
-        described: Arg<'a>,
-    ) -> PyResult<()> {
-        if SKIP_PARAMS.contains(&&*name) {
-            return Ok(());
+    /// Apply the rules that decide an argument without describing its value — skipped, redacted,
+    /// reduced to its details — and say whether one did. (The value is not even looked at then: `self`
+    /// may be any object, a secret any value.)
+    fn by_rule<'a>(&self, out: &mut Described<'a>, name: &str, secret: bool, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if SKIP_PARAMS.contains(&name) {
+            return Ok(true);
         }
         if secret {
-            set(out, name, Arg::Redacted);
-            return Ok(());
+            set(out, Cow::Owned(name.to_owned()), Arg::Redacted);
+            return Ok(true);
         }
-        if DETAIL_PARAMS.contains(&&*name) {
+        if DETAIL_PARAMS.contains(&name) {
             if let Ok(details) = value.cast_exact::<PyDict>() {
                 let mut found = false;
                 for key in DETAIL_KEYS {
@@ -211,12 +218,11 @@ impl Probe {
                     }
                 }
                 if found {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }
-        set(out, name, described);
-        Ok(())
+        Ok(false)
     }
 
     /// One argument as a short JSON scalar, its text borrowed from the argument where possible.

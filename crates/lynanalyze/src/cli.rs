@@ -142,7 +142,7 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     }
     write_output(args.output.as_deref(), &render(args.format, &analysis))?;
     if let Some(path) = &args.spans {
-        let mut table = frame::export(&analysis.processes, &analysis.spans, &loaded.processes)?;
+        let mut table = frame::export(&analysis.processes, &analysis.spans, &analysis.dictionary, &loaded.processes)?;
         frame::write_spans(&mut table, path)?;
     }
     if std::io::stderr().is_terminal() {

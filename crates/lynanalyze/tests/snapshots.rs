@@ -54,7 +54,7 @@ fn figures_agree_with_brute_force() {
             let e = calls.entry(s.name.clone()).or_default();
             e.0 += 1;
             e.1 += s.dur_us;
-            *by_cat.entry(s.cat.clone()).or_default() += s.self_us;
+            *by_cat.entry(s.cat.to_string()).or_default() += s.self_us;
         }
     }
     let frequency = a.sections.iter().find(|s| s.id == "call_frequency").expect("section");

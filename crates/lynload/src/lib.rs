@@ -6,21 +6,33 @@
 //! shape, larger than the limit — is skipped with a one-line reason naming the file.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use lynschema::{arg, category, event, files, RunRecord};
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+/// A span's category. lynshim's own are borrowed from the schema: a big build has a million spans, and
+/// an allocation each for "import" was a good part of loading them.
+pub type Category = Cow<'static, str>;
+
+fn category_of(cat: Cow<'_, str>) -> Category {
+    [category::IMPORT, category::STARTUP, category::TRACER]
+        .iter()
+        .chain(category::WORK)
+        .find(|known| **known == cat)
+        .map_or_else(|| Cow::Owned(cat.into_owned()), |known| Cow::Borrowed(*known))
+}
 
 /// One span of a process: a `B`/`E` pair, or an `X` event.
 #[derive(Debug, Clone)]
 pub struct Span {
     pub name: String,
-    pub cat: String,
+    pub cat: Category,
     pub tid: i64,
     pub start_us: f64,
     pub dur_us: f64,
@@ -29,7 +41,7 @@ pub struct Span {
     pub depth: u32,
     /// Index in [`ProcessTrace::spans`] of the span directly enclosing this one.
     pub parent: Option<usize>,
-    pub parent_cat: Option<String>,
+    pub parent_cat: Option<Category>,
     pub args: Map<String, Value>,
     /// The file ended before this span did.
     pub unfinished: bool,
@@ -317,7 +329,9 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
         bytes,
     };
     // Open spans per thread: index into trace.spans, and the time of their closed children.
-    let mut open: HashMap<i64, Vec<(usize, f64)>> = HashMap::new();
+    let mut open: FxHashMap<i64, Vec<(usize, f64)>> = FxHashMap::default();
+    // Every span is a `B`/`E` pair or an `X`: at most half the events but one.
+    trace.spans.reserve(events.len() / 2 + 1);
     let mut last_ts = 0.0_f64;
     for ev in events {
         last_ts = last_ts.max(ev.ts + ev.dur.max(0.0));
@@ -329,7 +343,7 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
                 stack.push((trace.spans.len(), 0.0));
                 trace.spans.push(Span {
                     name: ev.name.into_owned(),
-                    cat: ev.cat.into_owned(),
+                    cat: category_of(ev.cat),
                     tid: ev.tid,
                     start_us: ev.ts,
                     dur_us: 0.0,
@@ -356,7 +370,7 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
             }
             "X" => trace.spans.push(Span {
                 name: ev.name.into_owned(),
-                cat: ev.cat.into_owned(),
+                cat: category_of(ev.cat),
                 tid: ev.tid,
                 start_us: ev.ts,
                 dur_us: ev.dur.max(0.0),

@@ -3,7 +3,7 @@
 use polars::prelude::*;
 use serde_json::json;
 
-use crate::frame::{f64s, strs};
+use crate::frame::{f64s, strs, Dictionary};
 use crate::report::{ms, Section, Table};
 
 /// Per entry point: calls, processes, calls per process (mean, max), total/mean/p50/p95 duration.
@@ -57,10 +57,10 @@ pub fn per_run(spans: &DataFrame, processes: &DataFrame) -> PolarsResult<DataFra
         .collect()
 }
 
-pub fn section(spans: &DataFrame, processes: &DataFrame, top: usize) -> anyhow::Result<Section> {
+pub fn section(spans: &DataFrame, dictionary: &Dictionary, processes: &DataFrame, top: usize) -> anyhow::Result<Section> {
     let mut section = Section::new("call_frequency", "Call frequency of lynguine and lamd entry points");
     let df = per_entry_point(spans)?;
-    let (name, cat) = (strs(&df, "name")?, strs(&df, "cat")?);
+    let (name, cat) = (dictionary.strs(&df, "name")?, dictionary.strs(&df, "cat")?);
     let cols = ["calls", "processes", "per_process_mean", "per_process_max", "total_us", "mean_us", "p50_us", "p95_us"];
     let values = cols.iter().map(|c| f64s(&df, c)).collect::<PolarsResult<Vec<_>>>()?;
     let v = |c: usize, i: usize| values[c][i].unwrap_or(0.0);
@@ -86,7 +86,7 @@ pub fn section(spans: &DataFrame, processes: &DataFrame, top: usize) -> anyhow::
     section.tables.push(table);
 
     let groups = per_group(spans, processes)?;
-    let (g, gn) = (strs(&groups, "group")?, strs(&groups, "name")?);
+    let (g, gn) = (strs(&groups, "group")?, dictionary.strs(&groups, "name")?);
     let (gc, gp, gt) = (f64s(&groups, "calls")?, f64s(&groups, "processes")?, f64s(&groups, "total_us")?);
     let mut by_group = Table::new("per command", &["command", "entry point", "calls", "processes", "total ms"]);
     let mut group_data = Vec::new();

@@ -6,22 +6,22 @@
 //! the evidence, and the report says so: pandas is a candidate for a process whose lynguine calls
 //! never needed a data frame only if those calls are what lynshim traced.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use polars::prelude::*;
 use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::json;
 
-use crate::frame::{f64s, strs};
-use crate::load::{is_call, ProcessTrace};
+use crate::frame::{f64s, Dictionary, SpanColumns};
 use crate::report::{ms, pct, Section, Table};
 
 /// Per module: processes that imported it, total and mean self/cumulative time.
-pub fn per_module(spans: &DataFrame) -> PolarsResult<DataFrame> {
+pub fn per_module(spans: &DataFrame, dictionary: &Dictionary) -> PolarsResult<DataFrame> {
     spans
         .clone()
         .lazy()
-        .filter(col("cat").eq(lit(lynschema::category::IMPORT)))
+        .filter(col("cat").eq(lit(dictionary.category(lynschema::category::IMPORT))))
         .group_by([col("name")])
         .agg([
             col("proc").n_unique().alias("processes"),
@@ -35,29 +35,31 @@ pub fn per_module(spans: &DataFrame) -> PolarsResult<DataFrame> {
 }
 
 /// Per top-level package: self time summed over its modules.
-pub fn per_package(spans: &DataFrame) -> PolarsResult<DataFrame> {
+pub fn per_package(spans: &DataFrame, dictionary: &Dictionary) -> PolarsResult<DataFrame> {
     spans
         .clone()
         .lazy()
-        .filter(col("cat").eq(lit(lynschema::category::IMPORT)))
+        .filter(col("cat").eq(lit(dictionary.category(lynschema::category::IMPORT))))
         .group_by([col("package")])
         .agg([col("proc").n_unique().alias("processes"), col("self_us").sum().alias("self_us")])
         .sort(["self_us", "package"], SortMultipleOptions::default().with_order_descending_multi([true, false]))
         .collect()
 }
 
-pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> anyhow::Result<Section> {
+pub fn section(spans: &DataFrame, dictionary: &Dictionary, columns: &SpanColumns<'_>, top: usize) -> anyhow::Result<Section> {
     let mut section = Section::new("imports", "Imports");
-    // Summed in process order, so the floating-point total is the same on every run.
-    let total_import: f64 = processes
-        .par_iter()
-        .map(|p| p.spans.iter().filter(|s| s.cat == lynschema::category::IMPORT).map(|s| s.self_us).sum::<f64>())
+    let import_cat = dictionary.category(lynschema::category::IMPORT);
+    let processes = columns.processes();
+    // Summed per process and then in process order, so the floating-point total is the same on every run.
+    let total_import: f64 = (0..processes)
+        .into_par_iter()
+        .map(|p| columns.rows(p).filter(|&row| columns.cat[row] == import_cat).map(|row| columns.self_us[row]).sum::<f64>())
         .collect::<Vec<_>>()
         .into_iter()
         .sum();
 
-    let df = per_module(spans)?;
-    let name = strs(&df, "name")?;
+    let df = per_module(spans, dictionary)?;
+    let name = dictionary.strs(&df, "name")?;
     let cols = ["processes", "self_us", "cumulative_us", "mean_self_us", "mean_cumulative_us"];
     let v = cols.iter().map(|c| f64s(&df, c)).collect::<PolarsResult<Vec<_>>>()?;
     let get = |c: usize, i: usize| v[c][i].unwrap_or(0.0);
@@ -82,8 +84,9 @@ pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> any
     }
     section.tables.push(self_table);
 
-    let packages = per_package(spans)?;
-    let (pkg, pkg_procs, pkg_self) = (strs(&packages, "package")?, f64s(&packages, "processes")?, f64s(&packages, "self_us")?);
+    let packages = per_package(spans, dictionary)?;
+    let (pkg, pkg_procs, pkg_self) =
+        (dictionary.strs(&packages, "package")?, f64s(&packages, "processes")?, f64s(&packages, "self_us")?);
     let mut package_table = Table::new("by top-level package", &["package", "processes", "self ms (all)", "share of import time"]);
     let mut package_data = Vec::new();
     for i in 0..packages.height() {
@@ -96,18 +99,18 @@ pub fn section(spans: &DataFrame, processes: &[ProcessTrace], top: usize) -> any
     section.tables.push(package_table);
 
     // Lazy-import candidates: packages imported by a process with no traced call into them.
-    let per_process: Vec<Vec<(&str, f64)>> = processes
-        .par_iter()
+    let per_process: Vec<Vec<(&str, f64)>> = (0..processes)
+        .into_par_iter()
         .map(|p| {
-            let called: BTreeSet<&str> =
-                p.spans.iter().filter(|s| is_call(&s.cat)).filter_map(|s| s.name.split('.').next()).collect();
-            let mut cost: BTreeMap<&str, f64> = BTreeMap::new();
-            for s in p.spans.iter().filter(|s| s.cat == lynschema::category::IMPORT) {
-                if let Some(package) = s.name.split('.').next() {
-                    *cost.entry(package).or_default() += s.self_us;
-                }
+            let called: FxHashSet<u32> = columns.rows(p).filter(|&row| columns.is_call[row]).map(|row| columns.package[row]).collect();
+            let mut cost: FxHashMap<u32, f64> = FxHashMap::default();
+            for row in columns.rows(p).filter(|&row| columns.cat[row] == import_cat) {
+                *cost.entry(columns.package[row]).or_default() += columns.self_us[row];
             }
-            cost.into_iter().filter(|(package, _)| !called.contains(package)).collect()
+            cost.into_iter()
+                .filter(|(package, _)| !called.contains(package))
+                .map(|(package, us)| (dictionary.packages[package as usize].as_str(), us))
+                .collect()
         })
         .collect();
     let mut candidates: BTreeMap<String, (usize, f64)> = BTreeMap::new();

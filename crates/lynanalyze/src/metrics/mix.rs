@@ -3,7 +3,7 @@
 use polars::prelude::*;
 use serde_json::json;
 
-use crate::frame::{f64s, strs};
+use crate::frame::{f64s, Dictionary};
 use crate::report::{ms, pct, Section, Table};
 
 /// Per category: calls and self time (self time, so nested calls are not counted twice).
@@ -18,9 +18,9 @@ pub fn per_category(spans: &DataFrame) -> PolarsResult<DataFrame> {
         .collect()
 }
 
-pub fn section(spans: &DataFrame) -> anyhow::Result<Section> {
+pub fn section(spans: &DataFrame, dictionary: &Dictionary) -> anyhow::Result<Section> {
     let df = per_category(spans)?;
-    let cat = strs(&df, "cat")?;
+    let cat = dictionary.strs(&df, "cat")?;
     let calls = f64s(&df, "calls")?;
     let time = f64s(&df, "self_us")?;
     let total_calls: f64 = calls.iter().flatten().sum();

@@ -12,6 +12,7 @@ pub mod startup;
 
 use polars::prelude::DataFrame;
 
+use crate::frame::{Dictionary, SpanColumns};
 use crate::load::Loaded;
 use crate::report::Section;
 
@@ -31,7 +32,13 @@ impl Default for Options {
 }
 
 /// Every section, in report order.
-pub fn all(loaded: &Loaded, spans: &DataFrame, processes_df: &DataFrame, options: Options) -> anyhow::Result<Vec<Section>> {
+pub fn all(
+    loaded: &Loaded,
+    spans: &DataFrame,
+    dictionary: &Dictionary,
+    processes_df: &DataFrame,
+    options: Options,
+) -> anyhow::Result<Vec<Section>> {
     let timings = std::env::var_os("LYNANALYZE_TIMINGS").is_some();
     let mut clock = std::time::Instant::now();
     let mut tick = |label: &str| {
@@ -40,21 +47,22 @@ pub fn all(loaded: &Loaded, spans: &DataFrame, processes_df: &DataFrame, options
         }
         clock = std::time::Instant::now();
     };
-    let per_process = processes::compute(&loaded.processes);
+    let columns = SpanColumns::new(spans, &loaded.processes)?;
+    let per_process = processes::compute(&loaded.processes, &columns, dictionary);
     let mut sections = vec![processes::section(&per_process)];
     tick("processes");
-    sections.push(frequency::section(spans, processes_df, options.top)?);
+    sections.push(frequency::section(spans, dictionary, processes_df, options.top)?);
     tick("call frequency");
-    sections.push(mix::section(spans)?);
+    sections.push(mix::section(spans, dictionary)?);
     sections.push(startup::section(&per_process, loaded));
     tick("mix, start-up");
-    sections.push(imports::section(spans, &loaded.processes, options.top)?);
+    sections.push(imports::section(spans, dictionary, &columns, options.top)?);
     tick("imports");
     sections.push(memory::section(&loaded.processes));
     sections.push(concurrency::section(&loaded.processes));
     sections.push(config_files::section(&loaded.processes));
     tick("memory, concurrency, config files");
-    sections.push(projection::section(&per_process, spans, options.assumed_request_ms)?);
+    sections.push(projection::section(&per_process, spans, dictionary, options.assumed_request_ms)?);
     tick("projection");
     Ok(sections)
 }

@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 
 use lynschema::category;
 use rayon::prelude::*;
-use serde_json::json;
+use rustc_hash::FxHashMap;
+use serde_json::{json, Value};
 
-use crate::load::{is_call, ProcessTrace};
+use crate::frame::{Dictionary, SpanColumns};
+use crate::load::ProcessTrace;
 use crate::report::{ms, Section, Table};
 
 /// Time accounting of one process, in microseconds.
@@ -43,28 +45,30 @@ impl ProcessTimes {
     }
 }
 
-pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
+/// The time accounting of every process, walking the span frame's columns (numbers, in process order)
+/// rather than the spans themselves: a build's million spans are read at a few bytes each.
+pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary: &Dictionary) -> Vec<ProcessTimes> {
+    let [startup_cat, tracer_cat, import_cat] =
+        [category::STARTUP, category::TRACER, category::IMPORT].map(|c| dictionary.category(c));
     processes
         .par_iter()
-        .map(|p| {
-            // Keyed by borrowed names while summing: one allocation per key, not per span.
+        .enumerate()
+        .map(|(index, p)| {
             let mut by_cat: BTreeMap<&str, f64> = BTreeMap::new();
-            let mut by_package: BTreeMap<&str, f64> = BTreeMap::new();
+            let mut by_package: FxHashMap<u32, f64> = FxHashMap::default();
             let (mut startup, mut activation, mut import, mut calls) = (0.0, 0.0, 0.0, 0);
-            for s in &p.spans {
-                match s.cat.as_str() {
-                    c if c == category::STARTUP => startup += s.dur_us,
-                    c if c == category::TRACER => activation += s.dur_us,
-                    c if c == category::IMPORT => {
-                        import += s.self_us;
-                        let package = s.name.split('.').next().unwrap_or("");
-                        *by_package.entry(package).or_default() += s.self_us;
-                    }
-                    c if is_call(c) => {
-                        *by_cat.entry(c).or_default() += s.self_us;
-                        calls += 1;
-                    }
-                    _ => {}
+            for row in columns.rows(index) {
+                let cat = columns.cat[row];
+                if cat == startup_cat {
+                    startup += columns.dur_us[row];
+                } else if cat == tracer_cat {
+                    activation += columns.dur_us[row];
+                } else if cat == import_cat {
+                    import += columns.self_us[row];
+                    *by_package.entry(columns.package[row]).or_default() += columns.self_us[row];
+                } else if columns.is_call[row] {
+                    *by_cat.entry(dictionary.categories[cat as usize].as_str()).or_default() += columns.self_us[row];
+                    calls += 1;
                 }
             }
             let work: f64 = by_cat.values().sum();
@@ -86,7 +90,7 @@ pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
                 work_us: work,
                 unattributed_us: (p.end_us - startup - activation - import - work).max(0.0),
                 work_by_category: by_cat.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                imports_by_package: by_package.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                imports_by_package: by_package.into_iter().map(|(k, v)| (dictionary.packages[k as usize].clone(), v)).collect(),
                 peak_rss: p.peak_rss,
                 exit,
                 calls,
@@ -95,7 +99,14 @@ pub fn compute(processes: &[ProcessTrace]) -> Vec<ProcessTimes> {
         .collect()
 }
 
+/// A JSON object of sums, built in one go: serialising the map would insert its keys one by one, and a
+/// build has a hundred packages per process.
+fn object(sums: &BTreeMap<String, f64>) -> Value {
+    Value::Object(sums.iter().map(|(key, us)| (key.clone(), Value::from(*us))).collect())
+}
+
 pub fn section(rows: &[ProcessTimes]) -> Section {
+
     let mut section = Section::new("processes", "Processes: start-up against work");
     let mut table = Table::new(
         "",
@@ -135,14 +146,21 @@ pub fn section(rows: &[ProcessTimes]) -> Section {
          time is split by each span's self time"
             .into(),
     );
-    section.data = json!(rows
-        .iter()
-        .map(|r| json!({
-            "pid": r.pid, "command": r.command, "group": r.group, "lamd_command": r.lamd_command,
-            "wall_us": r.wall_us, "startup_us": r.startup_us, "activation_us": r.activation_us,
-            "import_us": r.import_us, "imports_by_package_us": r.imports_by_package, "work_us": r.work_us, "work_by_category_us": r.work_by_category,
-            "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
-        }))
-        .collect::<Vec<_>>());
+    // Built as values, not through `json!` on values, which would copy each one again by serialising it.
+    section.data = Value::Array(
+        rows.iter()
+            .map(|r| {
+                let mut row = json!({
+                    "pid": r.pid, "command": r.command, "group": r.group, "lamd_command": r.lamd_command,
+                    "wall_us": r.wall_us, "startup_us": r.startup_us, "activation_us": r.activation_us,
+                    "import_us": r.import_us, "work_us": r.work_us,
+                    "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
+                });
+                row["imports_by_package_us"] = object(&r.imports_by_package);
+                row["work_by_category_us"] = object(&r.work_by_category);
+                row
+            })
+            .collect(),
+    );
     section
 }

@@ -13,12 +13,13 @@
 use polars::prelude::*;
 use serde_json::json;
 
-use crate::frame::f64s;
+use crate::frame::{f64s, Dictionary};
 use crate::metrics::processes::ProcessTimes;
 use crate::report::{ms, Section, Table};
 
-pub fn section(rows: &[ProcessTimes], spans: &DataFrame, assumed_request_ms: f64) -> anyhow::Result<Section> {
-    let server = spans.clone().lazy().filter(col("cat").eq(lit(lynschema::category::SERVER)))
+pub fn section(rows: &[ProcessTimes], spans: &DataFrame, dictionary: &Dictionary, assumed_request_ms: f64) -> anyhow::Result<Section> {
+    let category = |c: &str| lit(dictionary.category(c));
+    let server = spans.clone().lazy().filter(col("cat").eq(category(lynschema::category::SERVER)))
         .select([col("dur_us").mean().alias("mean_us"), len().alias("n")]).collect()?;
     let measured = f64s(&server, "mean_us")?.first().copied().flatten();
     let (request_us, source) = match measured {
@@ -27,10 +28,10 @@ pub fn section(rows: &[ProcessTimes], spans: &DataFrame, assumed_request_ms: f64
     };
     // Top-level lynguine calls: the requests a client would make.
     let top_calls = spans.clone().lazy()
-        .filter(col("is_call").and(col("cat").neq(lit(lynschema::category::LAMD))))
+        .filter(col("is_call").and(col("cat").neq(category(lynschema::category::LAMD))))
         .filter(col("parent_cat").is_null()
-            .or(col("parent_cat").eq(lit(lynschema::category::IMPORT)))
-            .or(col("parent_cat").eq(lit(lynschema::category::LAMD))))
+            .or(col("parent_cat").eq(category(lynschema::category::IMPORT)))
+            .or(col("parent_cat").eq(category(lynschema::category::LAMD))))
         .select([len().alias("n")]).collect()?;
     let requests = f64s(&top_calls, "n")?.first().copied().flatten().unwrap_or(0.0);
 

@@ -510,6 +510,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_line_in_another_shape_is_parsed_in_full() {
+        // tracing-chrome with source locations writes ".file" first: the quick search fails, the full
+        // parse finds the same batch.
+        let batch = json!([["B", 5, 2000, "f", "compute", {"x": 1}], ["E", 5, 3000, "f", "compute"]]);
+        let encoded = BASE64.encode(batch.to_string());
+        let line = json!({".file": "src/session.rs", ".line": 1, "args": {"k": kind::BATCH, "p": encoded},
+                          "cat": "lynshim", "name": "event", "ph": "i", "pid": 1, "tid": 0, "ts": 9.0, "s": "t"});
+        let mut f = fixup();
+        f.write_all(b"[\n").unwrap();
+        f.write_all(line.to_string().as_bytes()).unwrap();
+        f.flush().unwrap();
+        assert_eq!(f.batches_parsed_in_full(), 1);
+        f.close();
+        let ev = events(&f.into_inner());
+        assert_eq!(ev.len(), 2);
+        assert_eq!((ev[0]["ph"].as_str(), ev[0]["ts"].as_f64()), (Some("B"), Some(1002.0)));
+        assert_eq!(ev[0]["args"], json!({"x": 1}));
+    }
+
+    #[test]
     fn file_holds_only_whole_events_until_flushed() {
         let mut f = fixup();
         let instant = |name: &str| json!({"name": name, "cat": "user", "args": {}});

@@ -404,7 +404,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for trying the script)")
     args = parser.parse_args()
-    pairs, rounds, loops = (3, 1, 20_000) if args.quick else (10, 3, 200_000)
+    pairs, rounds, loops = (3, 1, 20_000) if args.quick else (10, 5, 200_000)
     sizes = [100, 1000] if args.quick else [100, 1000, 10_000]
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory() as tmp:

@@ -164,7 +164,7 @@ impl<W: Write> Fixup<W> {
         let mut start = 0;
         // Bytes before `scanned` hold no newline: a long line arriving in pieces is searched once.
         let mut from = self.scanned;
-        while let Some(rel) = pending[from..].iter().position(|&b| b == b'\n') {
+        while let Some(rel) = memchr::memchr(b'\n', &pending[from..]) {
             let end = from + rel;
             self.fix_line(&pending[start..end], &mut batch);
             start = end + 1;
@@ -416,7 +416,7 @@ impl<W: Write> Write for Fixup<W> {
 fn batch_payload(line: &[u8]) -> Option<&[u8]> {
     const PREFIX: &[u8] = br#"{"args":{"k":"batch","p":""#;
     let rest = line.strip_prefix(PREFIX)?;
-    let end = rest.iter().position(|&b| b == b'"')?;
+    let end = memchr::memchr(b'"', rest)?;
     rest[end..].starts_with(br#""},"#).then(|| &rest[..end])
 }
 

@@ -16,6 +16,7 @@
 //! `lynshim._args.describe_value`, so that there is one definition of each rule.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use lynschema::{arg, is_credential_name, DETAIL_KEYS, DETAIL_PARAMS, MAX_ARG_CHARS, SKIP_PARAMS};
 use pyo3::exceptions::PyAttributeError;
@@ -23,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::Borrowed;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
 use serde_json::Value;
+use smallvec::{smallvec, SmallVec};
 
 use crate::json::{push_int, push_str};
 use crate::{session, to_json};
@@ -59,8 +61,8 @@ impl Arg<'_> {
         match self {
             Arg::Str(s) => push_str(out, s),
             Arg::String(s) | Arg::Value(Value::String(s)) | Arg::Default(Value::String(s)) => push_str(out, s),
-            Arg::Value(v) => out.push_str(&v.to_string()),
-            Arg::Default(v) => out.push_str(&v.to_string()),
+            Arg::Value(v) => push_value(out, v),
+            Arg::Default(v) => push_value(out, v),
             Arg::Redacted => push_str(out, arg::REDACTED),
             Arg::DictLen(n) => {
                 out.push_str("\"dict[");
@@ -72,7 +74,30 @@ impl Arg<'_> {
 }
 
 /// Args of a span, in the order Python would put them in a dict; a name set twice keeps its place.
-type Described<'a> = Vec<(Cow<'a, str>, Arg<'a>)>;
+/// (On the stack up to a handful: a traced call should not allocate for them.)
+type Described<'a> = SmallVec<[(Cow<'a, str>, Arg<'a>); 6]>;
+
+thread_local! {
+    /// Where a traced call writes its args as JSON before the session copies them: one buffer per
+    /// thread, reused. (A call traced while the buffer is in use — from Python code run to describe
+    /// a value — gets a buffer of its own.)
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Run `f` with `pairs` written as a JSON object (`None` when there are none).
+fn with_json<T>(pairs: &Described<'_>, f: impl FnOnce(Option<&str>) -> T) -> T {
+    if pairs.is_empty() {
+        return f(None);
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            write_json(pairs, &mut buffer);
+            f(Some(&buffer))
+        }
+        Err(_) => f(Some(&described_json(pairs))),
+    })
+}
 
 /// One wrapped function.
 #[pyclass(frozen, module = "lynshim._native")]
@@ -164,7 +189,7 @@ impl Probe {
         args: &'a Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Described<'a>> {
-        let mut out = Described::with_capacity(args.len() + self.defaults.len() + 1);
+        let mut out = Described::new();
         for (index, value) in args.iter_borrowed().enumerate() {
             let (name, secret) = match self.positional.get(index) {
                 Some((name, secret)) => (Cow::Borrowed(name.as_str()), *secret),
@@ -306,11 +331,14 @@ impl Probe {
             // Describing must never break the call.
             Err(err) => {
                 let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
-                (vec![(Cow::Borrowed("lynshim_error"), Arg::String(name))], false)
+                (smallvec![(Cow::Borrowed("lynshim_error"), Arg::String(name))], false)
             }
         };
-        let args = (!described.is_empty()).then(|| described_json(&described));
-        let token = crate::guarded(0, || session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), args.as_deref(), || crate::python_thread_name(py)));
+        let token = with_json(&described, |args| {
+            crate::guarded(0, || {
+                session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), args, || crate::python_thread_name(py))
+            })
+        });
         (token, asked)
     }
 
@@ -319,8 +347,7 @@ impl Probe {
             return;
         }
         let end = self.end_args(py, asked_for_field, outcome);
-        let end = (!end.is_empty()).then(|| described_json(&end));
-        crate::guarded((), || session::exit(token, end.as_deref()));
+        with_json(&end, |end| crate::guarded((), || session::exit(token, end)));
     }
 }
 
@@ -448,17 +475,35 @@ fn set<'a>(out: &mut Described<'a>, name: Cow<'a, str>, value: Arg<'a>) {
 /// Described args as a JSON object.
 fn described_json(pairs: &Described<'_>) -> String {
     let mut out = String::with_capacity(16 + pairs.len() * 32);
+    write_json(pairs, &mut out);
+    out
+}
+
+fn write_json(pairs: &Described<'_>, out: &mut String) {
     out.push('{');
     for (i, (key, value)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        push_str(&mut out, key);
+        push_str(out, key);
         out.push(':');
-        value.write(&mut out);
+        value.write(out);
     }
     out.push('}');
-    out
+}
+
+/// A JSON value, without allocating for the common scalars.
+fn push_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::String(s) => push_str(out, s),
+        Value::Number(n) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{n}");
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// `text`, cut to [`MAX_ARG_CHARS`] characters ending in `…` when longer.

@@ -237,9 +237,9 @@ BREAKDOWN = textwrap.dedent(
     out = {
         "header_field, bare": per(lambda: header_field("title", fields)),
         "header_field through the probe, tracing on (`_native.call`)": per(lambda: _native.call(probe, args, kwargs)),
-        "describing its args alone (as JSON text)": per(lambda: probe.describe(args, kwargs)),
-        "describing its end alone (result, found)": per(lambda: probe.describe_end(args, kwargs, result="t")),
-        "a span from Python, no args (`enter` + `exit`)": per(lambda: _native.exit(_native.enter("x", "compute"))),
+        "describing its args alone (`Probe.describe`, JSON returned to Python as a str)": per(lambda: probe.describe(args, kwargs)),
+        "describing its args and its end (`Probe.describe_end`, returned as a str)": per(lambda: probe.describe_end(args, kwargs, result="t")),
+        "a span opened and closed from Python (`_native.enter` + `_native.exit`: two calls, as `lynshim.span` and the import hook make)": per(lambda: _native.exit(_native.enter("x", "compute"))),
         "empty lambda (loop cost)": per(lambda: None),
     }
     print(json.dumps(out))

@@ -41,24 +41,25 @@ impl Dictionary {
             .map_or(u32::MAX, |i| u32::try_from(i).unwrap_or(u32::MAX))
     }
 
-    fn table(&self, column: &str) -> &[String] {
+    fn table(&self, column: &str) -> PolarsResult<&[String]> {
         match column {
-            "name" => &self.names,
-            "package" => &self.packages,
-            _ => &self.categories,
+            "name" => Ok(&self.names),
+            "package" => Ok(&self.packages),
+            "cat" | "parent_cat" => Ok(&self.categories),
+            _ => Err(PolarsError::ColumnNotFound(format!("{column} is not a numbered column").into())),
         }
     }
 
     /// A column of numbers (`name`, `package`, `cat`, `parent_cat`) as its strings.
     pub fn strs(&self, df: &DataFrame, column: &str) -> PolarsResult<Vec<Option<String>>> {
-        let table = self.table(column);
+        let table = self.table(column)?;
         let ids = df.column(column)?.cast(&DataType::UInt32)?;
         Ok(ids.u32()?.iter().map(|id| id.and_then(|id| table.get(id as usize).cloned())).collect())
     }
 
     /// The same column as a polars string column, for output.
     fn string_column(&self, df: &DataFrame, column: &str) -> PolarsResult<Column> {
-        let table = self.table(column);
+        let table = self.table(column)?;
         let ids = df.column(column)?.cast(&DataType::UInt32)?;
         let strings: Vec<Option<&str>> = ids.u32()?.iter().map(|id| id.and_then(|id| table.get(id as usize)).map(String::as_str)).collect();
         Ok(Column::new(column.into(), strings))

@@ -406,9 +406,10 @@ pub fn call<'py>(
     if !session::is_recording() {
         return function.call(args, kwargs);
     }
-    let (token, asked) = probe.begin(py, args, kwargs);
+    // A panic in lynshim's own code must never reach the traced program (pyo3 would raise it there).
+    let (token, asked) = crate::guarded((0, false), || probe.begin(py, args, kwargs));
     let outcome = function.call(args, kwargs);
-    probe.finish(py, token, asked, &outcome);
+    crate::guarded((), || probe.finish(py, token, asked, &outcome));
     outcome
 }
 
@@ -425,7 +426,7 @@ pub fn probe_begin(
     if !session::is_recording() {
         return (0, false);
     }
-    probe.get().begin(py, args, kwargs.filter(|k| !k.is_empty()))
+    crate::guarded((0, false), || probe.get().begin(py, args, kwargs.filter(|k| !k.is_empty())))
 }
 
 /// The end half of [`call`]: `result`, or the exception `error`, plus `extra` args (server request ids).

@@ -5,9 +5,10 @@
 //! names and no counters, and buffers 8 KiB in a `BufWriter` whose `unwrap()` on a write error would kill
 //! its thread. We give it this `Write` instead, and fix each line up on the way to the file:
 //!
-//! - lynshim's events arrive as `tracing` events with a kind ([`F_KIND`]) and a JSON payload
-//!   ([`F_PAYLOAD`]); most are batches ([`kind::BATCH`]) of span begins and ends and of lynshim's own
-//!   events, recorded on the traced threads (see [`crate::session`]). Each element becomes an event of
+//! - lynshim's events arrive as `tracing` events with a kind ([`F_KIND`]) and a payload ([`F_PAYLOAD`]):
+//!   batches ([`kind::BATCH`]) of span begins and ends and of lynshim's own events, recorded on the
+//!   traced threads (see [`crate::session`]); nothing else is written through tracing-chrome, and its own
+//!   thread-name lines, which carry its thread numbers, are dropped. Each element becomes an event of
 //!   its own with the time and OS thread id it was recorded with, args as real JSON objects: spans
 //!   (`B`/`E`), thread names, process metadata, counters (`C`), complete events (`X`) and flows (`s`/`f`);
 //! - every event gets the real pid;
@@ -21,7 +22,6 @@
 //!   so the traced program never sees an error from its tracer.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::io::{self, Write};
 
 use lynschema::{category, event};
@@ -61,10 +61,6 @@ pub mod kind {
 struct ChromeLine<'a> {
     #[serde(borrow)]
     ph: Cow<'a, str>,
-    #[serde(default)]
-    tid: u64,
-    #[serde(default)]
-    ts: f64,
     #[serde(default, borrow)]
     args: Option<ChromeArgs<'a>>,
 }
@@ -105,8 +101,6 @@ pub struct Fixup<W: Write> {
     zero_mono_ns: u64,
     /// Added to every timestamp: microseconds from the process's start to tracing-chrome's zero.
     shift_us: f64,
-    /// tracing-chrome's thread number → OS thread id.
-    tids: HashMap<u64, u64>,
     /// Bytes received but not yet ended by a newline (tracing-chrome writes `,\n` before each event).
     pending: Vec<u8>,
     /// How much of `pending` is known to hold no newline.
@@ -135,7 +129,6 @@ impl<W: Write> Fixup<W> {
             pid,
             zero_mono_ns,
             shift_us,
-            tids: HashMap::new(),
             pending: Vec::with_capacity(16 * 1024),
             scanned: 0,
             batches_parsed_in_full: 0,
@@ -197,20 +190,13 @@ impl<W: Write> Fixup<W> {
                 let Ok(line) = serde_json::from_slice::<ChromeLine<'_>>(line) else {
                     return;
                 };
-                // tracing-chrome's own thread names carry its thread numbers; ours replace them. Spans
-                // are not created through tracing-chrome (see crate::session): only events matter.
-                let Some(ChromeArgs { k: Some(kind), p: Some(payload) }) = line.args.filter(|_| line.ph == "i") else {
-                    return;
-                };
-                let ts = line.ts + self.shift_us;
-                let tid = self.tids.get(&line.tid).copied().unwrap_or(line.tid);
-                if kind == kind::BATCH {
-                    self.batches_parsed_in_full += 1;
-                    self.fix_batch(payload.as_bytes(), batch);
-                } else {
-                    let payload = serde_json::from_str(&payload).unwrap_or(Value::Null);
-                    let events = self.fix_own_event(&kind, payload, tid, line.tid, ts);
-                    self.write_values(&events, batch);
+                // A batch in another shape (should tracing-chrome change how it writes a line); anything
+                // else is tracing-chrome's own thread names, dropped.
+                if let Some(ChromeArgs { k: Some(kind), p: Some(payload) }) = line.args.filter(|_| line.ph == "i") {
+                    if kind == kind::BATCH {
+                        self.batches_parsed_in_full += 1;
+                        self.fix_batch(payload.as_bytes(), batch);
+                    }
                 }
             }
         }
@@ -260,13 +246,13 @@ impl<W: Write> Fixup<W> {
                 batch.push(b'}');
             } else {
                 let payload = record.p.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null);
-                let events = self.fix_own_event(&record.k, payload, record.tid, record.tid, ts);
+                let events = self.fix_own_event(&record.k, payload, record.tid, ts);
                 self.write_values(&events, batch);
             }
         }
     }
 
-    fn fix_own_event(&mut self, kind: &str, p: Value, tid: u64, chrome_tid: u64, ts: f64) -> Vec<Value> {
+    fn fix_own_event(&self, kind: &str, p: Value, tid: u64, ts: f64) -> Vec<Value> {
         let pid = self.pid;
         let str_of = |key: &str| p.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
         let args_of = |key: &str| match p.get(key) {
@@ -275,8 +261,7 @@ impl<W: Write> Fixup<W> {
         };
         match kind {
             kind::THREAD => {
-                let os_tid = p.get("tid").and_then(Value::as_u64).unwrap_or(chrome_tid);
-                self.tids.insert(chrome_tid, os_tid);
+                let os_tid = p.get("tid").and_then(Value::as_u64).unwrap_or(tid);
                 vec![json!({"ph": "M", "name": event::THREAD_NAME, "pid": pid, "tid": os_tid,
                             "args": {"name": str_of("name")}})]
             }
@@ -372,7 +357,7 @@ impl<W: Write> Fixup<W> {
         #[allow(clippy::cast_precision_loss)]
         let ts = (crate::procinfo::monotonic_ns() as f64 - self.zero_mono_ns as f64) / 1000.0 + self.shift_us;
         let mut batch = Vec::new();
-        for fixed in self.fix_own_event(kind, payload.clone(), tid, tid, ts) {
+        for fixed in self.fix_own_event(kind, payload.clone(), tid, ts) {
             batch.extend_from_slice(if self.wrote_any || !batch.is_empty() { b",\n" } else { b"" });
             let _ = serde_json::to_writer(&mut batch, &fixed);
         }
@@ -474,6 +459,11 @@ mod tests {
         line.to_string().into_bytes()
     }
 
+    /// A tracing-chrome line carrying `records` as a batch, as a session writes it.
+    fn batch_line(records: &Value) -> Vec<u8> {
+        chrome_line(kind::BATCH, &BASE64.encode(records.to_string()), 0, 1.0)
+    }
+
     #[test]
     fn batches_become_spans_with_real_pid_tid_time_name_and_args() {
         let mut f = fixup();
@@ -532,11 +522,11 @@ mod tests {
     #[test]
     fn file_holds_only_whole_events_until_flushed() {
         let mut f = fixup();
-        let instant = |name: &str| json!({"name": name, "cat": "user", "args": {}});
+        let instant = |name: &str| json!([["instant", 7, 1000, null, null, null, {"name": name, "cat": "user"}]]);
         f.write_all(b"[\n").unwrap();
-        f.write_all(&chrome_line(kind::INSTANT, &instant("a").to_string(), 0, 1.0)).unwrap();
+        f.write_all(&batch_line(&instant("a"))).unwrap();
         f.write_all(b",\n").unwrap();
-        let second = chrome_line(kind::INSTANT, &instant("b").to_string(), 0, 2.0);
+        let second = batch_line(&instant("b"));
         f.write_all(&second[..second.len() / 2]).unwrap();
         // Cut mid-event (as SIGKILL would leave tracing-chrome's buffer): what reached the sink parses.
         let ev = events(&f.into_inner());
@@ -584,7 +574,7 @@ mod tests {
         let sink = std::sync::Arc::clone(&warnings);
         let mut f = Fixup::new(Failing, 1, 0, 0.0, Box::new(move |m| sink.lock().unwrap().push(m.to_owned())));
         for _ in 0..3 {
-            let line = chrome_line(kind::INSTANT, &json!({"name": "a", "cat": "user"}).to_string(), 0, 1.0);
+            let line = batch_line(&json!([["instant", 7, 1000, null, null, null, {"name": "a", "cat": "user"}]]));
             assert!(f.write(&line).is_ok());
             assert!(f.write(b"\n").is_ok());
             assert!(f.flush().is_ok());

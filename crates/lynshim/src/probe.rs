@@ -42,6 +42,17 @@ enum Arg<'a> {
 }
 
 impl Arg<'_> {
+    fn into_owned(self) -> Arg<'static> {
+        match self {
+            Arg::Str(s) => Arg::String(s.to_owned()),
+            Arg::Default(v) => Arg::Value(v.clone()),
+            Arg::String(s) => Arg::String(s),
+            Arg::Value(v) => Arg::Value(v),
+            Arg::Redacted => Arg::Redacted,
+            Arg::DictLen(n) => Arg::DictLen(n),
+        }
+    }
+
     fn into_value(self) -> Value {
         match self {
             Arg::Str(s) => s.into(),
@@ -174,11 +185,7 @@ impl Probe {
         error: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
         let asked = self.asks_for_field(&self.describe_call(args, kwargs)?);
-        let outcome = match (result, error) {
-            (_, Some(error)) => Err(PyErr::from_value(error.clone())),
-            (Some(result), None) => Ok(result.clone()),
-            (None, None) => Ok(args.py().None().into_bound(args.py())),
-        };
+        let outcome = outcome_of(args.py(), result, error);
         Ok(described_json(&self.end_args(args.py(), asked, &outcome)))
     }
 }
@@ -263,15 +270,9 @@ impl Probe {
     }
 
     /// One argument as a short JSON scalar.
-    fn value<'a>(&self, value: &Bound<'_, PyAny>) -> PyResult<Arg<'a>> {
-        if let Ok(text) = value.cast_exact::<PyString>() {
-            if let Ok(text) = text.to_str() {
-                if !text.starts_with('/') {
-                    return Ok(Arg::String(short(text)));
-                }
-            }
-        }
-        Self::scalar(&self.describe_value, value)
+    /// The same, owning its text (for values that do not outlive the description: kwargs, details).
+    fn value(&self, value: &Bound<'_, PyAny>) -> PyResult<Arg<'static>> {
+        Self::value_borrowed(&self.describe_value, value.as_borrowed()).map(Arg::into_owned)
     }
 
     fn scalar<'a>(describe_value: &Py<PyAny>, value: &Bound<'_, PyAny>) -> PyResult<Arg<'a>> {
@@ -445,11 +446,7 @@ pub fn probe_end(
         return;
     }
     let probe = probe.get();
-    let outcome = match (result, error) {
-        (_, Some(error)) => Err(PyErr::from_value(error.clone())),
-        (Some(result), None) => Ok(result.clone()),
-        (None, None) => Ok(py.None().into_bound(py)),
-    };
+    let outcome = outcome_of(py, result, error);
     let mut end = probe.end_args(py, asks_for_field, &outcome);
     if let Some(extra) = extra {
         for (key, value) in extra.iter() {
@@ -460,6 +457,15 @@ pub fn probe_end(
     }
     let end = (!end.is_empty()).then(|| described_json(&end));
     crate::guarded((), || session::exit(token, end.as_deref()));
+}
+
+/// A call's outcome from what Python passes: the exception if there is one, else the result.
+fn outcome_of<'py>(py: Python<'py>, result: Option<&Bound<'py, PyAny>>, error: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    match (result, error) {
+        (_, Some(error)) => Err(PyErr::from_value(error.clone())),
+        (Some(result), None) => Ok(result.clone()),
+        (None, None) => Ok(py.None().into_bound(py)),
+    }
 }
 
 fn has(out: &Described<'_>, name: &str) -> bool {

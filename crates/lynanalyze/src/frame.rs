@@ -52,17 +52,18 @@ impl Dictionary {
 
     /// A column of numbers (`name`, `package`, `cat`, `parent_cat`) as its strings.
     pub fn strs(&self, df: &DataFrame, column: &str) -> PolarsResult<Vec<Option<String>>> {
-        let table = self.table(column)?;
-        let ids = df.column(column)?.cast(&DataType::UInt32)?;
-        Ok(ids.u32()?.iter().map(|id| id.and_then(|id| table.get(id as usize).cloned())).collect())
+        Ok(self.lookup(df, column)?.into_iter().map(|s| s.map(str::to_owned)).collect())
     }
 
     /// The same column as a polars string column, for output.
     fn string_column(&self, df: &DataFrame, column: &str) -> PolarsResult<Column> {
+        Ok(Column::new(column.into(), self.lookup(df, column)?))
+    }
+
+    fn lookup(&self, df: &DataFrame, column: &str) -> PolarsResult<Vec<Option<&str>>> {
         let table = self.table(column)?;
         let ids = df.column(column)?.cast(&DataType::UInt32)?;
-        let strings: Vec<Option<&str>> = ids.u32()?.iter().map(|id| id.and_then(|id| table.get(id as usize)).map(String::as_str)).collect();
-        Ok(Column::new(column.into(), strings))
+        Ok(ids.u32()?.iter().map(|id| id.and_then(|id| table.get(id as usize)).map(String::as_str)).collect())
     }
 }
 

@@ -67,15 +67,36 @@ pub fn mib(bytes: f64) -> String {
     format!("{:.1}", bytes / (1024.0 * 1024.0))
 }
 
-/// Terminal rendering.
-pub fn render_text(header: &str, sections: &[Section]) -> String {
-    let mut out = format!("{header}\n");
+/// How one format writes each part of a report; [`render`] walks the sections for both.
+struct Style {
+    section: fn(&str) -> String,
+    table_title: fn(&str) -> String,
+    table: fn(&Table) -> String,
+    note: fn(&str) -> String,
+}
+
+fn render(mut out: String, sections: &[Section], style: &Style) -> String {
     for section in sections {
-        out.push_str(&format!("\n== {} ==\n", section.title));
+        out.push_str(&(style.section)(&section.title));
         for table in &section.tables {
             if !table.title.is_empty() {
-                out.push_str(&format!("{}\n", table.title));
+                out.push_str(&(style.table_title)(&table.title));
             }
+            out.push_str(&(style.table)(table));
+        }
+        for note in &section.notes {
+            out.push_str(&(style.note)(note));
+        }
+    }
+    out
+}
+
+/// Terminal rendering.
+pub fn render_text(header: &str, sections: &[Section]) -> String {
+    let style = Style {
+        section: |title| format!("\n== {title} ==\n"),
+        table_title: |title| format!("{title}\n"),
+        table: |table| {
             let mut comfy = Comfy::new();
             comfy.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
             comfy.set_width(140);
@@ -83,36 +104,31 @@ pub fn render_text(header: &str, sections: &[Section]) -> String {
             for row in &table.rows {
                 comfy.add_row(row.clone());
             }
-            out.push_str(&format!("{comfy}\n"));
-        }
-        for note in &section.notes {
-            out.push_str(&format!("note: {note}\n"));
-        }
-    }
-    out
+            format!("{comfy}\n")
+        },
+        note: |note| format!("note: {note}\n"),
+    };
+    render(format!("{header}\n"), sections, &style)
 }
 
 /// Markdown rendering, fit for a CIP document.
 pub fn render_markdown(header: &str, sections: &[Section]) -> String {
-    let escape = |s: &str| s.replace('|', "\\|");
-    let mut out = format!("# lynanalyze report\n\n{header}\n");
-    for section in sections {
-        out.push_str(&format!("\n## {}\n", section.title));
-        for table in &section.tables {
-            if !table.title.is_empty() {
-                out.push_str(&format!("\n**{}**\n", table.title));
-            }
-            out.push_str(&format!("\n| {} |\n", table.headers.iter().map(|h| escape(h)).collect::<Vec<_>>().join(" | ")));
-            out.push_str(&format!("|{}\n", " --- |".repeat(table.headers.len())));
-            for row in &table.rows {
-                out.push_str(&format!("| {} |\n", row.iter().map(|c| escape(c)).collect::<Vec<_>>().join(" | ")));
-            }
-        }
-        for note in &section.notes {
-            out.push_str(&format!("\n> {note}\n"));
-        }
+    fn cells(cells: &[String]) -> String {
+        cells.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | ")
     }
-    out
+    let style = Style {
+        section: |title| format!("\n## {title}\n"),
+        table_title: |title| format!("\n**{title}**\n"),
+        table: |table| {
+            let mut out = format!("\n| {} |\n|{}\n", cells(&table.headers), " --- |".repeat(table.headers.len()));
+            for row in &table.rows {
+                out.push_str(&format!("| {} |\n", cells(row)));
+            }
+            out
+        },
+        note: |note| format!("\n> {note}\n"),
+    };
+    render(format!("# lynanalyze report\n\n{header}\n"), sections, &style)
 }
 
 /// JSON rendering: `{schema_version, summary, sections: {id: data}}`.

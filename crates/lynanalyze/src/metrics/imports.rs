@@ -16,12 +16,14 @@ use serde_json::json;
 use crate::frame::{f64s, Dictionary, SpanColumns};
 use crate::report::{ms, pct, Section, Table};
 
+/// The import spans.
+fn imports(spans: &DataFrame, dictionary: &Dictionary) -> LazyFrame {
+    spans.clone().lazy().filter(col("cat").eq(lit(dictionary.category(lynschema::category::IMPORT))))
+}
+
 /// Per module: processes that imported it, total and mean self/cumulative time.
 pub fn per_module(spans: &DataFrame, dictionary: &Dictionary) -> PolarsResult<DataFrame> {
-    spans
-        .clone()
-        .lazy()
-        .filter(col("cat").eq(lit(dictionary.category(lynschema::category::IMPORT))))
+    imports(spans, dictionary)
         .group_by([col("name")])
         .agg([
             col("proc").n_unique().alias("processes"),
@@ -36,10 +38,7 @@ pub fn per_module(spans: &DataFrame, dictionary: &Dictionary) -> PolarsResult<Da
 
 /// Per top-level package: self time summed over its modules.
 pub fn per_package(spans: &DataFrame, dictionary: &Dictionary) -> PolarsResult<DataFrame> {
-    spans
-        .clone()
-        .lazy()
-        .filter(col("cat").eq(lit(dictionary.category(lynschema::category::IMPORT))))
+    imports(spans, dictionary)
         .group_by([col("package")])
         .agg([col("proc").n_unique().alias("processes"), col("self_us").sum().alias("self_us")])
         .sort(["self_us", "package"], SortMultipleOptions::default().with_order_descending_multi([true, false]))

@@ -447,10 +447,12 @@ to reproduce; expect other numbers on another machine or under other load.
   fixed record per call in a ring buffer and writes at exit.
 - `import lynshim`: compared with `import json` in the same run (table 3); the package's own import finds and
   loads the native module. This machine's interpreter is slow to import (see the yardstick).
-- Analyzer: the phase timings in the summary. Loading — every line parsed as JSON into a per-span record,
-  files in parallel — is about half of the time; numbering the strings and building the span frame, the
-  metrics (the imports' group-bys over every import span chiefly) and writing the JSON report take the rest.
-  Reading files straight into column chunks, without per-span records, is the step this design has left.
+- Analyzer: the phase timings in the summary (a second run on 1 000 files). Nearly every line of a trace
+  is an import's begin or end in lynshim's own key order: those are read by a fast path and serde_json reads
+  the rest; span names are held once per loading thread; the span frame is filled in place, in parallel;
+  the import totals are summed over the frame's columns per chunk of processes instead of polars group-bys;
+  mimalloc allocates. The 10 000-file row is slower per MB than the 1 000-file one: its gigabytes of spans
+  and frame are fresh memory the kernel must hand over page by page.
 
 ## 1. Start-up overhead on real lynguine (ratio to a bare run, per alternating pair)
 

@@ -140,7 +140,12 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     for warning in &loaded.warnings {
         eprintln!("lynanalyze: warning: {warning}");
     }
-    write_output(args.output.as_deref(), &render(args.format, &analysis))?;
+    let rendering = std::time::Instant::now();
+    let text = render(args.format, &analysis);
+    if std::env::var_os("LYNANALYZE_TIMINGS").is_some() {
+        eprintln!("lynanalyze: rendered in {:.2?}; {:.2?} since start", rendering.elapsed(), started.elapsed());
+    }
+    write_output(args.output.as_deref(), &text)?;
     if let Some(path) = &args.spans {
         let mut table = frame::export(&analysis.processes, &analysis.spans, &analysis.dictionary, &loaded.processes)?;
         frame::write_spans(&mut table, path)?;

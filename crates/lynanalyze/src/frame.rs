@@ -101,85 +101,157 @@ impl<'a> Numbering<'a> {
     }
 }
 
-/// The span columns of some processes, their strings numbered in first-seen order of their own.
+/// The span frame's columns, whole, as they are filled.
 #[derive(Default)]
-struct Chunk<'a> {
+struct Columns {
     proc: Vec<u32>,
     pid: Vec<i64>,
     tid: Vec<i64>,
     name: Vec<u32>,
+    package: Vec<u32>,
     cat: Vec<u32>,
     start: Vec<f64>,
     dur: Vec<f64>,
     self_us: Vec<f64>,
     depth: Vec<u32>,
-    parent_cat: Vec<Option<u32>>,
+    /// [`NO_PARENT`] for a span directly in its thread.
+    parent_cat: Vec<u32>,
     call: Vec<bool>,
+}
+
+/// `parent_cat` of a span with no parent (null in the frame).
+const NO_PARENT: u32 = u32::MAX;
+
+/// The rows of some processes in each of the [`Columns`]: disjoint parts, filled in parallel.
+struct Part<'c> {
+    proc: &'c mut [u32],
+    pid: &'c mut [i64],
+    tid: &'c mut [i64],
+    name: &'c mut [u32],
+    package: &'c mut [u32],
+    cat: &'c mut [u32],
+    start: &'c mut [f64],
+    dur: &'c mut [f64],
+    self_us: &'c mut [f64],
+    depth: &'c mut [u32],
+    parent_cat: &'c mut [u32],
+    call: &'c mut [bool],
+}
+
+/// `column` cut into consecutive parts of `sizes` rows.
+fn split<'c, T>(mut column: &'c mut [T], sizes: &[usize]) -> Vec<&'c mut [T]> {
+    sizes
+        .iter()
+        .map(|&n| {
+            let (part, rest) = std::mem::take(&mut column).split_at_mut(n);
+            column = rest;
+            part
+        })
+        .collect()
+}
+
+impl Columns {
+    /// `rows` rows of zeros: allocated once, in place, so that no part is built apart and copied in
+    /// (on a big build those copies were a gigabyte of fresh pages).
+    fn zeroed(rows: usize) -> Self {
+        Self {
+            proc: vec![0; rows],
+            pid: vec![0; rows],
+            tid: vec![0; rows],
+            name: vec![0; rows],
+            package: vec![0; rows],
+            cat: vec![0; rows],
+            start: vec![0.0; rows],
+            dur: vec![0.0; rows],
+            self_us: vec![0.0; rows],
+            depth: vec![0; rows],
+            parent_cat: vec![0; rows],
+            call: vec![false; rows],
+        }
+    }
+
+    fn parts(&mut self, sizes: &[usize]) -> Vec<Part<'_>> {
+        let mut proc = split(&mut self.proc, sizes).into_iter();
+        let mut pid = split(&mut self.pid, sizes).into_iter();
+        let mut tid = split(&mut self.tid, sizes).into_iter();
+        let mut name = split(&mut self.name, sizes).into_iter();
+        let mut package = split(&mut self.package, sizes).into_iter();
+        let mut cat = split(&mut self.cat, sizes).into_iter();
+        let mut start = split(&mut self.start, sizes).into_iter();
+        let mut dur = split(&mut self.dur, sizes).into_iter();
+        let mut self_us = split(&mut self.self_us, sizes).into_iter();
+        let mut depth = split(&mut self.depth, sizes).into_iter();
+        let mut parent_cat = split(&mut self.parent_cat, sizes).into_iter();
+        let mut call = split(&mut self.call, sizes).into_iter();
+        let mut parts = Vec::with_capacity(sizes.len());
+        while let (Some(proc), Some(pid), Some(tid), Some(name), Some(package), Some(cat), Some(start), Some(dur),
+            Some(self_us), Some(depth), Some(parent_cat), Some(call)) = (proc.next(), pid.next(), tid.next(), name.next(),
+            package.next(), cat.next(), start.next(), dur.next(), self_us.next(), depth.next(), parent_cat.next(), call.next())
+        {
+            parts.push(Part { proc, pid, tid, name, package, cat, start, dur, self_us, depth, parent_cat, call });
+        }
+        parts
+    }
+}
+
+/// The strings of one part, numbered in first-seen order of its own.
+struct LocalStrings<'a> {
     names: Vec<&'a str>,
     categories: Vec<&'a str>,
 }
 
-impl<'a> Chunk<'a> {
-    fn build(first: usize, processes: &'a [ProcessTrace]) -> Self {
-        let n: usize = processes.iter().map(|p| p.spans.len()).sum();
+impl Part<'_> {
+    /// Fill the rows of `processes` (the first of which is process number `first`), numbering their
+    /// strings locally.
+    fn fill<'a>(&mut self, first: usize, processes: &'a [ProcessTrace]) -> LocalStrings<'a> {
         let mut names = Numbering::new();
         let mut categories = Numbering::new();
-        let mut c = Chunk {
-            proc: Vec::with_capacity(n),
-            pid: Vec::with_capacity(n),
-            tid: Vec::with_capacity(n),
-            name: Vec::with_capacity(n),
-            cat: Vec::with_capacity(n),
-            start: Vec::with_capacity(n),
-            dur: Vec::with_capacity(n),
-            self_us: Vec::with_capacity(n),
-            depth: Vec::with_capacity(n),
-            parent_cat: Vec::with_capacity(n),
-            call: Vec::with_capacity(n),
-            ..Chunk::default()
-        };
+        let mut row = 0;
         for (offset, p) in processes.iter().enumerate() {
             let index = u32::try_from(first + offset).unwrap_or(u32::MAX);
             for s in &p.spans {
-                c.proc.push(index);
-                c.pid.push(p.pid);
-                c.tid.push(s.tid);
-                c.name.push(names.number(&s.name));
-                c.cat.push(categories.number(&s.cat));
-                c.start.push(s.start_us);
-                c.dur.push(s.dur_us);
-                c.self_us.push(s.self_us);
-                c.depth.push(s.depth);
-                c.parent_cat.push(s.parent_cat.as_deref().map(|cat| categories.number(cat)));
-                c.call.push(is_call(&s.cat));
+                self.proc[row] = index;
+                self.pid[row] = p.pid;
+                self.tid[row] = s.tid;
+                self.name[row] = names.number(&s.name);
+                self.cat[row] = categories.number(&s.cat);
+                self.start[row] = s.start_us;
+                self.dur[row] = s.dur_us;
+                self.self_us[row] = s.self_us;
+                self.depth[row] = s.depth;
+                self.parent_cat[row] = s.parent.map_or(NO_PARENT, |i| categories.number(&p.spans[i as usize].cat));
+                self.call[row] = is_call(&s.cat);
+                row += 1;
             }
         }
-        c.names = names.strings;
-        c.categories = categories.strings;
-        c
+        LocalStrings { names: names.strings, categories: categories.strings }
     }
 }
 
-/// Processes per chunk of the span frame, built in parallel.
+/// Processes per part of the span frame, filled in parallel.
 const PROCESSES_PER_CHUNK: usize = 64;
 
 /// One row per span: proc, pid, tid, name, package (first dotted part), cat, start_us, dur_us, self_us,
 /// depth, parent_cat, is_call — with name, package, cat and parent_cat as numbers in the [`Dictionary`].
 /// Rows are in process order, each process's in the order its spans began.
 pub fn spans(processes: &[ProcessTrace]) -> PolarsResult<(DataFrame, Dictionary)> {
-    let mut chunks: Vec<Chunk<'_>> = processes
-        .par_chunks(PROCESSES_PER_CHUNK)
-        .enumerate()
-        .map(|(i, chunk)| Chunk::build(i * PROCESSES_PER_CHUNK, chunk))
+    let chunks: Vec<&[ProcessTrace]> = processes.chunks(PROCESSES_PER_CHUNK).collect();
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.iter().map(|p| p.spans.len()).sum()).collect();
+    let mut columns = Columns::zeroed(sizes.iter().sum());
+    let local: Vec<LocalStrings<'_>> = columns
+        .parts(&sizes)
+        .into_par_iter()
+        .zip(chunks.par_iter().enumerate())
+        .map(|(mut part, (i, chunk))| part.fill(i * PROCESSES_PER_CHUNK, chunk))
         .collect();
-    // One numbering for all chunks: each chunk's first-seen numbers → the sorted ones.
+    // One numbering for all parts: each part's first-seen numbers → the sorted ones.
     let mut names = Numbering::new();
     let mut categories = Numbering::new();
-    let local: Vec<(Vec<u32>, Vec<u32>)> = chunks
+    let global: Vec<(Vec<u32>, Vec<u32>)> = local
         .iter()
-        .map(|c| {
-            let n = c.names.iter().map(|s| names.number(s)).collect();
-            let k = c.categories.iter().map(|s| categories.number(s)).collect();
+        .map(|l| {
+            let n = l.names.iter().map(|s| names.number(s)).collect();
+            let k = l.categories.iter().map(|s| categories.number(s)).collect();
             (n, k)
         })
         .collect();
@@ -189,50 +261,42 @@ pub fn spans(processes: &[ProcessTrace]) -> PolarsResult<(DataFrame, Dictionary)
     let package_of_name: Vec<u32> = name_table.iter().map(|n| packages.number(n.split('.').next().unwrap_or(""))).collect();
     let (package_table, package_renumber) = packages.finish();
     let package_of_name: Vec<u32> = package_of_name.into_iter().map(|p| package_renumber[p as usize]).collect();
-    let packages: Vec<Vec<u32>> = chunks
-        .par_iter_mut()
-        .zip(local.par_iter())
-        .map(|(c, (local_names, local_categories))| {
-            for id in &mut c.name {
-                *id = name_renumber[local_names[*id as usize] as usize];
-            }
-            for id in c.cat.iter_mut().chain(c.parent_cat.iter_mut().flatten()) {
-                *id = category_renumber[local_categories[*id as usize] as usize];
-            }
-            c.name.iter().map(|&id| package_of_name[id as usize]).collect()
-        })
-        .collect();
+    columns.parts(&sizes).into_par_iter().zip(global.par_iter()).for_each(|(part, (local_names, local_categories))| {
+        for (id, package) in part.name.iter_mut().zip(part.package.iter_mut()) {
+            *id = name_renumber[local_names[*id as usize] as usize];
+            *package = package_of_name[*id as usize];
+        }
+        for id in part.cat.iter_mut().chain(part.parent_cat.iter_mut().filter(|id| **id != NO_PARENT)) {
+            *id = category_renumber[local_categories[*id as usize] as usize];
+        }
+    });
     let dictionary = Dictionary {
         names: name_table.into_iter().map(str::to_owned).collect(),
         packages: package_table.into_iter().map(str::to_owned).collect(),
         categories: category_table.into_iter().map(str::to_owned).collect(),
     };
-    fn joined<'c, T: Clone + 'c>(chunks: &'c [Chunk<'_>], part: impl Fn(&'c Chunk<'_>) -> &'c Vec<T>) -> Vec<T> {
-        let mut all = Vec::with_capacity(chunks.iter().map(|c| part(c).len()).sum());
-        for c in chunks {
-            all.extend_from_slice(part(c));
-        }
-        all
-    }
+    let Columns { proc, pid, tid, name, package, cat, start, dur, self_us, depth, parent_cat, call } = columns;
     let df = DataFrame::new_infer_height(vec![
-        Column::new("proc".into(), joined(&chunks, |c| &c.proc)),
-        Column::new("pid".into(), joined(&chunks, |c| &c.pid)),
-        Column::new("tid".into(), joined(&chunks, |c| &c.tid)),
-        Column::new("name".into(), joined(&chunks, |c| &c.name)),
-        Column::new("package".into(), packages.concat()),
-        Column::new("cat".into(), joined(&chunks, |c| &c.cat)),
-        Column::new("start_us".into(), joined(&chunks, |c| &c.start)),
-        Column::new("dur_us".into(), joined(&chunks, |c| &c.dur)),
-        Column::new("self_us".into(), joined(&chunks, |c| &c.self_us)),
-        Column::new("depth".into(), joined(&chunks, |c| &c.depth)),
-        Column::new("parent_cat".into(), joined(&chunks, |c| &c.parent_cat)),
-        Column::new("is_call".into(), joined(&chunks, |c| &c.call)),
+        Column::new("proc".into(), proc),
+        Column::new("pid".into(), pid),
+        Column::new("tid".into(), tid),
+        Column::new("name".into(), name),
+        Column::new("package".into(), package),
+        Column::new("cat".into(), cat),
+        Column::new("start_us".into(), start),
+        Column::new("dur_us".into(), dur),
+        Column::new("self_us".into(), self_us),
+        Column::new("depth".into(), depth),
+        UInt32Chunked::from_iter_options("parent_cat".into(), parent_cat.iter().map(|&id| (id != NO_PARENT).then_some(id)))
+            .into_column(),
+        Column::new("is_call".into(), call),
     ])?;
     Ok((df, dictionary))
 }
 
 /// The span frame's columns that the per-process metrics walk, as slices, with each process's rows.
 pub struct SpanColumns<'a> {
+    pub name: &'a [u32],
     pub cat: &'a [u32],
     pub package: &'a [u32],
     pub dur_us: &'a [f64],
@@ -250,6 +314,7 @@ impl<'a> SpanColumns<'a> {
             rows.push(rows.last().copied().unwrap_or(0) + p.spans.len());
         }
         Ok(Self {
+            name: spans.column("name")?.u32()?.cont_slice()?,
             cat: spans.column("cat")?.u32()?.cont_slice()?,
             package: spans.column("package")?.u32()?.cont_slice()?,
             dur_us: spans.column("dur_us")?.f64()?.cont_slice()?,
@@ -282,7 +347,7 @@ pub fn export(
     let mut args: Vec<String> = Vec::with_capacity(spans_df.height());
     for p in traces {
         for s in &p.spans {
-            parent.push(s.parent.map(|i| p.spans[i].name.as_str()));
+            parent.push(s.parent.map(|i| &*p.spans[i as usize].name));
             args.push(serde_json::Value::Object(s.args.clone()).to_string());
         }
     }

@@ -6,7 +6,7 @@
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table as Comfy};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Version of the JSON report layout.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
@@ -131,12 +131,27 @@ pub fn render_markdown(header: &str, sections: &[Section]) -> String {
     render(format!("# lynanalyze report\n\n{header}\n"), sections, &style)
 }
 
-/// JSON rendering: `{schema_version, summary, sections: {id: data}}`.
+/// JSON rendering: `{schema_version, summary, sections: {id: {title, notes, data}}}`.
+///
+/// Written from borrowed parts: a big build's data runs to megabytes, and building a `json!` value
+/// of it first copied all of it. Fields are declared in sorted order, as a JSON map would write them.
 pub fn render_json(summary: Value, sections: &[Section]) -> String {
-    let mut map = serde_json::Map::new();
-    for section in sections {
-        map.insert(section.id.clone(), json!({"title": section.title, "notes": section.notes, "data": section.data}));
+    #[derive(Serialize)]
+    struct JsonSection<'a> {
+        data: &'a Value,
+        notes: &'a [String],
+        title: &'a str,
     }
-    let doc = json!({"schema_version": JSON_SCHEMA_VERSION, "summary": summary, "sections": map});
-    serde_json::to_string_pretty(&doc).unwrap_or_default()
+    #[derive(Serialize)]
+    struct JsonReport<'a> {
+        schema_version: u32,
+        sections: std::collections::BTreeMap<&'a str, JsonSection<'a>>,
+        summary: Value,
+    }
+    let sections = sections
+        .iter()
+        .map(|s| (s.id.as_str(), JsonSection { data: &s.data, notes: &s.notes, title: &s.title }))
+        .collect();
+    serde_json::to_string_pretty(&JsonReport { schema_version: JSON_SCHEMA_VERSION, sections, summary })
+        .unwrap_or_default()
 }

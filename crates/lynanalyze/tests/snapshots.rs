@@ -51,7 +51,7 @@ fn figures_agree_with_brute_force() {
     let mut by_cat: BTreeMap<String, f64> = BTreeMap::new();
     for p in &a.loaded.processes {
         for s in p.spans.iter().filter(|s| is_call(&s.cat)) {
-            let e = calls.entry(s.name.clone()).or_default();
+            let e = calls.entry(s.name.to_string()).or_default();
             e.0 += 1;
             e.1 += s.dur_us;
             *by_cat.entry(s.cat.to_string()).or_default() += s.self_us;
@@ -70,4 +70,61 @@ fn figures_agree_with_brute_force() {
         let cat = row["category"].as_str().expect("cat");
         assert!((row["self_us"].as_f64().expect("self") - by_cat[cat]).abs() < 1e-6, "{cat}");
     }
+}
+
+/// The imports section — per module, per top-level package and lazy-import candidates — recomputed
+/// by brute force from the loaded spans.
+#[test]
+fn imports_agree_with_brute_force() {
+    #[derive(Default)]
+    struct Sums {
+        processes: std::collections::BTreeSet<usize>,
+        imports: usize,
+        self_us: f64,
+        cumulative_us: f64,
+    }
+    let a = analysis();
+    let package_of = |name: &str| name.split('.').next().unwrap_or("").to_owned();
+    let (mut modules, mut packages, mut lazy) =
+        (BTreeMap::<String, Sums>::new(), BTreeMap::<String, Sums>::new(), BTreeMap::<String, Sums>::new());
+    for (index, p) in a.loaded.processes.iter().enumerate() {
+        let called: std::collections::BTreeSet<String> =
+            p.spans.iter().filter(|s| is_call(&s.cat)).map(|s| package_of(&s.name)).collect();
+        let mut cost: BTreeMap<String, f64> = BTreeMap::new();
+        for s in p.spans.iter().filter(|s| s.cat == "import") {
+            for (key, sums) in [(s.name.to_string(), &mut modules), (package_of(&s.name), &mut packages)] {
+                let e = sums.entry(key).or_default();
+                e.processes.insert(index);
+                e.imports += 1;
+                e.self_us += s.self_us;
+                e.cumulative_us += s.dur_us;
+            }
+            *cost.entry(package_of(&s.name)).or_default() += s.self_us;
+        }
+        for (package, us) in cost.into_iter().filter(|(package, _)| !called.contains(package)) {
+            let e = lazy.entry(package).or_default();
+            e.processes.insert(index);
+            e.self_us += us;
+        }
+    }
+    let imports = a.sections.iter().find(|s| s.id == "imports").expect("section");
+    let close = |row: &serde_json::Value, key: &str, expected: f64| {
+        let got = row[key].as_f64().unwrap_or_else(|| panic!("{key} in {row}"));
+        assert!((got - expected).abs() <= 1e-6 * expected.abs().max(1.0), "{key}: {got} vs {expected} in {row}");
+    };
+    for (list, key, expected) in [("modules", "module", &modules), ("packages", "package", &packages), ("lazy_import_candidates", "package", &lazy)] {
+        let rows = imports.data[list].as_array().expect("rows");
+        assert_eq!(rows.len(), expected.len(), "{list}");
+        for row in rows {
+            let e = &expected[row[key].as_str().expect("name")];
+            close(row, "processes", e.processes.len() as f64);
+            close(row, "self_us", e.self_us);
+            if list == "modules" {
+                close(row, "cumulative_us", e.cumulative_us);
+                close(row, "mean_self_us", e.self_us / e.imports as f64);
+                close(row, "mean_cumulative_us", e.cumulative_us / e.imports as f64);
+            }
+        }
+    }
+    assert!(!lazy.is_empty(), "the fixtures have lazy-import candidates");
 }

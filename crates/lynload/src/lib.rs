@@ -8,11 +8,12 @@
 use std::borrow::Cow;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use lynschema::{arg, category, event, files, RunRecord};
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -31,7 +32,8 @@ fn category_of(cat: Cow<'_, str>) -> Category {
 /// One span of a process: a `B`/`E` pair, or an `X` event.
 #[derive(Debug, Clone)]
 pub struct Span {
-    pub name: String,
+    /// Shared by every span of that name loaded on the same thread (see [`Names`]).
+    pub name: Arc<str>,
     pub cat: Category,
     pub tid: i64,
     pub start_us: f64,
@@ -40,8 +42,7 @@ pub struct Span {
     pub self_us: f64,
     pub depth: u32,
     /// Index in [`ProcessTrace::spans`] of the span directly enclosing this one.
-    pub parent: Option<usize>,
-    pub parent_cat: Option<Category>,
+    pub parent: Option<u32>,
     pub args: Map<String, Value>,
     /// The file ended before this span did.
     pub unfinished: bool,
@@ -132,6 +133,22 @@ impl Default for LoadOptions {
     }
 }
 
+/// Span names, each held once: a build has millions of spans but a few thousand names (the same
+/// modules are imported by every process), and an allocation per span was a good part of loading.
+#[derive(Debug, Default)]
+pub struct Names(FxHashSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return Arc::clone(known);
+        }
+        let new: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&new));
+        new
+    }
+}
+
 /// One event as it stands in the file. Strings are borrowed from the file's text where they can be (no
 /// escapes), so the `E` half of a span, whose name and category repeat the `B`, allocates nothing.
 #[derive(Deserialize, Default)]
@@ -196,8 +213,8 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
     };
     let results: Vec<(PathBuf, Result<TraceAndWarning, String>)> = traces
         .par_iter()
-        .map(|path| {
-            let result = read_trace(path, options.max_file_bytes);
+        .map_init(<(Vec<u8>, Names)>::default, |(buffer, names), path| {
+            let result = read_trace_with(path, options.max_file_bytes, buffer, names);
             bar.inc(1);
             (path.clone(), result)
         })
@@ -232,32 +249,64 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
 
 /// Read and parse one file; `Ok` carries a warning when the file was cut short.
 pub fn read_trace(path: &Path, max_bytes: u64) -> Result<TraceAndWarning, String> {
-    let bytes = read_limited(path, max_bytes)?;
-    let mut trace = parse_trace(&bytes)?;
+    read_trace_with(path, max_bytes, &mut Vec::new(), &mut Names::default())
+}
+
+/// [`read_trace`] into a buffer and with names kept between files: a thread loading hundreds of files
+/// reuses one allocation instead of faulting in fresh pages for each, and holds each name once.
+fn read_trace_with(path: &Path, max_bytes: u64, buffer: &mut Vec<u8>, names: &mut Names) -> Result<TraceAndWarning, String> {
+    read_limited(path, max_bytes, buffer)?;
+    let mut trace = parse_trace_with(buffer, names)?;
     trace.file = path.to_path_buf();
     let warning = trace.truncated.then(|| "cut short (no closing ]): read as far as it goes".to_owned());
     Ok((trace, warning))
 }
 
-/// A file's bytes, unless it is larger than `max_bytes`.
-fn read_limited(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
-    let size = fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?.len();
+/// Read a file into `buffer`, unless it is larger than `max_bytes`.
+fn read_limited(path: &Path, max_bytes: u64, buffer: &mut Vec<u8>) -> Result<(), String> {
+    use std::io::Read;
+    let file = fs::File::open(path).map_err(|e| format!("cannot read it ({e})"))?;
+    let size = file.metadata().map_err(|e| format!("cannot read it ({e})"))?.len();
     if size > max_bytes {
         return Err(format!("too large ({size} bytes, limit {max_bytes}; raise it with --max-file-size)"));
     }
-    fs::read(path).map_err(|e| format!("cannot read it ({e})"))
+    buffer.clear();
+    // A file still being written may have grown since: read no more than the limit either way.
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(buffer)
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if buffer.len() as u64 > max_bytes {
+        return Err(format!("too large (over {max_bytes} bytes; raise the limit with --max-file-size)"));
+    }
+    Ok(())
 }
 
 /// Parse the bytes of one trace file.
 pub fn parse_trace(bytes: &[u8]) -> Result<ProcessTrace, String> {
-    let (events, truncated) = parse_lines::<RawEvent>(bytes)?;
-    build(events, truncated, bytes.len() as u64)
+    parse_trace_with(bytes, &mut Names::default())
+}
+
+fn parse_trace_with(bytes: &[u8], names: &mut Names) -> Result<ProcessTrace, String> {
+    let mut builder = Builder::new(bytes.len() as u64, names);
+    let truncated = for_each_line(bytes, |line| {
+        builder.push(match plain_event(line) {
+            Some(event) => event,
+            None => serde_json::from_str::<RawEvent<'_>>(line)?,
+        });
+        Ok(())
+    })?;
+    builder.finish(truncated)
 }
 
 /// The events of one trace file, as they are, and whether the file was cut short: for merging.
 pub fn read_events(path: &Path, max_bytes: u64) -> Result<(Vec<Value>, bool), String> {
-    let bytes = read_limited(path, max_bytes)?;
-    let (events, truncated) = parse_lines::<Value>(&bytes)?;
+    let mut bytes = Vec::new();
+    read_limited(path, max_bytes, &mut bytes)?;
+    let mut events = Vec::new();
+    let truncated = for_each_line(&bytes, |line| {
+        events.push(serde_json::from_str::<Value>(line)?);
+        Ok(())
+    })?;
     if !events.iter().any(|e| e.get("name").and_then(Value::as_str) == Some(event::PROCESS)) {
         return Err(format!("no `{}` event: not written by lynshim", event::PROCESS));
     }
@@ -265,7 +314,12 @@ pub fn read_events(path: &Path, max_bytes: u64) -> Result<(Vec<Value>, bool), St
 }
 
 /// lynshim's framing: `[` alone on the first line, one event per line, `]` at the end unless cut short.
-fn parse_lines<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(Vec<T>, bool), String> {
+/// Each event line goes to `read`, in order; a line it cannot read is an error unless it is the last
+/// (a file cut short in the middle of a line). `Ok` says whether the file was cut short.
+fn for_each_line<'a>(
+    bytes: &'a [u8],
+    mut read: impl FnMut(&'a str) -> Result<(), serde_json::Error>,
+) -> Result<bool, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty());
     match lines.next() {
@@ -276,73 +330,216 @@ fn parse_lines<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(Vec<T>, bool)
         }
         Some(_) => return Err("not a lynshim trace (expected `[` on the first line)".to_owned()),
     }
-    let rest: Vec<(usize, &str)> = lines.collect();
-    let mut events = Vec::with_capacity(rest.len());
-    let mut closed = false;
-    let mut cut = false;
-    for (index, (number, line)) in rest.iter().enumerate() {
+    // A line that could not be read: an error if any line follows it.
+    let mut unreadable: Option<(usize, serde_json::Error)> = None;
+    for (number, line) in lines {
+        if let Some((number, err)) = unreadable {
+            return Err(format!("line {number}: not a trace event ({err})"));
+        }
         let line = line.trim_start_matches(',').trim_end_matches(',');
         if line == "]" {
-            closed = true;
-            break;
+            return Ok(false);
         }
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_str::<T>(line) {
-            Ok(ev) => events.push(ev),
-            Err(_) if index + 1 == rest.len() => cut = true,
-            Err(err) => return Err(format!("line {number}: not a trace event ({err})")),
+        if let Err(err) = read(line) {
+            unreadable = Some((number, err));
         }
     }
-    Ok((events, !closed || cut))
+    Ok(true)
+}
+
+/// Nearly every line lynshim writes is the begin or end of an import, shaped exactly like
+/// `{"cat":"import","name":"numpy","ph":"B","pid":7,"tid":7,"ts":210.5}` (serde_json writes keys in
+/// sorted order). Such a line is read here without a general JSON parser — which was most of the
+/// time spent loading a build — and any other line (args, escapes, another key order) gives `None`
+/// and goes to serde_json. The numbers are still read by serde_json, so both paths agree to the bit.
+fn plain_event(line: &str) -> Option<RawEvent<'_>> {
+    let rest = line.strip_prefix(r#"{"cat":""#)?;
+    let (cat, rest) = plain_string(rest)?;
+    let (dur, rest) = match rest.strip_prefix(r#","dur":"#) {
+        Some(rest) => number(rest)?,
+        None => (0.0, rest),
+    };
+    let (name, rest) = plain_string(rest.strip_prefix(r#","name":""#)?)?;
+    let (ph, rest) = plain_string(rest.strip_prefix(r#","ph":""#)?)?;
+    let (_pid, rest) = number::<i64>(rest.strip_prefix(r#","pid":"#)?)?;
+    let (tid, rest) = number(rest.strip_prefix(r#","tid":"#)?)?;
+    let (ts, rest) = number(rest.strip_prefix(r#","ts":"#)?)?;
+    (rest == "}").then(|| RawEvent {
+        ph: Cow::Borrowed(ph),
+        name: Cow::Borrowed(name),
+        cat: Cow::Borrowed(cat),
+        ts,
+        dur,
+        tid,
+        args: Map::new(),
+    })
+}
+
+/// The text of a JSON string up to its closing quote (`text` starts after the opening one), and what
+/// follows the quote; `None` if it holds an escape or a control character, which JSON forbids bare.
+fn plain_string(text: &str) -> Option<(&str, &str)> {
+    let end = text.bytes().position(|b| b == b'"' || b == b'\\' || b < 0x20)?;
+    (text.as_bytes()[end] == b'"').then(|| (&text[..end], &text[end + 1..]))
+}
+
+/// A JSON number up to the next `,` or `}`, and the text from that delimiter on.
+fn number<T: PlainNumber>(text: &str) -> Option<(T, &str)> {
+    let end = text.bytes().position(|b| b == b',' || b == b'}')?;
+    Some((T::read(&text[..end])?, &text[end..]))
+}
+
+/// A number read exactly as serde_json reads it. Short plain decimals — what lynshim writes — are
+/// read here: with at most 15 digits the digits are exact in an f64, and so is a power of ten up to
+/// 10^15, so the one division serde_json makes (and a correctly rounded parse) gives these same bits.
+/// Anything else (exponents, long fractions) is read by serde_json itself.
+trait PlainNumber: Sized + for<'de> Deserialize<'de> {
+    fn from_decimal(decimal: ShortDecimal) -> Option<Self>;
+
+    fn read(text: &str) -> Option<Self> {
+        match ShortDecimal::parse(text.as_bytes()) {
+            Some(decimal) => Self::from_decimal(decimal),
+            None => serde_json::from_str(text).ok(),
+        }
+    }
+}
+
+/// A number of JSON's form `-?(0|[1-9][0-9]*)(\.[0-9]+)?` with at most 15 digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShortDecimal {
+    negative: bool,
+    /// All the digits, as one integer.
+    digits: u64,
+    /// How many of them follow the point.
+    fraction_digits: usize,
+}
+
+impl ShortDecimal {
+    const MAX_DIGITS: usize = 15;
+
+    fn parse(text: &[u8]) -> Option<Self> {
+        let (negative, body) = match text.split_first()? {
+            (b'-', rest) => (true, rest),
+            _ => (false, text),
+        };
+        // JSON forbids leading zeros ("07").
+        if body.len() > 1 && body[0] == b'0' && body[1] != b'.' {
+            return None;
+        }
+        let (mut digits, mut count, mut point) = (0_u64, 0_usize, None);
+        for (i, &b) in body.iter().enumerate() {
+            match b {
+                b'0'..=b'9' => {
+                    digits = digits * 10 + u64::from(b - b'0');
+                    count += 1;
+                    if count > Self::MAX_DIGITS {
+                        return None;
+                    }
+                }
+                b'.' if point.is_none() && i > 0 => point = Some(i),
+                _ => return None,
+            }
+        }
+        let fraction_digits = point.map_or(0, |p| body.len() - p - 1);
+        if count == 0 || (point.is_some() && fraction_digits == 0) {
+            return None;
+        }
+        Some(Self { negative, digits, fraction_digits })
+    }
+}
+
+impl PlainNumber for f64 {
+    fn from_decimal(d: ShortDecimal) -> Option<Self> {
+        const POWERS_OF_TEN: [f64; ShortDecimal::MAX_DIGITS + 1] =
+            [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+        #[allow(clippy::cast_precision_loss)] // at most 15 digits: exact
+        let magnitude = d.digits as f64 / POWERS_OF_TEN[d.fraction_digits];
+        Some(if d.negative { -magnitude } else { magnitude })
+    }
+}
+
+impl PlainNumber for i64 {
+    fn from_decimal(d: ShortDecimal) -> Option<Self> {
+        if d.fraction_digits > 0 {
+            return None; // not an integer: serde_json says so for the whole line
+        }
+        let magnitude = i64::try_from(d.digits).ok()?;
+        Some(if d.negative { -magnitude } else { magnitude })
+    }
 }
 
 fn as_str(args: &Map<String, Value>, key: &str) -> Option<String> {
     args.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<ProcessTrace, String> {
-    let meta = events
-        .iter()
-        .find(|e| e.ph == "i" && e.name == event::PROCESS)
-        .map(|e| e.args.clone())
-        .ok_or_else(|| format!("no `{}` event: not written by lynshim", event::PROCESS))?;
-    let mut trace = ProcessTrace {
-        file: PathBuf::new(),
-        pid: meta.get(arg::PID).and_then(Value::as_i64).unwrap_or(0),
-        ppid: meta.get(arg::PPID).and_then(Value::as_i64).unwrap_or(0),
-        run_id: as_str(&meta, arg::RUN_ID).unwrap_or_default(),
-        label: as_str(&meta, arg::LABEL).unwrap_or_default(),
-        command: as_str(&meta, arg::COMMAND).unwrap_or_default(),
-        lamd_command: as_str(&meta, arg::LAMD_COMMAND),
-        wall_zero_ns: meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0),
-        end_us: 0.0,
-        exit_status: None,
-        exit_signal: None,
-        peak_rss: None,
-        rss: Vec::new(),
-        spans: Vec::new(),
-        truncated,
-        parent_trace: as_str(&meta, arg::PARENT_TRACE),
-        lynguine_version: None,
-        bytes,
-    };
-    // Open spans per thread: index into trace.spans, and the time of their closed children.
-    let mut open: FxHashMap<i64, Vec<(usize, f64)>> = FxHashMap::default();
-    // Every span is a `B`/`E` pair or an `X`: at most half the events but one.
-    trace.spans.reserve(events.len() / 2 + 1);
-    let mut last_ts = 0.0_f64;
-    for ev in events {
-        last_ts = last_ts.max(ev.ts + ev.dur.max(0.0));
+/// Builds a [`ProcessTrace`] from a file's events, one at a time.
+struct Builder<'n> {
+    names: &'n mut Names,
+    trace: ProcessTrace,
+    /// Whether the `lynshim.process` event has been seen.
+    described: bool,
+    /// Open spans per thread: index into `trace.spans`, and the time of their closed children.
+    open: FxHashMap<i64, Vec<(usize, f64)>>,
+    last_ts: f64,
+}
+
+impl<'n> Builder<'n> {
+    fn new(bytes: u64, names: &'n mut Names) -> Self {
+        Self {
+            names,
+            trace: ProcessTrace {
+                file: PathBuf::new(),
+                pid: 0,
+                ppid: 0,
+                run_id: String::new(),
+                label: String::new(),
+                command: String::new(),
+                lamd_command: None,
+                wall_zero_ns: 0,
+                end_us: 0.0,
+                exit_status: None,
+                exit_signal: None,
+                peak_rss: None,
+                rss: Vec::new(),
+                // Every span is a `B`/`E` pair (or an `X`) of lines of ~100 bytes.
+                spans: Vec::with_capacity(usize::try_from(bytes / 200).unwrap_or(0)),
+                truncated: false,
+                parent_trace: None,
+                lynguine_version: None,
+                bytes,
+            },
+            described: false,
+            open: FxHashMap::default(),
+            last_ts: 0.0,
+        }
+    }
+
+    /// The process's own description, from the first `lynshim.process` event.
+    fn describe(&mut self, meta: &Map<String, Value>) {
+        let trace = &mut self.trace;
+        trace.pid = meta.get(arg::PID).and_then(Value::as_i64).unwrap_or(0);
+        trace.ppid = meta.get(arg::PPID).and_then(Value::as_i64).unwrap_or(0);
+        trace.run_id = as_str(meta, arg::RUN_ID).unwrap_or_default();
+        trace.label = as_str(meta, arg::LABEL).unwrap_or_default();
+        trace.command = as_str(meta, arg::COMMAND).unwrap_or_default();
+        trace.lamd_command = as_str(meta, arg::LAMD_COMMAND);
+        trace.wall_zero_ns = meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0);
+        trace.parent_trace = as_str(meta, arg::PARENT_TRACE);
+        self.described = true;
+    }
+
+    fn push(&mut self, ev: RawEvent<'_>) {
+        self.last_ts = self.last_ts.max(ev.ts + ev.dur.max(0.0));
+        let trace = &mut self.trace;
         match &*ev.ph {
             "B" => {
-                let stack = open.entry(ev.tid).or_default();
-                let parent = stack.last().map(|(i, _)| *i);
-                let parent_cat = stack.last().map(|(i, _)| trace.spans[*i].cat.clone());
+                let stack = self.open.entry(ev.tid).or_default();
+                let parent = stack.last().map(|(i, _)| u32::try_from(*i).unwrap_or(u32::MAX));
                 stack.push((trace.spans.len(), 0.0));
                 trace.spans.push(Span {
-                    name: ev.name.into_owned(),
+                    name: self.names.get(&ev.name),
                     cat: category_of(ev.cat),
                     tid: ev.tid,
                     start_us: ev.ts,
@@ -350,13 +547,12 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
                     self_us: 0.0,
                     depth: u32::try_from(stack.len() - 1).unwrap_or(u32::MAX),
                     parent,
-                    parent_cat,
                     args: ev.args,
                     unfinished: false,
                 });
             }
             "E" => {
-                let stack = open.entry(ev.tid).or_default();
+                let stack = self.open.entry(ev.tid).or_default();
                 if let Some((index, children)) = stack.pop() {
                     let span = &mut trace.spans[index];
                     span.dur_us = (ev.ts - span.start_us).max(0.0);
@@ -369,7 +565,7 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
                 }
             }
             "X" => trace.spans.push(Span {
-                name: ev.name.into_owned(),
+                name: self.names.get(&ev.name),
                 cat: category_of(ev.cat),
                 tid: ev.tid,
                 start_us: ev.ts,
@@ -377,7 +573,6 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
                 self_us: ev.dur.max(0.0),
                 depth: 0,
                 parent: None,
-                parent_cat: None,
                 args: ev.args,
                 unfinished: false,
             }),
@@ -389,6 +584,7 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
                     trace.rss.push(Sample { ts_us: ev.ts, bytes });
                 }
             }
+            "i" if ev.name == event::PROCESS && !self.described => self.describe(&ev.args),
             "i" if ev.name == event::EXIT => {
                 trace.exit_status = ev.args.get(arg::EXIT_STATUS).and_then(Value::as_i64);
                 trace.exit_signal = ev.args.get(arg::EXIT_SIGNAL).and_then(Value::as_i64);
@@ -400,17 +596,25 @@ fn build(events: Vec<RawEvent<'_>>, truncated: bool, bytes: u64) -> Result<Proce
             _ => {}
         }
     }
-    trace.end_us = last_ts;
-    // Spans the file ended inside: they last until its last event.
-    for stack in open.into_values() {
-        for (index, children) in stack.into_iter().rev() {
-            let span = &mut trace.spans[index];
-            span.dur_us = (last_ts - span.start_us).max(0.0);
-            span.self_us = (span.dur_us - children).max(0.0);
-            span.unfinished = true;
+
+    fn finish(self, truncated: bool) -> Result<ProcessTrace, String> {
+        if !self.described {
+            return Err(format!("no `{}` event: not written by lynshim", event::PROCESS));
         }
+        let Self { mut trace, open, last_ts, .. } = self;
+        trace.truncated = truncated;
+        trace.end_us = last_ts;
+        // Spans the file ended inside: they last until its last event.
+        for stack in open.into_values() {
+            for (index, children) in stack.into_iter().rev() {
+                let span = &mut trace.spans[index];
+                span.dur_us = (last_ts - span.start_us).max(0.0);
+                span.self_us = (span.dur_us - children).max(0.0);
+                span.unfinished = true;
+            }
+        }
+        Ok(trace)
     }
-    Ok(trace)
 }
 
 /// Is this span a call into lynguine or lamd (not an import, start-up or lynshim's own)?
@@ -439,11 +643,11 @@ mod tests {
         assert!(!t.truncated);
         assert_eq!(t.pid, 7);
         assert_eq!(t.exit_status, Some(0));
-        let pandas = t.spans.iter().find(|s| s.name == "pandas").expect("pandas");
+        let pandas = t.spans.iter().find(|s| &*s.name == "pandas").expect("pandas");
         assert_eq!((pandas.dur_us, pandas.self_us, pandas.depth), (100.0, 50.0, 0));
-        let numpy = t.spans.iter().find(|s| s.name == "numpy").expect("numpy");
+        let numpy = t.spans.iter().find(|s| &*s.name == "numpy").expect("numpy");
         assert_eq!(numpy.depth, 1);
-        assert_eq!(numpy.parent.map(|i| t.spans[i].name.as_str()), Some("pandas"));
+        assert_eq!(numpy.parent.map(|i| &*t.spans[i as usize].name), Some("pandas"));
         assert_eq!(t.end_us, 400.0);
     }
 
@@ -452,8 +656,96 @@ mod tests {
         let cut = &GOOD[..GOOD.find(r#"{"cat":"import","name":"pandas","ph":"E""#).expect("found") + 20];
         let t = parse_trace(cut.as_bytes()).expect("parses");
         assert!(t.truncated);
-        let pandas = t.spans.iter().find(|s| s.name == "pandas").expect("pandas");
+        let pandas = t.spans.iter().find(|s| &*s.name == "pandas").expect("pandas");
         assert!(pandas.unfinished);
+    }
+
+    /// Event lines of the recorded fixture traces, and lines made to sit on either side of the fast
+    /// path's edges.
+    fn lines_to_compare() -> Vec<String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/traces");
+        let mut lines = Vec::new();
+        for entry in fs::read_dir(dir).expect("fixture traces (tests/fixtures/record.sh)") {
+            let path = entry.expect("entry").path();
+            if path.to_string_lossy().ends_with(".lynshim.json") {
+                let text = fs::read_to_string(&path).expect("read");
+                lines.extend(text.lines().map(|l| l.trim().trim_matches(',').to_owned()).filter(|l| l.len() > 1));
+            }
+        }
+        let plain = |cat: &str, name: &str, ph: &str, tid: &str, ts: &str| {
+            format!(r#"{{"cat":"{cat}","name":"{name}","ph":"{ph}","pid":7,"tid":{tid},"ts":{ts}}}"#)
+        };
+        for ts in ["0", "0.0", "-0.0", "12.5", "1e3", "1.5E-2", "35670.198000000004", "123456789012345", "1234567890123456",
+                   "07", "1.", ".5", "-", "", "+1", "NaN", "1_0", "0.000000000000001", "99999999999999.9"] {
+            lines.push(plain("import", "numpy", "B", "7", ts));
+        }
+        for tid in ["-3", "0", "1.5", "9223372036854775807", "9223372036854775808", "01", "1e2"] {
+            lines.push(plain("import", "numpy", "E", tid, "1.0"));
+        }
+        for name in [r#"a\"b"#, r"a\\b", "a\u{1}b", "émigré", "", r"\u00e9"] {
+            lines.push(plain("import", name, "B", "7", "1.0"));
+        }
+        lines.push(r#"{"cat":"import","dur":12.5,"name":"x","ph":"X","pid":7,"tid":7,"ts":1.0}"#.to_owned());
+        lines.push(r#"{"name":"x","cat":"import","ph":"B","pid":7,"tid":7,"ts":1.0}"#.to_owned());
+        lines.push(r#"{"cat":"import","name":"x","ph":"B","pid":7,"tid":7,"ts":1.0}x"#.to_owned());
+        lines.push(r#"{"cat":"import","name":"x","ph":"B","pid":7,"tid":7,"ts":1.0,"ts":2.0}"#.to_owned());
+        lines
+    }
+
+    /// The fast path reads a line exactly as serde_json does, or leaves it to serde_json.
+    #[test]
+    fn plain_lines_read_as_serde_json_reads_them() {
+        let lines = lines_to_compare();
+        let mut read_fast = 0;
+        for line in &lines {
+            let Some(fast) = plain_event(line) else { continue };
+            read_fast += 1;
+            let slow = serde_json::from_str::<RawEvent<'_>>(line)
+                .unwrap_or_else(|e| panic!("the fast path read a line serde_json rejects ({e}): {line}"));
+            assert_eq!(
+                (&*fast.ph, &*fast.name, &*fast.cat, fast.tid, fast.ts.to_bits(), fast.dur.to_bits()),
+                (&*slow.ph, &*slow.name, &*slow.cat, slow.tid, slow.ts.to_bits(), slow.dur.to_bits()),
+                "{line}"
+            );
+            assert!(slow.args.is_empty(), "{line}");
+        }
+        // Nearly every recorded line takes the fast path.
+        assert!(read_fast * 10 > lines.len() * 9, "{read_fast} of {} lines", lines.len());
+    }
+
+    /// Short decimals give serde_json's bits, over many numbers of every length the fast path takes.
+    #[test]
+    fn short_decimals_match_serde_json() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let digits = 1 + (next() % 15) as usize;
+            let value = next() % 10_u64.pow(u32::try_from(digits).expect("small"));
+            let text = value.to_string();
+            let point = (next() as usize) % (text.len() + 1);
+            let text = if point == 0 || point == text.len() { text } else { format!("{}.{}", &text[..point], &text[point..]) };
+            let text = if next() % 4 == 0 { format!("-{text}") } else { text };
+            let expected: f64 = serde_json::from_str(&text).expect("a JSON number");
+            let got = <f64 as PlainNumber>::read(&text).expect("read");
+            assert_eq!(got.to_bits(), expected.to_bits(), "{text}");
+            assert!(ShortDecimal::parse(text.as_bytes()).is_some(), "{text}");
+        }
+        for text in ["07", "1.", ".5", "-", "", "+1", "1e5", "1234567890123456", "1.2.3", "--1", "0x1"] {
+            assert_eq!(ShortDecimal::parse(text.as_bytes()), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn names_are_held_once() {
+        let mut names = Names::default();
+        let (a, b) = (names.get("pandas"), names.get("pandas"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*names.get("numpy"), "numpy");
     }
 
     #[test]

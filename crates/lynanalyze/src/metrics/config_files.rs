@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lynschema::category;
+use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::load::ProcessTrace;
@@ -41,16 +42,18 @@ fn files_of(cat: &str, args: &serde_json::Map<String, Value>) -> Vec<String> {
 }
 
 pub fn section(processes: &[ProcessTrace]) -> Section {
+    // The files each process read, found in parallel (a big build has millions of spans, few of them
+    // config reads), then counted in process order.
+    let read: Vec<Vec<String>> =
+        processes.par_iter().map(|p| p.spans.iter().flat_map(|s| files_of(&s.cat, &s.args)).collect()).collect();
     let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
-    for p in processes {
-        for s in &p.spans {
-            for file in files_of(&s.cat, &s.args) {
-                let u = usage.entry(file).or_default();
-                u.reads += 1;
-                u.processes.insert(p.pid);
-                u.commands.insert(p.group());
-                *u.max_per_process.entry(p.pid).or_default() += 1;
-            }
+    for (p, files) in processes.iter().zip(read) {
+        for file in files {
+            let u = usage.entry(file).or_default();
+            u.reads += 1;
+            u.processes.insert(p.pid);
+            u.commands.insert(p.group());
+            *u.max_per_process.entry(p.pid).or_default() += 1;
         }
     }
     let mut section = Section::new("config_files", "Config files read");

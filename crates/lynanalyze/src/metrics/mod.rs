@@ -49,6 +49,7 @@ pub fn all(
     };
     let columns = SpanColumns::new(spans, &loaded.processes)?;
     let per_process = processes::compute(&loaded.processes, &columns, dictionary);
+    tick("processes (accounting)");
     let mut sections = vec![processes::section(&per_process)];
     tick("processes");
     sections.push(frequency::section(spans, dictionary, processes_df, options.top)?);
@@ -56,7 +57,7 @@ pub fn all(
     sections.push(mix::section(spans, dictionary)?);
     sections.push(startup::section(&per_process, loaded));
     tick("mix, start-up");
-    sections.push(imports::section(spans, dictionary, &columns, options.top)?);
+    sections.push(imports::section(dictionary, &columns, options.top));
     tick("imports");
     sections.push(memory::section(&loaded.processes));
     sections.push(concurrency::section(&loaded.processes));

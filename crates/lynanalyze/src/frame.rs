@@ -1,9 +1,11 @@
 //! The polars view of a loaded build: one row per span, one row per process.
 //!
-//! Per-process facts (run, command, group) live once in the process frame and are joined in by the
+//! Per-process facts (run, pid, command, group) live once in the process frame and are joined in by the
 //! `proc` index where a query needs them, instead of being copied into every span row: a build has
 //! thousands of spans per process, and those copies were most of the cost of building the frame. For
 //! the same reason the span frame's strings are numbers, looked up in a [`Dictionary`].
+
+use std::sync::Arc;
 
 use polars::prelude::*;
 use rayon::prelude::*;
@@ -17,6 +19,7 @@ pub fn processes(processes: &[ProcessTrace]) -> PolarsResult<DataFrame> {
     DataFrame::new_infer_height(vec![
         Column::new("proc".into(), index),
         Column::new("run_id".into(), processes.iter().map(|p| p.run_id.as_str()).collect::<Vec<_>>()),
+        Column::new("pid".into(), processes.iter().map(|p| p.pid).collect::<Vec<_>>()),
         Column::new("process".into(), processes.iter().map(|p| p.command.as_str()).collect::<Vec<_>>()),
         Column::new("group".into(), processes.iter().map(ProcessTrace::group).collect::<Vec<_>>()),
     ])
@@ -101,42 +104,8 @@ impl<'a> Numbering<'a> {
     }
 }
 
-/// The span frame's columns, whole, as they are filled.
-#[derive(Default)]
-struct Columns {
-    proc: Vec<u32>,
-    pid: Vec<i64>,
-    tid: Vec<i64>,
-    name: Vec<u32>,
-    package: Vec<u32>,
-    cat: Vec<u32>,
-    start: Vec<f64>,
-    dur: Vec<f64>,
-    self_us: Vec<f64>,
-    depth: Vec<u32>,
-    /// [`NO_PARENT`] for a span directly in its thread.
-    parent_cat: Vec<u32>,
-    call: Vec<bool>,
-}
-
 /// `parent_cat` of a span with no parent (null in the frame).
 const NO_PARENT: u32 = u32::MAX;
-
-/// The rows of some processes in each of the [`Columns`]: disjoint parts, filled in parallel.
-struct Part<'c> {
-    proc: &'c mut [u32],
-    pid: &'c mut [i64],
-    tid: &'c mut [i64],
-    name: &'c mut [u32],
-    package: &'c mut [u32],
-    cat: &'c mut [u32],
-    start: &'c mut [f64],
-    dur: &'c mut [f64],
-    self_us: &'c mut [f64],
-    depth: &'c mut [u32],
-    parent_cat: &'c mut [u32],
-    call: &'c mut [bool],
-}
 
 /// `column` cut into consecutive parts of `sizes` rows.
 fn split<'c, T>(mut column: &'c mut [T], sizes: &[usize]) -> Vec<&'c mut [T]> {
@@ -150,48 +119,47 @@ fn split<'c, T>(mut column: &'c mut [T], sizes: &[usize]) -> Vec<&'c mut [T]> {
         .collect()
 }
 
-impl Columns {
-    /// `rows` rows of zeros: allocated once, in place, so that no part is built apart and copied in
-    /// (on a big build those copies were a gigabyte of fresh pages).
-    fn zeroed(rows: usize) -> Self {
-        Self {
-            proc: vec![0; rows],
-            pid: vec![0; rows],
-            tid: vec![0; rows],
-            name: vec![0; rows],
-            package: vec![0; rows],
-            cat: vec![0; rows],
-            start: vec![0.0; rows],
-            dur: vec![0.0; rows],
-            self_us: vec![0.0; rows],
-            depth: vec![0; rows],
-            parent_cat: vec![0; rows],
-            call: vec![false; rows],
+/// The span frame's columns, named once: [`Columns`] holds them whole, each [`Part`] the rows of some
+/// processes in every column, so that the parts are filled in parallel and in place — on a big build,
+/// building parts apart and copying them in was a gigabyte of fresh pages.
+macro_rules! span_columns {
+    ($($(#[$doc:meta])* $field:ident: $t:ty),* $(,)?) => {
+        struct Columns {
+            $($(#[$doc])* $field: Vec<$t>,)*
         }
-    }
 
-    fn parts(&mut self, sizes: &[usize]) -> Vec<Part<'_>> {
-        let mut proc = split(&mut self.proc, sizes).into_iter();
-        let mut pid = split(&mut self.pid, sizes).into_iter();
-        let mut tid = split(&mut self.tid, sizes).into_iter();
-        let mut name = split(&mut self.name, sizes).into_iter();
-        let mut package = split(&mut self.package, sizes).into_iter();
-        let mut cat = split(&mut self.cat, sizes).into_iter();
-        let mut start = split(&mut self.start, sizes).into_iter();
-        let mut dur = split(&mut self.dur, sizes).into_iter();
-        let mut self_us = split(&mut self.self_us, sizes).into_iter();
-        let mut depth = split(&mut self.depth, sizes).into_iter();
-        let mut parent_cat = split(&mut self.parent_cat, sizes).into_iter();
-        let mut call = split(&mut self.call, sizes).into_iter();
-        let mut parts = Vec::with_capacity(sizes.len());
-        while let (Some(proc), Some(pid), Some(tid), Some(name), Some(package), Some(cat), Some(start), Some(dur),
-            Some(self_us), Some(depth), Some(parent_cat), Some(call)) = (proc.next(), pid.next(), tid.next(), name.next(),
-            package.next(), cat.next(), start.next(), dur.next(), self_us.next(), depth.next(), parent_cat.next(), call.next())
-        {
-            parts.push(Part { proc, pid, tid, name, package, cat, start, dur, self_us, depth, parent_cat, call });
+        struct Part<'c> {
+            $($field: &'c mut [$t],)*
         }
-        parts
-    }
+
+        impl Columns {
+            /// `rows` rows of zeros.
+            fn zeroed(rows: usize) -> Self {
+                Self { $($field: vec![<$t>::default(); rows],)* }
+            }
+
+            /// The parts of `sizes` rows each, in order.
+            fn parts(&mut self, sizes: &[usize]) -> Vec<Part<'_>> {
+                $(let mut $field = split(&mut self.$field, sizes).into_iter();)*
+                sizes.iter().map(|_| Part { $($field: $field.next().unwrap_or_default(),)* }).collect()
+            }
+        }
+    };
+}
+
+span_columns! {
+    proc: u32,
+    tid: i64,
+    name: u32,
+    package: u32,
+    cat: u32,
+    start: f64,
+    dur: f64,
+    self_us: f64,
+    depth: u32,
+    /// [`NO_PARENT`] for a span directly in its thread.
+    parent_cat: u32,
+    call: bool,
 }
 
 /// The strings of one part, numbered in first-seen order of its own.
@@ -200,18 +168,40 @@ struct LocalStrings<'a> {
     categories: Vec<&'a str>,
 }
 
+/// Local numbers for a part's names and categories, keyed by the address of their shared string (the
+/// loader holds each once per loading thread), so that no string is hashed per span. The same string
+/// held by two threads gets two local numbers; the global numbering, by string, makes them one.
+struct ByAddress<'a> {
+    ids: FxHashMap<usize, u32>,
+    strings: Vec<&'a str>,
+}
+
+impl<'a> ByAddress<'a> {
+    fn new() -> Self {
+        Self { ids: FxHashMap::default(), strings: Vec::new() }
+    }
+
+    fn number(&mut self, s: &'a Arc<str>) -> u32 {
+        let next = u32::try_from(self.strings.len()).unwrap_or(u32::MAX);
+        let strings = &mut self.strings;
+        *self.ids.entry(Arc::as_ptr(s).cast::<u8>() as usize).or_insert_with(|| {
+            strings.push(s);
+            next
+        })
+    }
+}
+
 impl Part<'_> {
     /// Fill the rows of `processes` (the first of which is process number `first`), numbering their
     /// strings locally.
     fn fill<'a>(&mut self, first: usize, processes: &'a [ProcessTrace]) -> LocalStrings<'a> {
-        let mut names = Numbering::new();
-        let mut categories = Numbering::new();
+        let mut names = ByAddress::new();
+        let mut categories = ByAddress::new();
         let mut row = 0;
         for (offset, p) in processes.iter().enumerate() {
             let index = u32::try_from(first + offset).unwrap_or(u32::MAX);
             for s in &p.spans {
                 self.proc[row] = index;
-                self.pid[row] = p.pid;
                 self.tid[row] = s.tid;
                 self.name[row] = names.number(&s.name);
                 self.cat[row] = categories.number(&s.cat);
@@ -231,7 +221,7 @@ impl Part<'_> {
 /// Processes per part of the span frame, filled in parallel.
 const PROCESSES_PER_CHUNK: usize = 64;
 
-/// One row per span: proc, pid, tid, name, package (first dotted part), cat, start_us, dur_us, self_us,
+/// One row per span: proc, tid, name, package (first dotted part), cat, start_us, dur_us, self_us,
 /// depth, parent_cat, is_call — with name, package, cat and parent_cat as numbers in the [`Dictionary`].
 /// Rows are in process order, each process's in the order its spans began.
 pub fn spans(processes: &[ProcessTrace]) -> PolarsResult<(DataFrame, Dictionary)> {
@@ -275,10 +265,9 @@ pub fn spans(processes: &[ProcessTrace]) -> PolarsResult<(DataFrame, Dictionary)
         packages: package_table.into_iter().map(str::to_owned).collect(),
         categories: category_table.into_iter().map(str::to_owned).collect(),
     };
-    let Columns { proc, pid, tid, name, package, cat, start, dur, self_us, depth, parent_cat, call } = columns;
+    let Columns { proc, tid, name, package, cat, start, dur, self_us, depth, parent_cat, call } = columns;
     let df = DataFrame::new_infer_height(vec![
         Column::new("proc".into(), proc),
-        Column::new("pid".into(), pid),
         Column::new("tid".into(), tid),
         Column::new("name".into(), name),
         Column::new("package".into(), package),
@@ -301,13 +290,14 @@ pub struct SpanColumns<'a> {
     pub package: &'a [u32],
     pub dur_us: &'a [f64],
     pub self_us: &'a [f64],
-    pub is_call: Vec<bool>,
+    /// Whether each category (by number) is a call into lynguine or lamd.
+    call_categories: Vec<bool>,
     /// Rows of process `i`: `rows[i]..rows[i + 1]`.
     rows: Vec<usize>,
 }
 
 impl<'a> SpanColumns<'a> {
-    pub fn new(spans: &'a DataFrame, processes: &[ProcessTrace]) -> PolarsResult<Self> {
+    pub fn new(spans: &'a DataFrame, processes: &[ProcessTrace], dictionary: &Dictionary) -> PolarsResult<Self> {
         let mut rows = Vec::with_capacity(processes.len() + 1);
         rows.push(0);
         for p in processes {
@@ -319,9 +309,14 @@ impl<'a> SpanColumns<'a> {
             package: spans.column("package")?.u32()?.cont_slice()?,
             dur_us: spans.column("dur_us")?.f64()?.cont_slice()?,
             self_us: spans.column("self_us")?.f64()?.cont_slice()?,
-            is_call: spans.column("is_call")?.bool()?.iter().map(|b| b.unwrap_or(false)).collect(),
+            call_categories: dictionary.categories.iter().map(|c| is_call(c)).collect(),
             rows,
         })
+    }
+
+    /// Is the span in `row` a call into lynguine or lamd (the frame's `is_call`)?
+    pub fn is_call(&self, row: usize) -> bool {
+        self.call_categories[self.cat[row] as usize]
     }
 
     /// How many processes.
@@ -348,7 +343,7 @@ pub fn export(
     for p in traces {
         for s in &p.spans {
             parent.push(s.parent.map(|i| &*p.spans[i as usize].name));
-            args.push(serde_json::Value::Object(s.args.clone()).to_string());
+            args.push(serde_json::Value::Object(s.args().clone()).to_string());
         }
     }
     let mut spans = spans_df.clone();

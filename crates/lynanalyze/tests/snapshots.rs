@@ -91,7 +91,7 @@ fn imports_agree_with_brute_force() {
         let called: std::collections::BTreeSet<String> =
             p.spans.iter().filter(|s| is_call(&s.cat)).map(|s| package_of(&s.name)).collect();
         let mut cost: BTreeMap<String, f64> = BTreeMap::new();
-        for s in p.spans.iter().filter(|s| s.cat == "import") {
+        for s in p.spans.iter().filter(|s| &*s.cat == "import") {
             for (key, sums) in [(s.name.to_string(), &mut modules), (package_of(&s.name), &mut packages)] {
                 let e = sums.entry(key).or_default();
                 e.processes.insert(index);

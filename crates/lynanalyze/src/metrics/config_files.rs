@@ -45,7 +45,7 @@ pub fn section(processes: &[ProcessTrace]) -> Section {
     // The files each process read, found in parallel (a big build has millions of spans, few of them
     // config reads), then counted in process order.
     let read: Vec<Vec<String>> =
-        processes.par_iter().map(|p| p.spans.iter().flat_map(|s| files_of(&s.cat, &s.args)).collect()).collect();
+        processes.par_iter().map(|p| p.spans.iter().flat_map(|s| files_of(&s.cat, s.args())).collect()).collect();
     let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
     for (p, files) in processes.iter().zip(read) {
         for file in files {

@@ -84,7 +84,7 @@ pub fn totals(columns: &SpanColumns<'_>, dictionary: &Dictionary) -> ImportTotal
             for &process in chunk {
                 for row in columns.rows(process) {
                     let package = columns.package[row] as usize;
-                    if columns.is_call[row] {
+                    if columns.is_call(row) {
                         called[package] = process;
                     }
                     if columns.cat[row] != import_cat {

@@ -47,10 +47,10 @@ pub fn all(
         }
         clock = std::time::Instant::now();
     };
-    let columns = SpanColumns::new(spans, &loaded.processes)?;
+    let columns = SpanColumns::new(spans, &loaded.processes, dictionary)?;
     let per_process = processes::compute(&loaded.processes, &columns, dictionary);
     tick("processes (accounting)");
-    let mut sections = vec![processes::section(&per_process)];
+    let mut sections = vec![processes::section(&per_process, dictionary)];
     tick("processes");
     sections.push(frequency::section(spans, dictionary, processes_df, options.top)?);
     tick("call frequency");

@@ -30,8 +30,8 @@ pub struct ProcessTimes {
     pub import_us: f64,
     pub work_us: f64,
     pub work_by_category: BTreeMap<String, f64>,
-    /// Import self time by top-level package.
-    pub imports_by_package: BTreeMap<String, f64>,
+    /// Import self time by top-level package: its number in the [`Dictionary`] (so in name order).
+    pub imports_by_package: Vec<(u32, f64)>,
     pub unattributed_us: f64,
     pub peak_rss: Option<f64>,
     pub exit: String,
@@ -66,7 +66,7 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
                 } else if cat == import_cat {
                     import += columns.self_us[row];
                     *by_package.entry(columns.package[row]).or_default() += columns.self_us[row];
-                } else if columns.is_call[row] {
+                } else if columns.is_call(row) {
                     *by_cat.entry(dictionary.categories[cat as usize].as_str()).or_default() += columns.self_us[row];
                     calls += 1;
                 }
@@ -90,7 +90,11 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
                 work_us: work,
                 unattributed_us: (p.end_us - startup - activation - import - work).max(0.0),
                 work_by_category: by_cat.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                imports_by_package: by_package.into_iter().map(|(k, v)| (dictionary.packages[k as usize].clone(), v)).collect(),
+                imports_by_package: {
+                    let mut by_package: Vec<(u32, f64)> = by_package.into_iter().collect();
+                    by_package.sort_unstable_by_key(|(package, _)| *package);
+                    by_package
+                },
                 peak_rss: p.peak_rss,
                 exit,
                 calls,
@@ -101,11 +105,11 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
 
 /// A JSON object of sums, built in one go: serialising the map would insert its keys one by one, and a
 /// build has a hundred packages per process.
-fn object(sums: &BTreeMap<String, f64>) -> Value {
-    Value::Object(sums.iter().map(|(key, us)| (key.clone(), Value::from(*us))).collect())
+fn object<'k>(sums: impl IntoIterator<Item = (&'k str, f64)>) -> Value {
+    Value::Object(sums.into_iter().map(|(key, us)| (key.to_owned(), Value::from(us))).collect())
 }
 
-pub fn section(rows: &[ProcessTimes]) -> Section {
+pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
     let mut section = Section::new("processes", "Processes: start-up against work");
     let mut table = Table::new(
         "",
@@ -122,10 +126,14 @@ pub fn section(rows: &[ProcessTimes]) -> Section {
                 .map(|(c, us)| format!("{c} {}", ms(*us)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let mut packages: Vec<_> = r.imports_by_package.iter().collect();
-            packages.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
-            let top_imports =
-                packages.iter().take(3).map(|(p, us)| format!("{p} {}", ms(**us))).collect::<Vec<_>>().join(", ");
+            let mut packages = r.imports_by_package.clone();
+            packages.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let top_imports = packages
+                .iter()
+                .take(3)
+                .map(|(p, us)| format!("{} {}", dictionary.packages[*p as usize], ms(*us)))
+                .collect::<Vec<_>>()
+                .join(", ");
             let ratio = if r.work_us > 0.0 { format!("{:.0} : 1", r.overhead_us() / r.work_us) } else { "no work".into() };
             vec![
                 r.pid.to_string(),
@@ -162,8 +170,9 @@ pub fn section(rows: &[ProcessTimes]) -> Section {
                     "import_us": r.import_us, "work_us": r.work_us,
                     "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
                 });
-                row["imports_by_package_us"] = object(&r.imports_by_package);
-                row["work_by_category_us"] = object(&r.work_by_category);
+                row["imports_by_package_us"] =
+                    object(r.imports_by_package.iter().map(|(p, us)| (dictionary.packages[*p as usize].as_str(), *us)));
+                row["work_by_category_us"] = object(r.work_by_category.iter().map(|(c, us)| (c.as_str(), *us)));
                 row
             })
             .collect(),

@@ -368,7 +368,8 @@ fn for_each_line<'a>(
 /// `{"cat":"import","name":"numpy","ph":"B","pid":7,"tid":7,"ts":210.5}` (serde_json writes keys in
 /// sorted order). Such a line is read here without a general JSON parser — which was most of the
 /// time spent loading a build — and any other line (args, escapes, another key order) gives `None`
-/// and goes to serde_json. The numbers are still read by serde_json, so both paths agree to the bit.
+/// and goes to serde_json. Numbers are read as serde_json reads them ([`PlainNumber`]), so both paths
+/// give the same event to the bit (a test compares them on every recorded line).
 fn plain_event(line: &str) -> Option<RawEvent<'_>> {
     let rest = line.strip_prefix(r#"{"cat":""#)?;
     let (cat, rest) = plain_string(rest)?;

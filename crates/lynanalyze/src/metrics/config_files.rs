@@ -43,9 +43,14 @@ fn files_of(cat: &str, args: &serde_json::Map<String, Value>) -> Vec<String> {
 
 pub fn section(processes: &[ProcessTrace]) -> Section {
     // The files each process read, found in parallel (a big build has millions of spans, few of them
-    // config reads), then counted in process order.
-    let read: Vec<Vec<String>> =
-        processes.par_iter().map(|p| p.spans.iter().flat_map(|s| files_of(&s.cat, s.args())).collect()).collect();
+    // config reads, and only a span with args can name a file), then counted in process order.
+    let read: Vec<Vec<String>> = processes
+        .par_iter()
+        .map(|p| {
+            let with_args = p.spans.iter().filter_map(|s| Some((&s.cat, s.args.as_deref()?)));
+            with_args.flat_map(|(cat, args)| files_of(cat, args)).collect()
+        })
+        .collect();
     let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
     for (p, files) in processes.iter().zip(read) {
         for file in files {

@@ -358,6 +358,9 @@ def throughput(work: Path, sizes: list[int], pandas_up_to: int) -> tuple[list[st
     for count in sizes:
         dest = work / f"traces-{count}"
         size = replicate(dest, count)
+        # Write the copies out before timing: otherwise the kernel flushes gigabytes of them while
+        # lynanalyze runs, and the flushing competes for this machine's two cores.
+        os.sync()
         mb = size / 1e6
         t_rust, rss_rust, out = run_measured([LYNANALYZE, "report", str(dest), "--format", "json"])
         if count == 1000:

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-/// A big build is millions of spans: mimalloc allocates them faster than the system allocator and
-/// hands memory freed by one phase to the next instead of back to the kernel.
+/// A big build is millions of spans. With glibc's allocator a report on 10 000 trace files took 7.5 s
+/// here and the kernel handled 986 000 page faults; with mimalloc, 5.6–6.0 s and 4 600 faults
+/// (`/usr/bin/time -f '%e %R' lynanalyze report DIR --format json`, side by side).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

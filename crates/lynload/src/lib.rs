@@ -796,16 +796,20 @@ mod tests {
         assert!(read_fast * 10 > lines.len() * 9, "{read_fast} of {} lines", lines.len());
     }
 
-    /// Short decimals give serde_json's bits, over many numbers of every length the fast path takes.
-    #[test]
-    fn short_decimals_match_serde_json() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
+    /// A reproducible stream of pseudo-random numbers (xorshift64).
+    fn random(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
-        };
+        }
+    }
+
+    /// Short decimals give serde_json's bits, over many numbers of every length the fast path takes.
+    #[test]
+    fn short_decimals_match_serde_json() {
+        let mut next = random(0x9e37_79b9_7f4a_7c15);
         for _ in 0..200_000 {
             let digits = 1 + (next() % 15) as usize;
             let value = next() % 10_u64.pow(u32::try_from(digits).expect("small"));
@@ -826,13 +830,7 @@ mod tests {
     /// Eight bytes at a time finds what a byte-by-byte look finds, wherever it is and whatever surrounds it.
     #[test]
     fn string_end_matches_a_plain_scan() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = random(0x2545_f491_4f6c_dd1d);
         let alphabet = [b'a', b'z', b'.', b'_', b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xa9, 0xff, b'!', b']'];
         for _ in 0..100_000 {
             let len = (next() % 40) as usize;

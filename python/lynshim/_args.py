@@ -36,7 +36,7 @@ def _path_or_text(text: str) -> str:
         cwd = os.getcwd()
         if text.startswith(cwd) and (len(text) == len(cwd) or text[len(cwd)] == os.sep):
             text = os.path.relpath(text, cwd)
-    return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 1] + "…"
+    return _short(text)
 
 
 _SCALARS = (bool, int, float, type(None))

@@ -24,9 +24,9 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use lynschema::{category, event};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use lynschema::{category, event};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -357,10 +357,8 @@ impl<W: Write> Fixup<W> {
         #[allow(clippy::cast_precision_loss)]
         let ts = (crate::procinfo::monotonic_ns() as f64 - self.zero_mono_ns as f64) / 1000.0 + self.shift_us;
         let mut batch = Vec::new();
-        for fixed in self.fix_own_event(kind, payload.clone(), tid, ts) {
-            batch.extend_from_slice(if self.wrote_any || !batch.is_empty() { b",\n" } else { b"" });
-            let _ = serde_json::to_writer(&mut batch, &fixed);
-        }
+        let events = self.fix_own_event(kind, payload.clone(), tid, ts);
+        self.write_values(&events, &mut batch);
         self.emit(&batch);
     }
 

@@ -13,13 +13,24 @@ pub fn object_json(pairs: &[(String, Value)]) -> String {
         }
         push_str(&mut out, key);
         out.push(':');
-        match value {
-            Value::String(s) => push_str(&mut out, s),
-            other => out.push_str(&other.to_string()),
-        }
+        push_value(&mut out, value);
     }
     out.push('}');
     out
+}
+
+/// A JSON value, without allocating for the common scalars.
+pub fn push_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::String(s) => push_str(out, s),
+        Value::Number(n) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{n}");
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// `s` as a JSON string.

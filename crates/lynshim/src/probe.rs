@@ -26,7 +26,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTup
 use serde_json::Value;
 use smallvec::{smallvec, SmallVec};
 
-use crate::json::{push_int, push_str};
+use crate::json::{push_int, push_str, push_value};
 use crate::{session, to_json};
 
 /// One described argument. Strings are borrowed from the call's own argument objects where they can
@@ -269,8 +269,8 @@ impl Probe {
         Self::scalar(describe_value, &value)
     }
 
-    /// One argument as a short JSON scalar.
-    /// The same, owning its text (for values that do not outlive the description: kwargs, details).
+    /// [`Self::value_borrowed`], owning its text (for values that do not outlive the description:
+    /// kwargs, details).
     fn value(&self, value: &Bound<'_, PyAny>) -> PyResult<Arg<'static>> {
         Self::value_borrowed(&self.describe_value, value.as_borrowed()).map(Arg::into_owned)
     }
@@ -497,20 +497,6 @@ fn write_json(pairs: &Described<'_>, out: &mut String) {
         value.write(out);
     }
     out.push('}');
-}
-
-/// A JSON value, without allocating for the common scalars.
-fn push_value(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::String(s) => push_str(out, s),
-        Value::Number(n) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{n}");
-        }
-        other => out.push_str(&other.to_string()),
-    }
 }
 
 /// `text`, cut to [`MAX_ARG_CHARS`] characters ending in `…` when longer.

@@ -6,9 +6,10 @@
 //! its name and target and sends a message to its writer thread at every enter and exit. So the traced
 //! thread does not create `tracing` spans. It timestamps each span begin and end (and each of lynshim's
 //! own events) into a [`Record`] appended to the session's list; full lists go down a channel to the
-//! session's *emitter* thread, which also collects what is left every few milliseconds. The emitter hands the records to `tracing` in batches, one `tracing`
-//! event per batch, which tracing-chrome writes on its writer thread and [`crate::fixup`] expands into
-//! the events of the file with their recorded times and threads. Everything in the file still goes
+//! session's *emitter* thread, which also collects what is left every few milliseconds. The emitter
+//! hands the records to `tracing` in batches, one `tracing` event per batch, which tracing-chrome
+//! writes on its writer thread and [`crate::fixup`] expands into the events of the file with their
+//! recorded times and threads. Everything in the file still goes
 //! through `tracing` and tracing-chrome; the traced thread only pays for a clock read and a push.
 //!
 //! A session owns a private `tracing` [`Dispatch`] (a `Registry` with the tracing-chrome layer) rather
@@ -27,6 +28,7 @@
 //! Nothing here panics into the host program and nothing returns an error to it: a failure to create
 //! or write the file is reported once on stderr and tracing stays off.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -34,14 +36,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lynschema::{arg, category, event, files, FORMAT_VERSION};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use lynschema::{arg, category, event, files, FORMAT_VERSION};
 use serde_json::{json, Map, Value};
 use tracing::{Dispatch, Level};
 use tracing_chrome::{ChromeLayerBuilder, FlushGuard, TraceStyle};

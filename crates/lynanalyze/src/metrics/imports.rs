@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::frame::{Dictionary, SpanColumns};
+use crate::metrics::processes::ProcessTimes;
 use crate::report::{ms, pct, Section, Table};
 
 /// Import figures of one module or package, summed over processes.
@@ -137,17 +138,11 @@ fn ranked(totals: &[Totals], key: impl Fn(&Totals) -> f64) -> Vec<usize> {
     ids
 }
 
-pub fn section(dictionary: &Dictionary, columns: &SpanColumns<'_>, top: usize) -> Section {
+pub fn section(dictionary: &Dictionary, columns: &SpanColumns<'_>, per_process: &[ProcessTimes], top: usize) -> Section {
     let mut section = Section::new("imports", "Imports");
-    let import_cat = dictionary.category(category::IMPORT);
-    let processes = columns.processes();
-    // Summed per process and then in process order, so the floating-point total is the same on every run.
-    let total_import: f64 = (0..processes)
-        .into_par_iter()
-        .map(|p| columns.rows(p).filter(|&row| columns.cat[row] == import_cat).map(|row| columns.self_us[row]).sum::<f64>())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .sum();
+    // Each process's import time as its accounting summed it, added in process order: the same
+    // floating-point total on every run.
+    let total_import: f64 = per_process.iter().map(|p| p.import_us).sum();
 
     let totals = totals(columns, dictionary);
     #[allow(clippy::cast_precision_loss)]

@@ -57,7 +57,7 @@ pub fn all(
     sections.push(mix::section(spans, dictionary)?);
     sections.push(startup::section(&per_process, loaded));
     tick("mix, start-up");
-    sections.push(imports::section(dictionary, &columns, options.top));
+    sections.push(imports::section(dictionary, &columns, &per_process, options.top));
     tick("imports");
     sections.push(memory::section(&loaded.processes));
     sections.push(concurrency::section(&loaded.processes));

@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 DEMO := build/demo
 
-.PHONY: all install demo test test-rust test-python perfetto-deps bench clean
+.PHONY: all install demo test test-rust test-python perfetto-deps bench study study-deps clean
 
 all: install
 
@@ -61,6 +61,35 @@ bench: install
 	$(PIP) install --quiet "wrapt>=1.16" "viztracer==1.1.1"
 	cargo bench -p lynload --bench parse -- --noplot 2>&1 | tee build/criterion.txt
 	$(PY) analysis/bench.py
+
+# The study behind analysis/REPORT.md: real lamd builds of real talks, traced and analysed (analysis/study/).
+# lamd and the talks are inputs, never copied into the project: LAMD_SRC is a lamd checkout, TALKS a folder
+# with talks/ and snippets/. Raw traces go to build/study/; REPORT.md, figures/ and study-data/ are rewritten.
+LAMD_SRC ?= $(abspath $(CURDIR)/../shared/lamd)
+TALKS ?= $(abspath $(CURDIR)/../shared/corpus)
+RUNS ?= 3
+N ?= 5
+STUDY_TALKS ?=
+FORMATS ?= notes slides posts
+VARIANT_FORMATS ?= notes
+STUDY_OUT ?= build/study
+
+study-deps:
+	@test -d "$(LAMD_SRC)/lamd" || { echo "make study: no lamd at LAMD_SRC=$(LAMD_SRC) (expected a lamd checkout with a lamd/ package); run: make study LAMD_SRC=/path/to/lamd TALKS=/path/to/corpus"; exit 2; }
+	@test -d "$(TALKS)/talks" || { echo "make study: no talks at TALKS=$(TALKS) (expected a folder with talks/ and snippets/); run: make study LAMD_SRC=/path/to/lamd TALKS=/path/to/corpus"; exit 2; }
+	@missing=""; for t in gpp pandoc; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    else echo "make study: lamd needs$$missing (Debian packages) and this is not root: install them first"; exit 2; fi; fi
+	@$(MAKE) --no-print-directory $(VENV)/.created
+	@test -x $(VENV)/bin/lynanalyze || $(MAKE) install
+	$(PIP) install --quiet --no-deps "$(LAMD_SRC)"
+	$(PIP) install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['study']))")
+
+study: study-deps
+	$(PY) -m analysis.study --lamd-src "$(LAMD_SRC)" --talks "$(TALKS)" --runs $(RUNS) -n $(N) \
+	  --formats "$(FORMATS)" --variant-formats "$(VARIANT_FORMATS)" --out $(STUDY_OUT) \
+	  $(if $(STUDY_TALKS),--study-talks "$(STUDY_TALKS)")
 
 clean:
 	rm -rf build $(VENV) target

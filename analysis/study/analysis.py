@@ -1,0 +1,190 @@
+"""Reading one traced build: lynanalyze's JSON report, trimmed to what the study reports, with a fallback
+computed from the traces for what this lynanalyze does not (yet) provide (each value says its source).
+
+The fallback attribution of a build's wall time: every Python process's lifetime is cut into labelled
+segments by its innermost open span (start-up, imports, lynguine work, lamd work, gc, atexit, the rest);
+the build's wall clock is swept, and each instant goes to the non-root Python processes running then
+(split evenly when several are), else to the root (``maketalk``): its time waiting in ``make`` is
+"other programs (make, gpp, pandoc) / waiting", and outside every Python process it is "outside Python".
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from . import common as c
+
+LYNGUINE_CATS = {"config", "read", "write", "compute", "field", "dependency", "convert", "operation", "data"}
+
+
+def label_of(cat: str | None) -> str:
+    if cat == "import":
+        return "imports"
+    if cat == "lamd":
+        return "lamd work"
+    if cat in ("startup", "lynshim"):
+        return "python start-up"
+    if cat == "program":
+        return "main program"
+    if cat in ("gc", "atexit", "teardown"):
+        return cat
+    if cat in ("server", "request"):
+        return "server"
+    return "lynguine work"
+
+
+def process_facts(trace: Path) -> dict[str, Any]:
+    events = c.load_events(trace)
+    meta = c.process_meta(events)
+    exit_args = next((e.get("args", {}) for e in events if e.get("name") == "lynshim.exit"), {})
+    zero_us = meta.get("wall_zero_ns", 0) / 1e3
+    tid = meta.get("pid")
+    segs: list[tuple[float, float, str]] = []
+    stack: list[tuple[str, str]] = []
+    cursor = 0.0
+    end = 0.0
+    calls: Counter[str] = Counter()
+    cats: Counter[str] = Counter()
+    config_reads: Counter[str] = Counter()
+    rss = []
+    peak = exit_args.get("peak_rss_bytes")
+
+    def current() -> str:
+        if not stack:
+            return "rest"
+        return label_of(stack[-1][0])
+
+    for e in events:
+        ts = float(e.get("ts", 0.0))
+        ph = e.get("ph")
+        end = max(end, ts + float(e.get("dur", 0.0) or 0.0))
+        if ph == "C" and e.get("name") == "rss":
+            rss.append((ts, e["args"].get("bytes")))
+        if e.get("tid") != tid:
+            continue
+        if ph == "X" and e.get("cat") in ("startup", "lynshim"):
+            if ts > cursor:
+                segs.append((cursor, ts, current()))
+            segs.append((ts, ts + e["dur"], "python start-up"))
+            cursor = ts + e["dur"]
+        elif ph == "B":
+            if ts > cursor:
+                segs.append((cursor, ts, current()))
+                cursor = ts
+            stack.append((e.get("cat") or "", e.get("name") or ""))
+            cat = e.get("cat") or ""
+            if cat not in ("import", "startup", "lynshim", "program", "gc", "atexit", "memory", "teardown"):
+                calls[e.get("name", "")] += 1
+                cats[cat] += 1
+            if cat == "config":
+                for v in (e.get("args") or {}).values():
+                    if isinstance(v, str) and (".yml" in v or ".yaml" in v):
+                        config_reads[v] += 1
+        elif ph == "E" and stack:
+            if ts > cursor:
+                segs.append((cursor, ts, current()))
+                cursor = ts
+            stack.pop()
+    if end > cursor:
+        segs.append((cursor, end, current()))
+    return {
+        "pid": meta.get("pid"), "ppid": meta.get("ppid"), "command": meta.get("command") or trace.name,
+        "lamd_command": meta.get("lamd_command"), "source": meta.get("source", "python"),
+        "start_us": zero_us, "end_us": zero_us + end, "wall_us": end,
+        "segments": [(zero_us + a, zero_us + b, l) for a, b, l in segs if b > a],
+        "calls": dict(calls), "call_categories": dict(cats), "config_reads": dict(config_reads),
+        "rss_samples": [b for _, b in rss], "peak_rss_bytes": peak, "exit_status": exit_args.get("exit_status"),
+    }
+
+
+def attribute(run_dir: Path, procs: list[dict[str, Any]]) -> dict[str, Any]:
+    record = json.loads((run_dir / "run.json").read_text())
+    t0, t1 = record["start_unix_ns"] / 1e3, record["end_unix_ns"] / 1e3
+    pids = {p["pid"] for p in procs}
+    roots = [p for p in procs if p["ppid"] not in pids]
+    root_pids = {p["pid"] for p in roots if p.get("lamd_command") == "maketalk"} or {p["pid"] for p in roots}
+    python = [p for p in procs if p.get("source", "python") != "exec"]
+    bounds = {t0, t1}
+    for p in python:
+        for a, b, _ in p["segments"]:
+            bounds.add(min(max(a, t0), t1))
+            bounds.add(min(max(b, t0), t1))
+    points = sorted(bounds)
+    index = [([s[0] for s in p["segments"]], p) for p in python]
+    out: dict[str, float] = defaultdict(float)
+    for a, b in zip(points, points[1:]):
+        if b <= a:
+            continue
+        m = (a + b) / 2
+        active = []
+        for starts, p in index:
+            i = bisect.bisect_right(starts, m) - 1
+            if i >= 0 and p["segments"][i][1] > m:
+                active.append((p, p["segments"][i][2]))
+        children = [(p, l) for p, l in active if p["pid"] not in root_pids]
+        if children:
+            share = (b - a) / len(children)
+            for _, l in children:
+                out[l] += share
+        elif active:
+            l = active[0][1]
+            out["other programs (make, gpp, pandoc) / waiting" if l in ("lamd work", "main program", "rest") else l] += b - a
+        else:
+            out["outside Python"] += b - a
+    return {"wall_us": t1 - t0, "attribution_us": dict(out)}
+
+
+def trim(report: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
+    """What the study keeps of one run: lynanalyze's sections it uses, and the trace-computed fallbacks."""
+    run_dir = Path(rec["run_dir"])
+    sections = report.get("sections", {})
+    procs = [process_facts(p) for p in sorted(run_dir.glob("*.lynshim.json"))]
+    out: dict[str, Any] = {"lynanalyze_summary": report.get("summary", {})}
+    build = (sections.get("build") or {}).get("data")
+    runs = build.get("runs") if isinstance(build, dict) else None
+    if runs:
+        r = runs[0]
+        out["attribution_source"] = "lynanalyze build section"
+        out["attribution_us"] = r.get("attribution_us", {})
+        out["critical_path"] = r.get("critical_path", [])
+        out["build_wall_us"] = r.get("wall_us")
+        out["python_processes"] = r.get("python_processes")
+        out["other_processes"] = r.get("other_processes")
+    else:
+        a = attribute(run_dir, procs)
+        out["attribution_source"] = "study fallback (traces swept on the build's clock)"
+        out["attribution_us"] = a["attribution_us"]
+        out["build_wall_us"] = a["wall_us"]
+        out["python_processes"] = sum(1 for p in procs if p.get("source", "python") != "exec")
+        out["other_processes"] = sum(1 for p in procs if p.get("source") == "exec")
+    out["processes"] = [{k: p[k] for k in ("pid", "ppid", "command", "lamd_command", "source", "wall_us", "calls",
+                                           "call_categories", "config_reads", "rss_samples", "peak_rss_bytes",
+                                           "exit_status")} | {"phases_us": phase_totals(p)} for p in procs]
+    for key in ("processes", "memory", "config_files", "cip0008_projection", "concurrency", "operation_mix",
+                "call_frequency", "imports", "startup_vs_work"):
+        if key in sections:
+            out.setdefault("sections", {})[key] = sections[key].get("data")
+    return out
+
+
+def phase_totals(p: dict[str, Any]) -> dict[str, float]:
+    t: dict[str, float] = defaultdict(float)
+    for a, b, l in p["segments"]:
+        t[l] += b - a
+    return dict(t)
+
+
+def lazy_candidates(builds: dict[str, Any] | None) -> list[str]:
+    """Packages lynanalyze names as lazy-import candidates in the direct-mode builds."""
+    found: set[str] = set()
+    for rec in (builds or {}).get("records", []):
+        imports = (rec["analysis"].get("sections") or {}).get("imports") or {}
+        for row in imports.get("lazy", imports.get("lazy_candidates", [])) or []:
+            pkg = row.get("package") if isinstance(row, dict) else None
+            if pkg:
+                found.add(pkg)
+    return sorted(found)

@@ -1,0 +1,142 @@
+"""The steps in order; each writes one small JSON summary into analysis/study-data/."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from . import analysis as an
+from . import common as c
+from .builds import Study, buildable, build, run_direct
+
+
+def data_path(args: argparse.Namespace, name: str) -> Path:
+    return args.report_dir / "study-data" / f"{name}.json"
+
+
+def load(args: argparse.Namespace, name: str) -> Any:
+    p = data_path(args, name)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def digest(outputs: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def summarise_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each build record with lynanalyze's view of its run, trimmed to what the report uses."""
+    out = []
+    for rec in records:
+        try:
+            report = c.analyze(Path(rec["run_dir"]))
+        except (RuntimeError, FileNotFoundError, json.JSONDecodeError) as err:
+            c.log(f"lynanalyze could not read {rec['run_dir']}: {err}; the study's own trace reading is used")
+            report = {"error": str(err)[:500]}
+        (Path(rec["run_dir"]).parent / (Path(rec["run_dir"]).name + ".lynanalyze.json")).write_text(json.dumps(report))
+        rec = dict(rec)
+        rec["outputs_digest"] = digest(rec["outputs"])
+        rec["analysis"] = an.trim(report, rec)
+        out.append(rec)
+    return out
+
+
+def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.report_dir / "study-data").mkdir(parents=True, exist_ok=True)
+    study = Study(out=args.out.resolve(), corpus_src=args.talks.resolve(), lamd_src=args.lamd_src.resolve(),
+                  talks=talks, formats=args.formats.split(), runs=args.runs, n=args.n)
+    variant_formats = [f for f in args.variant_formats.split() if f]
+    sizes = buildable(study)
+    meta = load(args, "meta") or {}
+    if set(steps) - {"report"}:
+        meta = {
+            "stamp": c.stamp(study.lamd_src),
+            "knobs": {"talks": talks, "formats": study.formats, "variant_formats": variant_formats,
+                      "runs": study.runs, "n": study.n, "lamd_src": str(args.lamd_src), "corpus": str(args.talks)},
+            "talk_sizes": sizes,
+            "corpus_fixes": study.corpus.fixes,
+            "steps_run": steps,
+            "started_unix": time.time(),
+        }
+    timings = meta.setdefault("step_seconds", {})
+
+    def step(name: str, fn) -> None:
+        if name not in steps:
+            return
+        t = time.time()
+        c.log(f"step {name}…")
+        data = fn()
+        if data is not None:
+            c.write_json(data_path(args, name), data)
+        timings[name] = round(time.time() - t, 1)
+        c.write_json(data_path(args, "meta"), meta)
+
+    from . import memory, operations, quickwins, server, startup
+
+    modules = args.modules.split() if args.modules else None
+    step("startup", lambda: startup.run_startup(study, modules))
+    step("operations", lambda: operations.run_operations(study, sizes))
+
+    def builds_step() -> dict[str, Any]:
+        records = run_direct(study)
+        jobs_talk = args.jobs_talk or max(talks, key=lambda t: sizes[t]["includes"])
+        for fmt in variant_formats:
+            for i in range(study.runs):
+                rec = build(study, jobs_talk, fmt, mode="direct-j2", run_no=i + 1, make_args="-j2")
+                c.log(f"direct -j2 {jobs_talk} {fmt} #{i + 1}: {rec['wall_us'] / 1e6:.2f} s")
+                records.append(rec)
+        summary = summarise_records(records)
+        merged = merge_example(args, summary)
+        return {"command": "lynshim run -o OUT/traces/<mode> --label '<mode>|<talk>|<format>|<run>' -- "
+                "maketalk TALK [--format F --to html], in the subject folder of a fresh corpus copy",
+                "records": summary, "merged_trace": merged}
+
+    step("builds", builds_step)
+    step("memory", lambda: memory.summarise(load(args, "builds"), load(args, "operations")))
+
+    def server_step() -> dict[str, Any]:
+        data = server.run_server(study, formats=variant_formats)
+        data["records"] = summarise_records(data["records"])
+        return data
+
+    step("server", server_step)
+
+    def quickwins_step() -> dict[str, Any]:
+        lazy = an.lazy_candidates(load(args, "builds"))
+        data = quickwins.run_quickwins(study, lazy, formats=variant_formats)
+        data["records"] = summarise_records(data["records"])
+        return data
+
+    step("quickwins", quickwins_step)
+    meta["finished_unix"] = time.time()
+    c.write_json(data_path(args, "meta"), meta)
+    if "report" in steps:
+        from . import report
+        report.write(args.report_dir)
+        timings["report"] = 0
+
+
+def merge_example(args: argparse.Namespace, records: list[dict[str, Any]]) -> str | None:
+    """One direct-mode build of the largest talk (notes), merged into one trace that opens in Perfetto."""
+    direct = [r for r in records if r["mode"] == "direct"]
+    if not direct:
+        return None
+    pick = max(direct, key=lambda r: (r["format"] == "notes", r["traced_processes"] or 0, -r["run"]))
+    name = f"build-{Path(pick['talk']).stem}-{pick['format']}.json.gz"
+    dest = args.report_dir / "study-data" / name
+    for old in dest.parent.glob("build-*.json.gz"):
+        old.unlink()
+    try:
+        res = c.run([c.tool("lynanalyze"), "merge", pick["run_dir"], "-o", str(dest)])
+    except OSError as err:
+        c.log(f"lynanalyze merge failed: {err}")
+        return None
+    if res.returncode != 0:
+        c.log(f"lynanalyze merge failed: {res.stderr[-500:]}")
+        return None
+    return name

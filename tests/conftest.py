@@ -47,6 +47,11 @@ class Trace:
         return next(e["args"] for e in self.events if e.get("name") == schema.EVENT_PROCESS)
 
     @property
+    def is_exec_record(self) -> bool:
+        """Written by the preload library (one program image), not by lynshim inside Python."""
+        return self.meta.get(schema.ARG_SOURCE) == schema.SOURCE_EXEC
+
+    @property
     def exit(self) -> dict[str, Any] | None:
         return next((e["args"] for e in self.events if e.get("name") == schema.EVENT_EXIT), None)
 
@@ -55,7 +60,9 @@ class Trace:
         return next(e["args"]["name"] for e in self.events if e.get("ph") == "M" and e["name"] == "process_name")
 
     def spans(self, cat: str | None = None) -> list[dict[str, Any]]:
-        """Spans as dicts with name, cat, ts, dur, tid, depth, args (begin and end merged)."""
+        """Spans as dicts with name, cat, ts, dur, tid, depth (not counting the ``main program`` span that
+        encloses the program's work), args (begin and end merged), and the name and the dict of the span
+        directly enclosing each (``parent``, ``parent_span``)."""
         out: list[dict[str, Any]] = []
         stacks: dict[int, list[dict[str, Any]]] = {}
         for e in self.events:
@@ -63,8 +70,11 @@ class Trace:
             if ph == "B":
                 stack = stacks.setdefault(e["tid"], [])
                 span = {"name": e["name"], "cat": e["cat"], "ts": e["ts"], "tid": e["tid"],
-                        "depth": len(stack), "args": dict(e.get("args", {})),
-                        "parent": stack[-1]["name"] if stack else None}
+                        # Depth below the main program, which encloses everything the program does.
+                        "depth": sum(1 for o in stack if o["cat"] != schema.CAT_PROGRAM),
+                        "args": dict(e.get("args", {})),
+                        "parent": stack[-1]["name"] if stack else None,
+                        "parent_span": stack[-1] if stack else None}
                 stack.append(span)
                 out.append(span)
             elif ph == "E":
@@ -75,7 +85,7 @@ class Trace:
                     span["args"].update(e.get("args", {}))
             elif ph == "X":
                 out.append({"name": e["name"], "cat": e["cat"], "ts": e["ts"], "dur": e["dur"], "tid": e["tid"],
-                            "depth": None, "args": e.get("args", {}), "parent": None})
+                            "depth": None, "args": e.get("args", {}), "parent": None, "parent_span": None})
         return [s for s in out if cat is None or s["cat"] == cat]
 
     def counters(self, name: str) -> list[float]:
@@ -86,7 +96,10 @@ class Trace:
 class Run:
     proc: subprocess.CompletedProcess[bytes]
     run_dir: Path | None
+    #: lynshim's traces of the Python processes.
     traces: list[Trace] = field(default_factory=list)
+    #: The preload library's exec records: one per program image of every process, Python or not.
+    programs: list[Trace] = field(default_factory=list)
 
     def trace_for(self, needle: str) -> Trace:
         found = [t for t in self.traces if needle in t.process_name]
@@ -107,8 +120,8 @@ def lynshim_run(out: Path, command: list[str], *, cwd: Path | None = None, env: 
                           capture_output=True, timeout=timeout)
     runs = sorted(p for p in out.iterdir() if p.is_dir()) if out.exists() else []
     run_dir = runs[-1] if runs else None
-    traces = [Trace(p, load_events(p)) for p in sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))] if run_dir else []
-    return Run(proc, run_dir, traces)
+    every = [Trace(p, load_events(p)) for p in sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))] if run_dir else []
+    return Run(proc, run_dir, [t for t in every if not t.is_exec_record], [t for t in every if t.is_exec_record])
 
 
 def untraced(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,

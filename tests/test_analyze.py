@@ -67,10 +67,13 @@ def test_report_json_agrees_with_a_brute_force_count(build: Path) -> None:
     mix = {row["category"]: row["calls"] for row in report["sections"]["operation_mix"]["data"]}
     assert mix == dict(expected["categories"])
     assert sum(r["share_of_calls"] for r in report["sections"]["operation_mix"]["data"]) == pytest.approx(1.0)
-    # Per process: the phases add up to no more than the wall time, and lynguine's import dominates.
+    # Per process: the phases add up to the wall time (one thread: no span overlaps another), at most 2 % of
+    # it unattributed, and lynguine's import dominates.
+    phases = ("startup_us", "activation_us", "import_us", "work_us", "program_us", "gc_us", "atexit_us",
+              "shim_write_us", "teardown_us", "unattributed_us")
     for row in report["sections"]["processes"]["data"]:
-        parts = row["startup_us"] + row["activation_us"] + row["import_us"] + row["work_us"] + row["unattributed_us"]
-        assert parts == pytest.approx(row["wall_us"], rel=1e-6) or parts >= row["wall_us"]
+        assert sum(row[p] for p in phases) == pytest.approx(row["wall_us"], rel=1e-9), row
+        assert row["unattributed_us"] <= 0.02 * row["wall_us"], row
         assert row["import_us"] > row["work_us"] and row["exit"] == "0"
     imports = {m["module"]: m for m in report["sections"]["imports"]["data"]["modules"]}
     assert imports["pandas"]["processes"] == 7 and imports["lynguine"]["cumulative_us"] > imports["pandas"]["cumulative_us"]

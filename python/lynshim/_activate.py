@@ -5,6 +5,7 @@ is set, or by ``lynshim.start()``. It starts the native session (one trace file 
 installs, once per process:
 
 - the import hook (import spans, and patching of lynguine/lamd entry points as their modules load);
+- the process's phases (:mod:`lynshim._lifecycle`: main program, GC, atexit handlers);
 - an ``atexit`` handler, registered before the program's own so it runs after them, that records the
   versions of lynguine and lamd and writes every span out (the exit status follows from native code);
 - an ``os.register_at_fork`` handler, so a forked child writes its own file;
@@ -21,7 +22,7 @@ import sys
 # _signal, not signal: signal imports enum, which would then be missing from the program's own trace.
 import _signal
 
-from lynshim import _args, _imports, _native, _state, targets
+from lynshim import _args, _imports, _lifecycle, _native, _state, targets
 from lynshim._native import schema
 
 _hooks_installed = False
@@ -101,6 +102,7 @@ def activate(
         return None
     _state.active = True
     _install_hooks()
+    _lifecycle.install()
     return path
 
 
@@ -173,6 +175,7 @@ def _mapped_files() -> set[str]:
 def _at_python_exit() -> None:
     if not _state.active:
         return
+    _lifecycle.python_exiting()
     if os.environ.get(schema.ENV_RECORD_FILES) == "1":
         files = sorted(f for f in (_opened | _mapped_files() | {sys.executable}) if os.path.isfile(f))
         _native.set_exit_meta(schema.ARG_OPENED_FILES, files)
@@ -189,6 +192,8 @@ def _after_fork_in_child() -> None:
         meta = _process_meta()
         _native.after_fork_child(meta, meta["command"])
         _state.active = _native.is_active()
+        if _state.active:
+            _lifecycle.begin_main_program()
 
 
 def _install_sigterm_handler() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lynshim import _args, _flows, _native, _state, targets
+from lynshim import _args, _flows, _lifecycle, _native, _state, targets
 from lynshim._native import schema
 
 TYPE_CHECKING = False
@@ -82,6 +82,8 @@ def _patch_main_then(serve: Callable[..., Any]) -> Callable[..., Any]:
 def module_loaded(module: ModuleType) -> None:
     """Patch the targets defined in ``module``, which has just finished executing."""
     name = getattr(module, "__name__", None) or ""
+    if name == "threading":
+        _lifecycle.threading_loaded(module)
     if name == "socketserver" and _targets_by_module().get(_main_module_name() or ""):
         server = getattr(module, "BaseServer", None)
         if server is not None and "serve_forever" in vars(server):

@@ -42,6 +42,17 @@ pub mod event {
     pub const PROCESS_LABELS: &str = "process_labels";
     pub const THREAD_NAME: &str = "thread_name";
     pub const PROCESS_SORT_INDEX: &str = "process_sort_index";
+    /// Span (category [`category::PROGRAM`]) from the end of activation to the end of the program's
+    /// `__main__` (when Python starts shutting down): its self time is the script's own code.
+    pub const MAIN_PROGRAM: &str = "main program";
+    /// One span per garbage collection (category [`category::GC`]), with the generation and counts.
+    pub const GC: &str = "gc";
+    /// Span (category [`category::ATEXIT`]) covering the program's `atexit` handlers.
+    pub const ATEXIT: &str = "atexit handlers";
+    /// Span (category [`category::TEARDOWN`]) from the last `atexit` handler to the process's exit.
+    pub const TEARDOWN: &str = "interpreter teardown";
+    /// Span (category [`category::TRACER`]) of lynshim writing its trace out at exit.
+    pub const SHIM_WRITE: &str = "lynshim writing";
 }
 
 /// Span categories (`cat`). Operation categories classify lynguine entry points.
@@ -67,6 +78,16 @@ pub mod category {
     pub const USER: &str = "user";
     /// Counter events.
     pub const MEMORY: &str = "memory";
+    /// The `__main__` program of a Python process (its self time is the script's own code).
+    pub const PROGRAM: &str = "program";
+    /// Garbage-collection pauses.
+    pub const GC: &str = "gc";
+    /// `atexit` handlers of the program.
+    pub const ATEXIT: &str = "atexit";
+    /// Interpreter teardown: from the last `atexit` handler to the process's exit.
+    pub const TEARDOWN: &str = "teardown";
+    /// A whole non-Python program's life (one `X` span in an exec record, see [`crate::arg::SOURCE`]).
+    pub const PROCESS: &str = "process";
 
     /// Categories that count as "work" (everything a process does once it is up).
     pub const WORK: &[&str] = &[
@@ -110,6 +131,9 @@ pub mod arg {
     pub const LABEL: &str = "label";
     pub const PARENT_TRACE: &str = "parent_trace";
     pub const PARENT_PID: &str = "parent_pid";
+    /// The parent's start in clock ticks since boot (exec records): with [`PPID`], the parent's
+    /// identity, which the pid alone is not once pids wrap around.
+    pub const PARENT_START_TICKS: &str = "parent_start_ticks";
     pub const COMMAND: &str = "command";
     pub const LAMD_COMMAND: &str = "lamd_command";
     pub const WALL_ZERO_NS: &str = "wall_zero_ns";
@@ -117,6 +141,16 @@ pub mod arg {
     pub const STARTUP_CPU_USER_US: &str = "cpu_user_us";
     pub const STARTUP_CPU_SYS_US: &str = "cpu_sys_us";
     pub const FORKED_FROM: &str = "forked_from";
+    /// The process's start in clock ticks since boot (`/proc/<pid>/stat`): with the pid, its identity.
+    pub const START_TICKS: &str = "start_ticks";
+    /// Who wrote the file: [`SOURCE_PYTHON`] (lynshim in a Python process, the default when absent) or
+    /// [`SOURCE_EXEC`] (the preload library, one record per program image, for every process).
+    pub const SOURCE: &str = "source";
+    pub const SOURCE_PYTHON: &str = "python";
+    pub const SOURCE_EXEC: &str = "exec";
+    /// CPU time of the whole process at exit (exec records, and the exit event of Python traces).
+    pub const CPU_USER_US: &str = "cpu_user_us";
+    pub const CPU_SYS_US: &str = "cpu_sys_us";
     // Exit metadata (args of `event::EXIT`).
     pub const EXIT_STATUS: &str = "exit_status";
     pub const EXIT_SIGNAL: &str = "exit_signal";
@@ -127,7 +161,8 @@ pub mod arg {
     pub const OPENED_FILES: &str = "opened_files";
     // Counters.
     pub const BYTES: &str = "bytes";
-    /// Where in the process a counter sample was taken (`activation`, `imports`, `exit`, span name).
+    /// The [`crate::moment`] an RSS sample was taken at. Written as a key of the counter event itself,
+    /// beside `args`: Perfetto reads every arg of a counter event as a numeric series.
     pub const AT: &str = "at";
     // Span args recorded by the wrappers.
     pub const MODULE: &str = "module";
@@ -138,8 +173,30 @@ pub mod arg {
     pub const ROWS: &str = "rows";
     pub const RESULT: &str = "result";
     pub const REQUEST_ID: &str = "request_id";
+    // Args of `event::GC` spans.
+    pub const GENERATION: &str = "generation";
+    pub const COLLECTED: &str = "collected";
+    pub const UNCOLLECTABLE: &str = "uncollectable";
     /// Value that replaces an argument whose name looks like a credential.
     pub const REDACTED: &str = "[redacted]";
+}
+
+/// Values of [`arg::AT`] on RSS samples: the moment of the process each one was taken at.
+pub mod moment {
+    /// At activation, before the program's own imports.
+    pub const BASELINE: &str = "baseline";
+    /// At the first lamd/lynguine call made once the main program's imports are done.
+    pub const AFTER_IMPORTS: &str = "after imports";
+    /// When the first configuration call (category `config`) returned.
+    pub const AFTER_CONFIG: &str = "after config load";
+    /// When the first data-loading call (category `read` or `dataframe`) returned.
+    pub const AFTER_DATA: &str = "after data load";
+    /// When the main program ended (its operations done, before `atexit` and teardown).
+    pub const AFTER_OPERATIONS: &str = "after operations";
+    /// At exit.
+    pub const EXIT: &str = "exit";
+    /// Every moment, in the order a process passes them.
+    pub const ALL: &[&str] = &[BASELINE, AFTER_IMPORTS, AFTER_CONFIG, AFTER_DATA, AFTER_OPERATIONS, EXIT];
 }
 
 /// Marker a wrapped call writes into [`arg::FOUND`] when the field was missing.
@@ -251,6 +308,28 @@ pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[
     ("EVENT_SHIM_IMPORT", event::SHIM_IMPORT),
     ("EVENT_RSS", event::RSS),
     ("EVENT_REQUEST_FLOW", event::REQUEST_FLOW),
+    ("EVENT_MAIN_PROGRAM", event::MAIN_PROGRAM),
+    ("EVENT_GC", event::GC),
+    ("EVENT_ATEXIT", event::ATEXIT),
+    ("EVENT_TEARDOWN", event::TEARDOWN),
+    ("EVENT_SHIM_WRITE", event::SHIM_WRITE),
+    ("CAT_PROGRAM", category::PROGRAM),
+    ("CAT_GC", category::GC),
+    ("CAT_ATEXIT", category::ATEXIT),
+    ("CAT_TEARDOWN", category::TEARDOWN),
+    ("CAT_PROCESS", category::PROCESS),
+    ("ARG_GENERATION", arg::GENERATION),
+    ("ARG_COLLECTED", arg::COLLECTED),
+    ("ARG_UNCOLLECTABLE", arg::UNCOLLECTABLE),
+    ("ARG_SOURCE", arg::SOURCE),
+    ("SOURCE_EXEC", arg::SOURCE_EXEC),
+    ("SOURCE_PYTHON", arg::SOURCE_PYTHON),
+    ("MOMENT_BASELINE", moment::BASELINE),
+    ("MOMENT_AFTER_IMPORTS", moment::AFTER_IMPORTS),
+    ("MOMENT_AFTER_CONFIG", moment::AFTER_CONFIG),
+    ("MOMENT_AFTER_DATA", moment::AFTER_DATA),
+    ("MOMENT_AFTER_OPERATIONS", moment::AFTER_OPERATIONS),
+    ("MOMENT_EXIT", moment::EXIT),
     ("CAT_STARTUP", category::STARTUP),
     ("CAT_IMPORT", category::IMPORT),
     ("CAT_TRACER", category::TRACER),

@@ -297,8 +297,14 @@ impl<W: Write> Fixup<W> {
             }
             kind::COUNTER => {
                 let value = p.get("value").cloned().unwrap_or(Value::Null);
-                vec![json!({"ph": "C", "name": str_of("name"), "cat": category::MEMORY, "pid": pid, "tid": tid,
-                            "ts": ts, "args": {lynschema::arg::BYTES: value}})]
+                let mut ev = json!({"ph": "C", "name": str_of("name"), "cat": category::MEMORY, "pid": pid, "tid": tid,
+                                    "ts": ts, "args": {lynschema::arg::BYTES: value}});
+                // The moment a sample was taken at stands beside `args`, not in it: every arg of a
+                // counter event is a series to Perfetto, which wants numbers there.
+                if let Some(at) = p.get(lynschema::arg::AT).filter(|at| at.is_string()) {
+                    ev[lynschema::arg::AT] = at.clone();
+                }
+                vec![ev]
             }
             kind::COMPLETE => {
                 let start = p.get("ts").and_then(Value::as_f64).unwrap_or(0.0) + self.shift_us;

@@ -218,10 +218,12 @@ fn complete(py: Python<'_>, name: &str, cat: &str, start_ns: u64, end_ns: u64, a
     emit_own(py, kind::COMPLETE, json!({"name": name, "cat": cat, "ts": ts, "dur": dur, "args": args}));
 }
 
-/// Sample the resident set size now (an `rss` counter event).
+/// Sample the resident set size now (an `rss` counter event), labelled with a memory moment
+/// (`schema.MOMENT_*`) when `at` is given.
 #[pyfunction]
-fn sample_rss() {
-    guarded((), session::sample_rss);
+#[pyo3(signature = (at=None))]
+fn sample_rss(at: Option<&str>) {
+    guarded((), || session::sample_rss(at));
 }
 
 /// Start of a flow arrow (the client side of a request), bound to the enclosing span.

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use lynschema::{arg, category, event, files, FORMAT_VERSION};
+use lynschema::{arg, category, event, files, moment, FORMAT_VERSION};
 use serde_json::{json, Map, Value};
 use tracing::{Dispatch, Level};
 use tracing_chrome::{ChromeLayerBuilder, FlushGuard, TraceStyle};
@@ -112,13 +112,35 @@ struct Session {
     zero_mono_ns: u64,
     /// Metadata added late (versions of libraries imported after activation), written at exit.
     exit_meta: Map<String, Value>,
-    /// The first work span has started: RSS was sampled "after imports".
-    work_started: bool,
+    /// Memory moments already sampled (see [`Moments`]).
+    moments: Moments,
+}
+
+/// The memory moments a session samples once each, as their spans begin or end (the others —
+/// baseline, after operations, exit — are sampled at fixed points of the process's life).
+#[derive(Default, Clone, Copy)]
+struct Moments {
+    /// The first lamd/lynguine call made outside any import: the program's imports are done.
+    after_imports: bool,
+    /// The first configuration call returned.
+    after_config: bool,
+    /// The first data-loading call returned.
+    after_data: bool,
 }
 
 static SESSION: Mutex<Option<Session>> = Mutex::new(None);
 /// A session whose spans are all written, waiting for the exit status (see the module doc).
-static AWAITING_EXIT: Mutex<Option<(TraceWriter, Map<String, Value>)>> = Mutex::new(None);
+static AWAITING_EXIT: Mutex<Option<Awaiting>> = Mutex::new(None);
+
+/// What the exit handler needs of a session Python's exit has written out.
+struct Awaiting {
+    writer: TraceWriter,
+    meta: Map<String, Value>,
+    zero_mono_ns: u64,
+    /// CLOCK_MONOTONIC when lynshim's `atexit` handler began writing, and when it had finished: the
+    /// exit handler records lynshim's writing and, after it, the interpreter's teardown.
+    writing: Option<(u64, u64)>,
+}
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// A session is running: read without the lock by the hot path of every traced call.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -214,6 +236,8 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     meta.insert(arg::FORMAT_VERSION.into(), FORMAT_VERSION.into());
     meta.insert(arg::PID.into(), pid.into());
     meta.insert(arg::PPID.into(), ppid.into());
+    meta.insert(arg::START_TICKS.into(), start_ticks.into());
+    meta.insert(arg::SOURCE.into(), arg::SOURCE_PYTHON.into());
     meta.insert(arg::WALL_ZERO_NS.into(), wall_zero_now.saturating_sub(age_ns).into());
     meta.insert(arg::ACTIVATED_US.into(), shift_us.into());
     meta.insert(arg::STARTUP_CPU_USER_US.into(), cpu_user.into());
@@ -243,7 +267,7 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
         generation,
         zero_mono_ns,
         exit_meta: Map::new(),
-        work_started: false,
+        moments: Moments::default(),
     };
     s.announce_thread(&info.thread_name);
     s.emit(kind::PROCESS, json!({"process_name": info.process_name, "labels": labels, "args": meta}));
@@ -256,7 +280,7 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
         s.emit(kind::COMPLETE, json!({"name": event::SHIM_IMPORT, "cat": category::TRACER,
                                        "ts": startup_end_us, "dur": -startup_end_us}));
     }
-    s.sample_rss(event::RSS);
+    s.sample_rss(Some(moment::BASELINE));
     s.hand_off();
     let _ = s.sender.send(Message::Flush(None));
     *session() = Some(s);
@@ -395,7 +419,8 @@ fn write_record(out: &mut String, record: Record, text: &str, zero_mono_ns: u64)
     out.push(']');
 }
 
-/// The trace of the nearest traced ancestor in `dir`: `(path, pid)`.
+/// The trace of the nearest traced ancestor in `dir`: `(path, pid)`. The preload library's record of
+/// an ancestor counts too (make, sh), so a Python process started by make points at make.
 fn find_parent_trace(dir: &Path, own: &Path) -> Option<(String, u32)> {
     let names: Vec<String> = fs::read_dir(dir)
         .ok()?
@@ -452,9 +477,14 @@ impl Session {
         THREAD_GENERATION.with(|g| g.set(self.generation));
     }
 
-    fn sample_rss(&mut self, name: &str) {
+    /// An RSS counter sample, labelled with the moment of the process it was taken at, if any.
+    fn sample_rss(&mut self, at: Option<&str>) {
         if let Some(bytes) = procinfo::rss_bytes() {
-            self.emit(kind::COUNTER, json!({"name": name, "value": bytes}));
+            let mut payload = json!({"name": event::RSS, "value": bytes});
+            if let Some(at) = at {
+                payload[arg::AT] = at.into();
+            }
+            self.emit(kind::COUNTER, payload);
         }
     }
 }
@@ -489,9 +519,11 @@ pub fn enter(name: Name, cat: Name, args: Option<&str>, thread_name: impl FnOnce
         if let Some(name) = new_thread_name {
             s.announce_thread(&name);
         }
-        if !s.work_started && category::WORK.contains(&&*cat) {
-            s.work_started = true;
-            s.sample_rss(event::RSS);
+        // "After imports" is the first call the program makes once its imports are done, not one made
+        // while a module is still importing (lynguine calls some of its own functions as it loads).
+        if !s.moments.after_imports && category::WORK.contains(&&*cat) && !inside_import(s.generation) {
+            s.moments.after_imports = true;
+            s.sample_rss(Some(moment::AFTER_IMPORTS));
         }
         let args = s.push_text(args);
         s.push(Record::Begin { tid: tid(), ns, name: name.clone(), cat: cat.clone(), args });
@@ -525,13 +557,43 @@ pub fn exit(token: u64, end_args: Option<&str>) {
             return;
         }
         let mut end_args = end_args;
+        let mut ended = Vec::new();
         while open.len() >= depth {
             let Some(span) = open.pop() else { break };
             let args = if open.len() + 1 == depth { end_args.take() } else { None };
             let args = s.push_text(args);
+            ended.push(span.cat.clone());
             s.push(Record::End { tid, ns, name: span.name, cat: span.cat, args });
         }
+        for cat in ended {
+            s.moment_after(&cat);
+        }
     });
+}
+
+/// Is a span of category `import` open on this thread, in session `generation`?
+fn inside_import(generation: u64) -> bool {
+    STACK.with(|stack| {
+        let (stack_generation, open) = &*stack.borrow();
+        *stack_generation == generation && open.iter().any(|o| o.cat == category::IMPORT)
+    })
+}
+
+impl Session {
+    /// Sample the memory moment a span of category `cat` ends, the first time one does once the
+    /// program's imports are done (a configuration read while lynguine loads is not the program's).
+    fn moment_after(&mut self, cat: &str) {
+        if !self.moments.after_imports {
+            return;
+        }
+        if cat == category::CONFIG && !self.moments.after_config {
+            self.moments.after_config = true;
+            self.sample_rss(Some(moment::AFTER_CONFIG));
+        } else if (cat == category::READ || cat == category::DATAFRAME) && !self.moments.after_data {
+            self.moments.after_data = true;
+            self.sample_rss(Some(moment::AFTER_DATA));
+        }
+    }
 }
 
 /// One of lynshim's own events (instant, counter, flow) on the calling thread.
@@ -553,10 +615,10 @@ fn new_thread_name(thread_name: impl FnOnce() -> String) -> Option<String> {
     (current != 0 && THREAD_GENERATION.with(Cell::get) != current).then(thread_name)
 }
 
-/// Sample RSS now (a counter event).
-pub fn sample_rss() {
+/// Sample RSS now (a counter event), labelled with a memory moment (see [`lynschema::moment`]) or not.
+pub fn sample_rss(at: Option<&str>) {
     if let Some(s) = session().as_mut() {
-        s.sample_rss(event::RSS);
+        s.sample_rss(at);
     }
 }
 
@@ -600,8 +662,9 @@ pub enum End {
 
 /// End the session (or, for [`End::Exit`], the session that Python's exit left waiting).
 pub fn end(how: End) {
+    let began_ns = procinfo::monotonic_ns();
     let running = session().take();
-    let writer_and_meta = match running {
+    let awaiting = match running {
         Some(mut s) => {
             ACTIVE.store(false, Ordering::SeqCst);
             // Spans still open on this thread belong to this session: close them into it first.
@@ -618,27 +681,28 @@ pub fn end(how: End) {
                 open.clear();
             });
             s.hand_off();
-            let Session { sender, emitter, writer, exit_meta, .. } = s;
+            let Session { sender, emitter, writer, exit_meta, zero_mono_ns, .. } = s;
             // The emitter drains the channel, then tracing-chrome writes out and stops.
             drop(sender);
             if let Some(emitter) = emitter {
                 let _ = emitter.join();
             }
-            Some((writer, exit_meta))
+            let writing = (how == End::PythonExit).then(|| (began_ns, procinfo::monotonic_ns()));
+            Some(Awaiting { writer, meta: exit_meta, zero_mono_ns, writing })
         }
         None => None,
     };
-    let mut awaiting = AWAITING_EXIT.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut waiting = AWAITING_EXIT.lock().unwrap_or_else(PoisonError::into_inner);
     match how {
         End::Stop => {
-            if let Some((writer, _)) = writer_and_meta {
-                lock(&writer).close();
+            if let Some(done) = awaiting {
+                lock(&done.writer).close();
             }
         }
-        End::PythonExit => *awaiting = writer_and_meta.or(awaiting.take()),
+        End::PythonExit => *waiting = awaiting.or(waiting.take()),
         End::Exit { status, signal } => {
-            if let Some((writer, meta)) = writer_and_meta.or(awaiting.take()) {
-                write_exit(&mut lock(&writer), meta, status, signal);
+            if let Some(done) = awaiting.or(waiting.take()) {
+                write_exit(done, status, signal);
             }
         }
     }
@@ -648,11 +712,25 @@ fn lock(writer: &TraceWriter) -> MutexGuard<'_, Fixup<fs::File>> {
     writer.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Memory at exit, peak memory and the exit event, written directly, then the closing `]`.
-fn write_exit(fixup: &mut Fixup<fs::File>, mut meta: Map<String, Value>, status: Option<i32>, signal: Option<i32>) {
+/// lynshim's writing at Python's exit and the interpreter's teardown after it (when Python's exit
+/// came first), memory at exit, peak memory and the exit event, written directly, then the closing `]`.
+fn write_exit(done: Awaiting, status: Option<i32>, signal: Option<i32>) {
+    let Awaiting { writer, mut meta, zero_mono_ns, writing } = done;
+    let fixup = &mut lock(&writer);
     let tid = procinfo::gettid();
+    let now_ns = procinfo::monotonic_ns();
+    #[allow(clippy::cast_precision_loss)]
+    let rel_us = |ns: u64| (ns as f64 - zero_mono_ns as f64) / 1000.0;
+    #[allow(clippy::cast_precision_loss)]
+    let dur_us = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
+    if let Some((began, written)) = writing {
+        fixup.write_own(kind::COMPLETE, &json!({"name": event::SHIM_WRITE, "cat": category::TRACER,
+                                                 "ts": rel_us(began), "dur": dur_us(began, written)}), tid);
+        fixup.write_own(kind::COMPLETE, &json!({"name": event::TEARDOWN, "cat": category::TEARDOWN,
+                                                 "ts": rel_us(written), "dur": dur_us(written, now_ns)}), tid);
+    }
     if let Some(bytes) = procinfo::rss_bytes() {
-        fixup.write_own(kind::COUNTER, &json!({"name": event::RSS, "value": bytes}), tid);
+        fixup.write_own(kind::COUNTER, &json!({"name": event::RSS, "value": bytes, arg::AT: moment::EXIT}), tid);
     }
     let peak = procinfo::peak_rss_bytes();
     if let Some(peak) = peak {

@@ -167,7 +167,7 @@ pub fn render(format: Format, analysis: &crate::Analysis) -> String {
         Format::Md => report::render_markdown(header, sections),
         Format::Html => crate::html::render(header, sections),
         Format::Json => report::render_json(
-            json!({"processes": loaded.processes.len(), "runs": loaded.run_ids(), "spans": analysis.spans.height(),
+            json!({"processes": loaded.processes.len(), "programs": loaded.programs.len(), "runs": loaded.run_ids(), "spans": analysis.spans.height(),
                    "bytes": loaded.bytes,
                    "skipped": loaded.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
                    "cut_short": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()}),

@@ -44,6 +44,13 @@ impl Dictionary {
             .map_or(u32::MAX, |i| u32::try_from(i).unwrap_or(u32::MAX))
     }
 
+    /// The number of a span name in the frame (`u32::MAX` for one absent here).
+    pub fn name(&self, name: &str) -> u32 {
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .map_or(u32::MAX, |i| u32::try_from(i).unwrap_or(u32::MAX))
+    }
+
     fn table(&self, column: &str) -> PolarsResult<&[String]> {
         match column {
             "name" => Ok(&self.names),

@@ -4,9 +4,11 @@
 //! process's start, shifting each by the difference of their wall-clock zeros. Processes keep their real
 //! pids, names, threads, counters and server-mode flows, are ordered by start time, and each traced child
 //! is joined to its traced parent by a flow arrow from a `spawn` mark in the parent to the child's start.
+//! Programs seen only by the preload library (make, sh, gpp, pandoc) get lanes of their own; the exec
+//! record of a Python process is left out, since its lynshim trace tells the same process in detail.
 //! Run records go into the trace's `metadata`. Files cut short are merged as far as they go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use lynschema::{arg, category, event, RunRecord};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::load::{collect_files, read_events, Problem};
+use crate::load::{collect_files, load, read_events, LoadOptions, Problem};
 
 /// Flow ids of spawn arrows start here, far above the ids of request flows (pid << 24 | counter).
 const SPAWN_FLOW_BASE: u64 = 1 << 50;
@@ -35,6 +37,7 @@ struct Process {
     file: PathBuf,
     events: Vec<Value>,
     pid: i64,
+    ppid: i64,
     wall_zero_ns: u64,
     parent_trace: Option<String>,
     command: String,
@@ -43,7 +46,17 @@ struct Process {
 /// Merge the traces under `inputs` into `output` (gzip-compressed when it ends in `.gz`).
 pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Result<MergeOutcome> {
     let (files, run_files, mut skipped) = collect_files(inputs);
-    let read: Vec<_> = files.par_iter().map(|f| (f.clone(), read_events(f, max_bytes))).collect();
+    // The linked model knows which exec records describe a Python process that has a trace of its own.
+    let linked = load(inputs, LoadOptions { max_file_bytes: max_bytes, progress: false });
+    // …and which images exec'd another at once (sh -c): the process's lane is its last program's.
+    let told_twice: HashSet<&Path> = linked
+        .processes
+        .iter()
+        .filter_map(|p| p.image.as_ref().map(|image| image.file.as_path()))
+        .chain(linked.programs.iter().filter(|p| p.replaced_by_exec).map(|p| p.file.as_path()))
+        .collect();
+    let files: Vec<&PathBuf> = files.iter().filter(|f| !told_twice.contains(f.as_path())).collect();
+    let read: Vec<_> = files.par_iter().map(|&f| (f.clone(), read_events(f, max_bytes))).collect();
     let mut outcome = MergeOutcome::default();
     let mut processes = Vec::new();
     for (file, result) in read {
@@ -61,6 +74,7 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
                 processes.push(Process {
                     file,
                     pid: meta.get(arg::PID).and_then(Value::as_i64).unwrap_or(0),
+                    ppid: meta.get(arg::PPID).and_then(Value::as_i64).unwrap_or(0),
                     wall_zero_ns: meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0),
                     parent_trace: meta.get(arg::PARENT_TRACE).and_then(Value::as_str).map(str::to_owned),
                     command: meta.get(arg::COMMAND).and_then(Value::as_str).unwrap_or("").to_owned(),
@@ -101,14 +115,24 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
         out.push(json!({"ph": "M", "name": event::PROCESS_SORT_INDEX, "pid": p.pid, "tid": p.pid,
                         "args": {"sort_index": index}}));
     }
-    // Spawn arrows: parent → child, where both were traced.
+    // Spawn arrows: parent → child, where both were traced. The parent is the latest-started process
+    // with the child's ppid (pids are reused; a process that exec'd has one record per program), or
+    // else the nearest traced ancestor lynshim found (when the programs between were not traced).
     for (index, child) in processes.iter().enumerate() {
-        let parent = child
-            .parent_trace
-            .as_deref()
-            .and_then(|t| Path::new(t).file_name().and_then(|n| n.to_str()))
-            .and_then(|name| by_name.get(name))
-            .map(|&i| &processes[i]);
+        let by_ppid = processes
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| *i != index && p.pid == child.ppid && p.wall_zero_ns <= child.wall_zero_ns)
+            .max_by_key(|(_, p)| p.wall_zero_ns)
+            .map(|(_, p)| p);
+        let parent = by_ppid.or_else(|| {
+            child
+                .parent_trace
+                .as_deref()
+                .and_then(|t| Path::new(t).file_name().and_then(|n| n.to_str()))
+                .and_then(|name| by_name.get(name))
+                .map(|&i| &processes[i])
+        });
         let Some(parent) = parent else { continue };
         let at = offset_us(child);
         let id = SPAWN_FLOW_BASE + index as u64;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use lynschema::{arg, category, event, files, RunRecord};
+
+pub mod link;
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
 use serde::Deserialize;
@@ -51,10 +53,22 @@ fn boxed(args: Map<String, Value>) -> Option<Box<Map<String, Value>>> {
 }
 
 /// An RSS sample (counter event).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sample {
     pub ts_us: f64,
     pub bytes: f64,
+    /// The [`lynschema::moment`] it was taken at, when lynshim labelled it.
+    pub at: Option<Arc<str>>,
+}
+
+/// Who wrote a trace file (see [`lynschema::arg::SOURCE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    /// lynshim inside a Python process: spans, imports, calls.
+    #[default]
+    Python,
+    /// The preload library: one program image of any process, its life and exit only.
+    Exec,
 }
 
 /// Everything one trace file says about its process.
@@ -79,9 +93,31 @@ pub struct ProcessTrace {
     pub parent_trace: Option<String>,
     pub lynguine_version: Option<String>,
     pub bytes: u64,
+    pub source: Source,
+    /// The process's start in clock ticks since boot: with the pid, what tells processes apart.
+    pub start_ticks: Option<u64>,
+    /// Microseconds from the zero to the exit event, when there is one.
+    pub exit_us: Option<f64>,
+    /// CPU time of the whole process, from the exit event.
+    pub cpu_us: Option<f64>,
+    /// For a Python trace: what its process's exec record adds (see [`link`]).
+    pub image: Option<link::Image>,
+    /// For an exec record: its program exec'd another, which has a record of its own (see [`link`]).
+    pub replaced_by_exec: bool,
 }
 
 impl ProcessTrace {
+    /// The program's name: the first word of its command.
+    pub fn program(&self) -> &str {
+        self.command.split_whitespace().next().unwrap_or("?")
+    }
+
+    /// When the process ended, in microseconds from its zero: the end of its exec record when one
+    /// was linked (the real exit, after the interpreter's teardown), else its last event.
+    pub fn end_us(&self) -> f64 {
+        self.image.as_ref().map_or(self.end_us, |image| image.end_us.max(self.end_us))
+    }
+
     /// The lamd command, or the command's first word: how processes are grouped.
     pub fn group(&self) -> String {
         self.lamd_command
@@ -106,7 +142,11 @@ impl std::fmt::Display for Problem {
 /// What loading a set of inputs gave.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The Python processes (lynshim's traces).
     pub processes: Vec<ProcessTrace>,
+    /// The preload library's records of programs that no Python trace covers (make, sh, gpp, pandoc…),
+    /// each ending where it exited or exec'd the next program (see [`link`]).
+    pub programs: Vec<ProcessTrace>,
     pub runs: Vec<RunRecord>,
     /// Files skipped.
     pub skipped: Vec<Problem>,
@@ -167,6 +207,9 @@ struct RawEvent<'a> {
     dur: f64,
     tid: i64,
     args: Map<String, Value>,
+    /// The memory moment of a counter sample (see [`lynschema::arg::AT`]).
+    #[serde(borrow)]
+    at: Option<Cow<'a, str>>,
 }
 
 /// Trace files and run records under `inputs` (files, or directories searched recursively).
@@ -245,8 +288,8 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
             Err(message) => skipped.push(Problem { file, message }),
         }
     }
-    loaded.processes.sort_by(|a, b| a.wall_zero_ns.cmp(&b.wall_zero_ns).then(a.pid.cmp(&b.pid)));
     loaded.skipped = skipped;
+    link::link(&mut loaded);
     loaded
 }
 
@@ -390,6 +433,7 @@ fn plain_event(line: &str) -> Option<RawEvent<'_>> {
         dur,
         tid,
         args: Map::new(),
+        at: None,
     })
 }
 
@@ -590,6 +634,12 @@ impl<'n> Builder<'n> {
                 parent_trace: None,
                 lynguine_version: None,
                 bytes,
+                source: Source::Python,
+                start_ticks: None,
+                exit_us: None,
+                cpu_us: None,
+                image: None,
+                replaced_by_exec: false,
             },
             described: false,
             open: OpenSpans::default(),
@@ -608,6 +658,10 @@ impl<'n> Builder<'n> {
         trace.lamd_command = as_str(meta, arg::LAMD_COMMAND);
         trace.wall_zero_ns = meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0);
         trace.parent_trace = as_str(meta, arg::PARENT_TRACE);
+        trace.start_ticks = meta.get(arg::START_TICKS).and_then(Value::as_u64);
+        if meta.get(arg::SOURCE).and_then(Value::as_str) == Some(arg::SOURCE_EXEC) {
+            trace.source = Source::Exec;
+        }
         self.described = true;
     }
 
@@ -664,11 +718,17 @@ impl<'n> Builder<'n> {
                 if ev.name == event::PEAK_RSS {
                     trace.peak_rss = Some(bytes);
                 } else if ev.name == event::RSS {
-                    trace.rss.push(Sample { ts_us: ev.ts, bytes });
+                    let at = ev.at.as_deref().map(|at| self.names.get(at));
+                    trace.rss.push(Sample { ts_us: ev.ts, bytes, at });
                 }
             }
             b"i" if ev.name == event::PROCESS && !self.described => self.describe(&ev.args),
             b"i" if ev.name == event::EXIT => {
+                trace.exit_us = Some(ev.ts);
+                let cpu = [arg::CPU_USER_US, arg::CPU_SYS_US].map(|key| ev.args.get(key).and_then(Value::as_f64));
+                if let [Some(user), Some(sys)] = cpu {
+                    trace.cpu_us = Some(user + sys);
+                }
                 trace.exit_status = ev.args.get(arg::EXIT_STATUS).and_then(Value::as_i64);
                 trace.exit_signal = ev.args.get(arg::EXIT_SIGNAL).and_then(Value::as_i64);
                 trace.lynguine_version = as_str(&ev.args, arg::LYNGUINE_VERSION);

@@ -1,5 +1,6 @@
 //! The metric families, one module each; [`all`] runs them in report order.
 
+pub mod build;
 pub mod concurrency;
 pub mod config_files;
 pub mod frequency;
@@ -50,8 +51,8 @@ pub fn all(
     let columns = SpanColumns::new(spans, &loaded.processes, dictionary)?;
     let per_process = processes::compute(&loaded.processes, &columns, dictionary);
     tick("processes (accounting)");
-    let mut sections = vec![processes::section(&per_process, dictionary)];
-    tick("processes");
+    let mut sections = vec![build::section(loaded), processes::section(&per_process, dictionary)];
+    tick("build, processes");
     sections.push(frequency::section(spans, dictionary, processes_df, options.top)?);
     tick("call frequency");
     sections.push(mix::section(spans, dictionary)?);

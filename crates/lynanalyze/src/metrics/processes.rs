@@ -1,14 +1,16 @@
-//! Per process: wall time, start-up, imports, work by category, what is left unattributed.
+//! Per process: wall time, start-up, imports, work by category, GC, exit, what is left unattributed.
 //!
 //! A process's time is split by the self time of its spans: each span's own time (its duration less
 //! the spans directly inside it) goes to its category, so an import made inside a lamd command counts
 //! as import and a lynguine call made while a module is importing counts as work. Start-up is the
-//! interpreter's time before lynshim activated, plus lynshim's own activation; unattributed time is
-//! Python running outside any traced span (the script's own code, interpreter shutdown).
+//! interpreter's time before lynshim activated, plus lynshim's own activation; the main program's self
+//! time is the script's own code; then come the `atexit` handlers, lynshim writing its trace, and the
+//! interpreter's teardown up to the process's real exit (from its exec record, when there is one).
+//! Unattributed time is what no span covers (other threads' idle time is not counted twice).
 
 use std::collections::BTreeMap;
 
-use lynschema::category;
+use lynschema::{category, event};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde_json::{json, Value};
@@ -30,6 +32,15 @@ pub struct ProcessTimes {
     pub import_us: f64,
     pub work_us: f64,
     pub work_by_category: BTreeMap<String, f64>,
+    /// Self time of the main program: the script's own code, outside imports and calls.
+    pub program_us: f64,
+    pub gc_us: f64,
+    pub gc_collections: usize,
+    pub atexit_us: f64,
+    /// lynshim writing its trace out at exit.
+    pub shim_write_us: f64,
+    /// From the last `atexit` handler to the process's exit.
+    pub teardown_us: f64,
     /// Import self time by top-level package: its number in the [`Dictionary`] (so in name order).
     pub imports_by_package: Vec<(u32, f64)>,
     pub unattributed_us: f64,
@@ -43,13 +54,27 @@ impl ProcessTimes {
     pub fn overhead_us(&self) -> f64 {
         self.startup_us + self.activation_us + self.import_us
     }
+
+    /// What it pays after its work: `atexit` handlers, lynshim's writing and the interpreter's teardown.
+    pub fn exit_us(&self) -> f64 {
+        self.atexit_us + self.shim_write_us + self.teardown_us
+    }
 }
 
 /// The time accounting of every process, walking the span frame's columns (numbers, in process order)
 /// rather than the spans themselves: a build's million spans are read at a few bytes each.
 pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary: &Dictionary) -> Vec<ProcessTimes> {
-    let [startup_cat, tracer_cat, import_cat] =
-        [category::STARTUP, category::TRACER, category::IMPORT].map(|c| dictionary.category(c));
+    let [startup_cat, tracer_cat, import_cat, program_cat, gc_cat, atexit_cat, teardown_cat] = [
+        category::STARTUP,
+        category::TRACER,
+        category::IMPORT,
+        category::PROGRAM,
+        category::GC,
+        category::ATEXIT,
+        category::TEARDOWN,
+    ]
+    .map(|c| dictionary.category(c));
+    let shim_write = dictionary.name(event::SHIM_WRITE);
     processes
         .par_iter()
         .enumerate()
@@ -57,12 +82,24 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
             let mut by_cat: BTreeMap<&str, f64> = BTreeMap::new();
             let mut by_package: FxHashMap<u32, f64> = FxHashMap::default();
             let (mut startup, mut activation, mut import, mut calls) = (0.0, 0.0, 0.0, 0);
+            let (mut program, mut gc, mut collections, mut atexit, mut write, mut teardown) = (0.0, 0.0, 0, 0.0, 0.0, 0.0);
             for row in columns.rows(index) {
                 let cat = columns.cat[row];
                 if cat == startup_cat {
                     startup += columns.dur_us[row];
+                } else if cat == tracer_cat && columns.name[row] == shim_write {
+                    write += columns.dur_us[row];
                 } else if cat == tracer_cat {
                     activation += columns.dur_us[row];
+                } else if cat == program_cat {
+                    program += columns.self_us[row];
+                } else if cat == gc_cat {
+                    gc += columns.self_us[row];
+                    collections += 1;
+                } else if cat == atexit_cat {
+                    atexit += columns.self_us[row];
+                } else if cat == teardown_cat {
+                    teardown += columns.dur_us[row];
                 } else if cat == import_cat {
                     import += columns.self_us[row];
                     *by_package.entry(columns.package[row]).or_default() += columns.self_us[row];
@@ -72,6 +109,11 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
                 }
             }
             let work: f64 = by_cat.values().sum();
+            // After lynshim's exit event the process still runs the C exit handlers and unmaps itself:
+            // its exec record, when linked, saw the real end.
+            let wall = p.end_us();
+            teardown += (wall - p.end_us).max(0.0);
+            let accounted = startup + activation + import + work + program + gc + atexit + write + teardown;
             let exit = match (p.exit_status, p.exit_signal) {
                 (Some(code), _) => code.to_string(),
                 (None, Some(signal)) => format!("signal {signal}"),
@@ -83,12 +125,18 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
                 command: p.command.clone(),
                 group: p.group(),
                 lamd_command: p.lamd_command.clone(),
-                wall_us: p.end_us,
+                wall_us: wall,
                 startup_us: startup,
                 activation_us: activation,
                 import_us: import,
                 work_us: work,
-                unattributed_us: (p.end_us - startup - activation - import - work).max(0.0),
+                program_us: program,
+                gc_us: gc,
+                gc_collections: collections,
+                atexit_us: atexit,
+                shim_write_us: write,
+                teardown_us: teardown,
+                unattributed_us: (wall - accounted).max(0.0),
                 work_by_category: by_cat.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 imports_by_package: {
                     let mut by_package: Vec<(u32, f64)> = by_package.into_iter().collect();
@@ -114,7 +162,7 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
     let mut table = Table::new(
         "",
         &["pid", "command", "wall ms", "start-up ms", "imports ms", "top imports (ms)", "work ms", "work by category (ms)",
-          "unattributed ms", "overhead : work", "peak RSS MiB", "exit"],
+          "main program ms", "gc ms", "exit ms", "unattributed ms", "overhead : work", "peak RSS MiB", "exit"],
     );
     // Built in parallel: a big build has thousands of processes with a hundred packages each.
     let cells: Vec<Vec<String>> = rows
@@ -144,6 +192,9 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
                 top_imports,
                 ms(r.work_us),
                 by_cat,
+                ms(r.program_us),
+                ms(r.gc_us),
+                ms(r.exit_us()),
                 ms(r.unattributed_us),
                 ratio,
                 r.peak_rss.map_or("–".into(), crate::report::mib),
@@ -156,8 +207,9 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
     }
     section.tables.push(table);
     section.notes.push(
-        "start-up = interpreter start-up before lynshim activated + lynshim's own activation; \
-         time is split by each span's self time"
+        "start-up = interpreter start-up before lynshim activated + lynshim's own activation; main program = the \
+         script's own code outside imports and calls; exit = atexit handlers + lynshim writing its trace + \
+         interpreter teardown up to the real exit; time is split by each span's self time"
             .into(),
     );
     // Built as values, not through `json!` on values, which would copy each one again by serialising it.
@@ -167,8 +219,9 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
                 let mut row = json!({
                     "pid": r.pid, "command": r.command, "group": r.group, "lamd_command": r.lamd_command,
                     "wall_us": r.wall_us, "startup_us": r.startup_us, "activation_us": r.activation_us,
-                    "import_us": r.import_us, "work_us": r.work_us,
-                    "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
+                    "import_us": r.import_us, "work_us": r.work_us, "program_us": r.program_us, "gc_us": r.gc_us,
+                    "gc_collections": r.gc_collections, "atexit_us": r.atexit_us, "shim_write_us": r.shim_write_us,
+                    "teardown_us": r.teardown_us, "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
                 });
                 row["imports_by_package_us"] =
                     object(r.imports_by_package.iter().map(|(p, us)| (dictionary.packages[*p as usize].as_str(), *us)));

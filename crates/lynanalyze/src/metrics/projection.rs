@@ -30,6 +30,7 @@ pub fn section(rows: &[ProcessTimes], spans: &DataFrame, dictionary: &Dictionary
     let top_calls = spans.clone().lazy()
         .filter(col("is_call").and(col("cat").neq(category(lynschema::category::LAMD))))
         .filter(col("parent_cat").is_null()
+            .or(col("parent_cat").eq(category(lynschema::category::PROGRAM)))
             .or(col("parent_cat").eq(category(lynschema::category::IMPORT)))
             .or(col("parent_cat").eq(category(lynschema::category::LAMD))))
         .select([len().alias("n")]).collect()?;

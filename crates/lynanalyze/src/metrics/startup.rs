@@ -55,7 +55,7 @@ pub fn section(rows: &[ProcessTimes], loaded: &Loaded) -> Section {
             #[allow(clippy::cast_precision_loss)]
             let alive = union_length(procs.iter().map(|p| {
                 let start = p.wall_zero_ns as f64 / 1000.0;
-                (start, start + p.end_us)
+                (start, start + p.end_us())
             }).collect());
             let overhead: f64 = rows
                 .iter()

@@ -70,17 +70,17 @@ def process_name(argv: list[str] | None = None) -> str:
 def _process_meta() -> dict:
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     meta = {
-        "argv": redact_argv(list(getattr(sys, "orig_argv", sys.argv))),
-        "cwd": os.getcwd(),
-        "executable": sys.executable,
-        "python_version": sys.version.split()[0],
-        "run_id": _run_id or "",
-        "label": _label or "",
-        "command": process_name(),
+        schema.ARG_ARGV: redact_argv(list(getattr(sys, "orig_argv", sys.argv))),
+        schema.ARG_CWD: os.getcwd(),
+        schema.ARG_EXECUTABLE: sys.executable,
+        schema.ARG_PYTHON_VERSION: sys.version.split()[0],
+        schema.ARG_RUN_ID: _run_id or "",
+        schema.ARG_LABEL: _label or "",
+        schema.ARG_COMMAND: process_name(),
     }
     lamd_command = targets.lamd_command_of(script)
     if lamd_command:
-        meta["lamd_command"] = lamd_command
+        meta[schema.ARG_LAMD_COMMAND] = lamd_command
     return meta
 
 
@@ -97,7 +97,7 @@ def activate(
         return _native.trace_path()
     _run_id, _label = run_id, label
     meta = _process_meta()
-    path = _native.start(os.fspath(directory), meta, meta["command"], import_started_ns)
+    path = _native.start(os.fspath(directory), meta, meta[schema.ARG_COMMAND], import_started_ns)
     if path is None:
         return None
     _state.active = True
@@ -190,7 +190,7 @@ def _at_python_exit() -> None:
 def _after_fork_in_child() -> None:
     if _state.active:
         meta = _process_meta()
-        _native.after_fork_child(meta, meta["command"])
+        _native.after_fork_child(meta, meta[schema.ARG_COMMAND])
         _state.active = _native.is_active()
         if _state.active:
             _lifecycle.begin_main_program()

@@ -39,6 +39,8 @@ struct Process {
     pid: i64,
     ppid: i64,
     wall_zero_ns: u64,
+    /// How far the process's zero moved to its exec (microseconds): its events are moved back as much.
+    moved_us: f64,
     parent_trace: Option<String>,
     command: String,
 }
@@ -56,6 +58,12 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
         .chain(linked.programs.iter().filter(|p| p.replaced_by_exec).map(|p| p.file.as_path()))
         .collect();
     let files: Vec<&PathBuf> = files.iter().filter(|f| !told_twice.contains(f.as_path())).collect();
+    // A Python trace linked to its exec record starts at the exec, to the microsecond (see lynload::link).
+    let moved: HashMap<&Path, f64> = linked
+        .processes
+        .iter()
+        .filter_map(|p| p.image.as_ref().map(|image| (p.file.as_path(), image.moved_us)))
+        .collect();
     let read: Vec<_> = files.par_iter().map(|&f| (f.clone(), read_events(f, max_bytes))).collect();
     let mut outcome = MergeOutcome::default();
     let mut processes = Vec::new();
@@ -71,11 +79,14 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
                     .and_then(|e| e.get("args"))
                     .cloned()
                     .unwrap_or(Value::Null);
+                let moved_us = moved.get(file.as_path()).copied().unwrap_or(0.0);
                 processes.push(Process {
                     file,
                     pid: meta.get(arg::PID).and_then(Value::as_i64).unwrap_or(0),
                     ppid: meta.get(arg::PPID).and_then(Value::as_i64).unwrap_or(0),
-                    wall_zero_ns: meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0),
+                    wall_zero_ns: meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0)
+                        + (moved_us * 1000.0) as u64,
+                    moved_us,
                     parent_trace: meta.get(arg::PARENT_TRACE).and_then(Value::as_str).map(str::to_owned),
                     command: meta.get(arg::COMMAND).and_then(Value::as_str).unwrap_or("").to_owned(),
                     events,
@@ -108,7 +119,14 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
         for ev in &p.events {
             let mut ev = ev.clone();
             if let Some(ts) = ev.get("ts").and_then(Value::as_f64) {
-                ev["ts"] = json!(ts + shift);
+                let ts = ts - p.moved_us;
+                if ts < 0.0 {
+                    // Interpreter start-up, dated from the tick before the exec: it begins at the exec.
+                    if let Some(dur) = ev.get("dur").and_then(Value::as_f64) {
+                        ev["dur"] = json!((dur + ts).max(0.0));
+                    }
+                }
+                ev["ts"] = json!(ts.max(0.0) + shift);
             }
             out.push(ev);
         }

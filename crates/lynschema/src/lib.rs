@@ -173,6 +173,11 @@ pub mod arg {
     pub const ROWS: &str = "rows";
     pub const RESULT: &str = "result";
     pub const REQUEST_ID: &str = "request_id";
+    /// Recorded in place of a call's arguments when describing them failed (the call still runs).
+    pub const SHIM_ERROR: &str = "lynshim_error";
+    // Parameters of lynguine entry points that name the configuration files they read.
+    pub const USER_FILE: &str = "user_file";
+    pub const FILENAME: &str = "filename";
     // Args of `event::GC` spans.
     pub const GENERATION: &str = "generation";
     pub const COLLECTED: &str = "collected";
@@ -198,9 +203,6 @@ pub mod moment {
     /// Every moment, in the order a process passes them.
     pub const ALL: &[&str] = &[BASELINE, AFTER_IMPORTS, AFTER_CONFIG, AFTER_DATA, AFTER_OPERATIONS, EXIT];
 }
-
-/// Marker a wrapped call writes into [`arg::FOUND`] when the field was missing.
-pub const NOT_FOUND: &str = "false";
 
 /// Argument names that look like credentials; their values never reach a trace.
 pub const CREDENTIAL_WORDS: &[&str] = &[
@@ -345,6 +347,15 @@ pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[
     ("CAT_SERVER", category::SERVER),
     ("CAT_USER", category::USER),
     ("ARG_MODULE", arg::MODULE),
+    ("ARG_ARGV", arg::ARGV),
+    ("ARG_CWD", arg::CWD),
+    ("ARG_EXECUTABLE", arg::EXECUTABLE),
+    ("ARG_PYTHON_VERSION", arg::PYTHON_VERSION),
+    ("ARG_RUN_ID", arg::RUN_ID),
+    ("ARG_LABEL", arg::LABEL),
+    ("ARG_COMMAND", arg::COMMAND),
+    ("ARG_LAMD_COMMAND", arg::LAMD_COMMAND),
+    ("ARG_START_TICKS", arg::START_TICKS),
     ("ARG_ERROR", arg::ERROR),
     ("ARG_FOUND", arg::FOUND),
     ("ARG_ROWS", arg::ROWS),

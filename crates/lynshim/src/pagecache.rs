@@ -20,7 +20,8 @@ pub fn residency(path: &Path) -> io::Result<(u64, u64)> {
     }
     let page = page_size();
     let pages = len.div_ceil(page);
-    // SAFETY: a private read-only mapping of an open file, unmapped before returning; the kernel checks
+    // SAFETY: a shared read-only mapping of an open file (shared, so that mincore sees the page cache's
+    // pages, not private copies), unmapped before returning; the kernel checks
     // the arguments and reports failure as MAP_FAILED.
     let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
     if addr == libc::MAP_FAILED {

@@ -332,7 +332,7 @@ impl Probe {
             // Describing must never break the call.
             Err(err) => {
                 let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
-                (smallvec![(Cow::Borrowed("lynshim_error"), Arg::String(name))], false)
+                (smallvec![(Cow::Borrowed(lynschema::arg::SHIM_ERROR), Arg::String(name))], false)
             }
         };
         let token = with_json(&described, |args| {

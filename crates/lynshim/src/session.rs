@@ -10,7 +10,8 @@
 //! hands the records to `tracing` in batches, one `tracing` event per batch, which tracing-chrome
 //! writes on its writer thread and [`crate::fixup`] expands into the events of the file with their
 //! recorded times and threads. Everything in the file still goes
-//! through `tracing` and tracing-chrome; the traced thread only pays for a clock read and a push.
+//! through `tracing` and tracing-chrome; the traced thread pays for a clock read, the session lock (held
+//! for a push, never across a system call or Python code) and the push.
 //!
 //! A session owns a private `tracing` [`Dispatch`] (a `Registry` with the tracing-chrome layer) rather
 //! than the global default, because a process may need a second one: after `fork` the child must write

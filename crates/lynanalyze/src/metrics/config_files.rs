@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lynschema::category;
+use lynschema::{arg, category};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -23,16 +23,16 @@ struct Usage {
 fn files_of(cat: &str, args: &serde_json::Map<String, Value>) -> Vec<String> {
     let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_owned);
     if cat == category::CONFIG {
-        if let Some(files) = text("user_file") {
+        if let Some(files) = text(arg::USER_FILE) {
             return files.split(',').map(str::to_owned).collect();
         }
-        if args.contains_key("user_file") {
+        if args.contains_key(arg::USER_FILE) {
             return vec!["(lynguine default)".to_owned()];
         }
         return Vec::new();
     }
     if cat == category::READ {
-        if let Some(file) = text("filename") {
+        if let Some(file) = text(arg::FILENAME) {
             if file.ends_with(".yml") || file.ends_with(".yaml") {
                 return vec![file];
             }

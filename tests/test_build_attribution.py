@@ -1,0 +1,103 @@
+"""The build's wall time accounted along its critical path (lynanalyze's ``build`` section), on real builds.
+
+A real make build with Python steps (the real lynguine) and non-Python ones (sleep, cat, sh) runs under
+``lynshim run``; the preload library records every program, lynshim every Python process in depth, and
+lynanalyze must split the run's wall time into phases that add up to it, leaving at most 2 % unattributed,
+with the programs by name and the critical path through make.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SAMPLE, clean_env, lynshim_run
+from test_analyze import LYNANALYZE
+
+PY = sys.executable
+PRELOAD = REPO / "python" / "lynshim" / "_preload" / "liblynexec.so"
+
+# The sample build, then a non-Python step that the build waits on, then Python again.
+MAKEFILE = f"""
+all: out/done.txt
+
+out/slow.txt: out/title.txt
+\tsleep 0.3 && cat out/title.txt > out/slow.txt
+
+out/done.txt: out/slow.txt out/config.txt
+\t{PY} lamd_calls.py mdfield venue talk.md > out/done.txt
+
+include Makefile
+"""
+
+
+@pytest.fixture(scope="module")
+def attributed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, object]:
+    if not PRELOAD.is_file():
+        pytest.fail(f"{PRELOAD} is missing: `make install` builds it (cargo build -p lynexec)")
+    tmp = tmp_path_factory.mktemp("build")
+    work = tmp / "sample"
+    shutil.copytree(SAMPLE, work)
+    (work / "Makefile.build").write_text(MAKEFILE)
+    run = lynshim_run(tmp / "t", ["make", "-s", "-f", "Makefile.build", f"PYTHON={PY}"], cwd=work, env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    proc = subprocess.run([LYNANALYZE, "report", str(run.run_dir), "--format", "json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), run
+
+
+def test_every_microsecond_of_the_build_is_accounted(attributed) -> None:
+    report, run = attributed
+    (build,) = report["sections"]["build"]["data"]["runs"]
+    phases = build["attribution_us"]
+    assert abs(sum(phases.values()) - build["wall_us"]) <= 1.0, phases
+    record = json.loads((run.run_dir / "run.json").read_text())
+    assert abs(build["wall_us"] - (record["end_unix_ns"] - record["start_unix_ns"]) / 1000) < 1.0
+    assert build["unattributed_share"] <= 0.02, phases
+    # The Python processes and the programs between them.
+    assert build["python_processes"] == 8 == len(run.traces)
+    assert build["other_processes"] >= 3
+    programs = {k.removeprefix("other: ") for k in phases if k.startswith("other: ")}
+    assert {"make", "sleep"} <= programs, phases
+    # make waited 0.3 s for sleep, which is on the critical path as the program's own time.
+    assert phases["other: sleep"] >= 290_000, phases
+    # Python start-up and imports of the processes make waited for are there, and so is their exit.
+    for phase in ("python start-up", "imports", "main program", "lynguine work", "teardown"):
+        assert phases.get(phase, 0) > 0, (phase, phases)
+
+
+def test_the_critical_path_runs_through_make(attributed) -> None:
+    report, run = attributed
+    (build,) = report["sections"]["build"]["data"]["runs"]
+    path = build["critical_path"]
+    commands = [p["command"] for p in path]
+    assert commands[0].startswith("make"), commands
+    assert any(c.startswith("sleep") for c in commands) and any("mdfield venue" in c for c in commands)
+    # Own times along the path add up to the time spent inside traced processes.
+    inside = sum(p["own_us"] for p in path)
+    assert abs(inside + build["attribution_us"].get("idle / untraced", 0) - build["wall_us"]) <= 1.0
+    # The processes the build waited on follow each other: none on the path overlaps the sleep.
+    sleep = next(p for p in path if p["command"].startswith("sleep"))
+    last = next(p for p in path if "mdfield venue" in p["command"])
+    assert last["start_us"] >= sleep["end_us"] - 1_000
+
+
+def test_no_exec_trace_leaves_the_programs_to_idle(tmp_path: Path) -> None:
+    work = tmp_path / "sample"
+    shutil.copytree(SAMPLE, work)
+    args = [PY, "-m", "lynshim", "run", "--no-exec-trace", "-o", str(tmp_path / "t"), "--", "make", "-s",
+            f"PYTHON={PY}"]
+    proc = subprocess.run(args, cwd=work, env=clean_env(), capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "t").iterdir()
+    report = json.loads(subprocess.run([LYNANALYZE, "report", str(run_dir), "--format", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    (build,) = report["sections"]["build"]["data"]["runs"]
+    assert build["other_processes"] == 0 and build["python_processes"] == 7
+    assert build["attribution_us"]["idle / untraced"] > 0
+    assert any("no exec records" in note for note in report["sections"]["build"]["notes"])

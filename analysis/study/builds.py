@@ -50,6 +50,18 @@ class Study:
         return self.corpus.root / "talks" / Path(talk).parent
 
 
+def build_untraced(study: Study, talk: str, fmt: str, *, run_no: int) -> dict[str, Any]:
+    """The same build without lynshim (wall time from this process's clock): what tracing costs."""
+    corpus = study.corpus
+    corpus.reset()
+    res = c.run([c.tool("maketalk"), Path(talk).name, *FORMATS[fmt]], cwd=study.subject_dir(talk),
+                env=c.env_with_venv(), timeout=1200)
+    failed = [l for l in (res.stdout + res.stderr).splitlines() if MAKE_FAILED.search(l)]
+    return {"mode": "untraced", "talk": talk, "format": fmt, "run": run_no, "wall_us": res.wall_s * 1e6,
+            "command": "maketalk " + " ".join([Path(talk).name, *FORMATS[fmt]]),
+            "make_ok": not failed and res.returncode == 0, "make_errors": failed[:5], "outputs": output_hashes(corpus)}
+
+
 def build(study: Study, talk: str, fmt: str, *, mode: str, run_no: int, extra_env: dict[str, str] | None = None,
           path_prefix: Path | None = None, make_args: str | None = None, keep_servers: bool = False) -> dict[str, Any]:
     """One traced build of ``talk`` in ``fmt`` in a fresh corpus copy; returns its record."""
@@ -109,16 +121,3 @@ def buildable(study: Study) -> dict[str, dict[str, Any]]:
         path = study.corpus_src / "talks" / talk
         meta[talk] = {"bytes": path.stat().st_size, "includes": c.count_includes(path, snippets)}
     return meta
-
-
-def run_direct(study: Study) -> list[dict[str, Any]]:
-    """Direct mode (what lamd does by default): every talk × format, ``study.runs`` times."""
-    records = []
-    for talk in study.talks:
-        for fmt in study.formats:
-            for i in range(study.runs):
-                rec = build(study, talk, fmt, mode="direct", run_no=i + 1)
-                c.log(f"direct {talk} {fmt} #{i + 1}: {rec['wall_us'] / 1e6:.2f} s, "
-                      f"{rec['traced_processes']} Python processes, make {'ok' if rec['make_ok'] else 'FAILED'}")
-                records.append(rec)
-    return records

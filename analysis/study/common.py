@@ -40,6 +40,9 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def tool(name: str) -> str:
     """A command from the venv the study runs in (lynshim, lynanalyze, maketalk…), else from PATH."""
+    override = os.environ.get("STUDY_" + name.upper())  # e.g. STUDY_LYNANALYZE=/path/to/a/pinned/binary
+    if override:
+        return override
     path = VENV_BIN / name
     return str(path) if path.exists() else (shutil.which(name) or name)
 
@@ -99,7 +102,9 @@ def lynguine_servers() -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"lynguine.server" in argv and int(proc.name) != os.getpid():
+        # the interpreter running ``-m lynguine.server`` (not a wrapper such as ``lynshim run … -- python -m
+        # lynguine.server``, whose argv only mentions it: ending the wrapper is the server's business)
+        if len(argv) >= 3 and argv[1] == b"-m" and argv[2] == b"lynguine.server" and int(proc.name) != os.getpid():
             pids.append(int(proc.name))
     return sorted(pids)
 
@@ -271,6 +276,7 @@ def stamp(lamd_src: Path) -> dict[str, Any]:
         if g.returncode == 0:
             lamd_commit = g.stdout.strip() + " (git)"
     head = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]).stdout.strip()
+    shim = run([sys.executable, "-c", "import lynshim; print(lynshim.__file__)"], env=env_with_venv()).stdout.strip()
     fs = run(["df", "-T", str(REPO)]).stdout.splitlines()[-1:]
     return {
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -282,12 +288,15 @@ def stamp(lamd_src: Path) -> dict[str, Any]:
         "lamd": f"{lamd_v}, commit {lamd_commit}",
         "lamd_src": str(lamd_src),
         "lynshim_commit": head,
+        "lynshim_package": str(Path(shim).parent),
+        "lynanalyze": tool("lynanalyze"),
     }
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, compact: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    text = json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=1)
+    path.write_text(text + "\n")
 
 
 # --- reading traces -------------------------------------------------------------------------------------------

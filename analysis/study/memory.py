@@ -32,9 +32,10 @@ def summarise(builds: dict[str, Any] | None, operations: dict[str, Any] | None) 
         moments_by_pid: dict[Any, dict[str, float]] = {}
         rows = mem_rows.get("processes") if isinstance(mem_rows, dict) else mem_rows
         for row in rows or []:
-            if isinstance(row, dict) and isinstance(row.get("moments_bytes"), dict):
-                moments_by_pid[row.get("pid")] = row["moments_bytes"] | (
-                    {"peak": row["peak_rss_bytes"]} if row.get("peak_rss_bytes") else {})
+            if isinstance(row, dict) and row.get("moments_bytes"):
+                peak = row.get("peak_bytes") or row.get("peak_rss_bytes")
+                moments_by_pid[row.get("pid")] = {k: v for k, v in row["moments_bytes"].items() if v is not None} | (
+                    {"peak": peak} if peak else {})
         if moments_by_pid:
             source = "lynanalyze memory section (moments_bytes)"
         for p in a["processes"]:

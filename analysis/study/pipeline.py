@@ -12,7 +12,7 @@ from typing import Any
 
 from . import analysis as an
 from . import common as c
-from .builds import Study, buildable, build, run_direct
+from .builds import Study, build, buildable
 
 
 def data_path(args: argparse.Namespace, name: str) -> Path:
@@ -66,53 +66,61 @@ def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
     timings = meta.setdefault("step_seconds", {})
 
     def step(name: str, fn) -> None:
-        if name not in steps:
+        if name not in steps and not (name == "builds" and {"server", "quickwins"} & set(steps)):
             return
         t = time.time()
         c.log(f"step {name}…")
         data = fn()
         if data is not None:
-            c.write_json(data_path(args, name), data)
+            c.write_json(data_path(args, name), data, compact=name in ("builds", "server", "quickwins"))
         timings[name] = round(time.time() - t, 1)
         c.write_json(data_path(args, "meta"), meta)
 
-    from . import memory, operations, quickwins, server, startup
+    from . import memory, operations, quickwins, startup
 
     modules = args.modules.split() if args.modules else None
     step("startup", lambda: startup.run_startup(study, modules))
     step("operations", lambda: operations.run_operations(study, sizes))
 
-    def builds_step() -> dict[str, Any]:
-        records = run_direct(study)
+    def lazy_probe() -> tuple[list[str], list[str], list[dict[str, Any]]]:
+        """lynanalyze's lazy-import candidates from one direct build of the smallest talk, then probed."""
+        small = min(talks, key=lambda t: sizes[t]["includes"])
+        fmt = variant_formats[0] if variant_formats else study.formats[0]
+        rec = build(study, small, fmt, mode="probe:direct", run_no=1)
+        candidates = an.lazy_candidates({"records": summarise_records([rec])})[:6]
+        lazy, probes = quickwins.probe_lazy(study, candidates, small, fmt, reference=rec["outputs"])
+        return candidates, lazy, probes
+
+    def builds_step() -> None:
+        from .schedule import run_schedule
+
+        candidates, lazy, probes = lazy_probe() if "quickwins" in steps else ([], [], [])
         jobs_talk = args.jobs_talk or max(talks, key=lambda t: sizes[t]["includes"])
-        for fmt in variant_formats:
-            for i in range(study.runs):
-                rec = build(study, jobs_talk, fmt, mode="direct-j2", run_no=i + 1, make_args="-j2")
-                c.log(f"direct -j2 {jobs_talk} {fmt} #{i + 1}: {rec['wall_us'] / 1e6:.2f} s")
-                records.append(rec)
-        summary = summarise_records(records)
-        merged = merge_example(args, summary)
-        return {"command": "lynshim run -o OUT/traces/<mode> --label '<mode>|<talk>|<format>|<run>' -- "
-                "maketalk TALK [--format F --to html], in the subject folder of a fresh corpus copy",
-                "records": summary, "merged_trace": merged}
+        data = run_schedule(study, variant_formats=variant_formats, server="server" in steps,
+                            quickwins="quickwins" in steps, lazy=lazy, jobs_talk=jobs_talk if variant_formats else None)
+        recs = data["records"]
+        traced = summarise_records([r for r in recs if r["mode"] != "untraced"])
+        untraced = [dict(r, outputs_digest=digest(r["outputs"])) for r in recs if r["mode"] == "untraced"]
+        direct = [r for r in traced if r["mode"] in ("direct", "direct-j2")]
+        c.write_json(data_path(args, "builds"), {
+            "command": "lynshim run -o OUT/traces/<mode> --label '<mode>|<talk>|<format>|<run>' -- "
+                       "maketalk TALK [--format F --to html], in the subject folder of the corpus copy (reset "
+                       "before every build); untraced: the same maketalk without lynshim",
+            "records": untraced + direct, "merged_trace": merge_example(args, direct)}, compact=True)
+        if "server" in steps:
+            c.write_json(data_path(args, "server"), {
+                "records": [r for r in traced if r["mode"].startswith("server-")],
+                "warm_server_starts": data["warm_server_starts"],
+                "servers_left_running": data["servers_left_running"]}, compact=True)
+        if "quickwins" in steps:
+            c.write_json(data_path(args, "quickwins"), {
+                "lazy_candidates": candidates, "lazy_packages": lazy, "lazy_probes": probes,
+                "records": [r for r in traced if r["mode"].startswith("quickwin:")],
+                "servers_left_running": data["servers_left_running"]}, compact=True)
 
-    step("builds", builds_step)
+    if {"builds", "server", "quickwins"} & set(steps):
+        step("builds", builds_step)
     step("memory", lambda: memory.summarise(load(args, "builds"), load(args, "operations")))
-
-    def server_step() -> dict[str, Any]:
-        data = server.run_server(study, formats=variant_formats)
-        data["records"] = summarise_records(data["records"])
-        return data
-
-    step("server", server_step)
-
-    def quickwins_step() -> dict[str, Any]:
-        lazy = an.lazy_candidates(load(args, "builds"))
-        data = quickwins.run_quickwins(study, lazy, formats=variant_formats)
-        data["records"] = summarise_records(data["records"])
-        return data
-
-    step("quickwins", quickwins_step)
     meta["finished_unix"] = time.time()
     c.write_json(data_path(args, "meta"), meta)
     if "report" in steps:

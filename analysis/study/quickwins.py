@@ -22,7 +22,6 @@ from typing import Any
 
 from . import common as c
 from .builds import Study, build
-from .server import start_warm_server, stop_warm_server
 
 ENTRY_POINTS = {"mdfield": "lamd.mdfield", "flags": "lamd.flags", "dependencies": "lamd.dependencies",
                 "mdpp": "lamd.mdpp", "maketalk": "lamd.maketalk"}
@@ -132,31 +131,23 @@ def make_shims(root: Path, variant: str, lazy: list[str]) -> Path:
     return d
 
 
-def run_quickwins(study: Study, lazy: list[str], talks: list[str] | None = None,
-                  formats: list[str] | None = None) -> dict[str, Any]:
-    talks = talks or study.talks
-    formats = formats or study.formats
-    records = []
-    for variant in ("no-teardown", "lazy-imports"):
-        shims = make_shims(study.out, variant, lazy)
-        for talk in talks:
-            for fmt in formats:
-                for i in range(study.runs):
-                    rec = build(study, talk, fmt, mode=f"quickwin:{variant}", run_no=i + 1, path_prefix=shims)
-                    c.log(f"{variant} {talk} {fmt} #{i + 1}: {rec['wall_us'] / 1e6:.2f} s, "
-                          f"make {'ok' if rec['make_ok'] else 'FAILED'}")
-                    records.append(rec)
-    shims = make_shims(study.out, "thin-client", lazy)
-    for talk in talks:
-        for fmt in formats:
-            proc, ready_s, pids = start_warm_server(study, f"{talk}|{fmt}")
-            try:
-                for i in range(study.runs):
-                    rec = build(study, talk, fmt, mode="quickwin:thin-client", run_no=i + 1, path_prefix=shims,
-                                extra_env={"LAMD_USE_SERVER": "1"}, keep_servers=True)
-                    rec["server_ready_us_before_build"] = ready_s * 1e6
-                    c.log(f"thin-client {talk} {fmt} #{i + 1}: {rec['wall_us'] / 1e6:.2f} s")
-                    records.append(rec)
-            finally:
-                stop_warm_server(proc, pids)
-    return {"lazy_packages": sorted(lazy), "records": records, "servers_left_running": c.lynguine_servers()}
+def probe_lazy(study: Study, candidates: list[str], talk: str, fmt: str,
+               reference: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Which candidates can be deferred without breaking the build or changing its output: each alone, then
+    all that passed together (dropping the last until the set passes). Probed on one (small) build, against
+    ``reference``, the outputs of a direct build of the same talk and format."""
+    log: list[dict[str, Any]] = []
+
+    def ok(pkgs: list[str]) -> bool:
+        shims = make_shims(study.out, "lazy-imports", pkgs)
+        rec = build(study, talk, fmt, mode="probe:lazy", run_no=1, path_prefix=shims)
+        good = rec["make_ok"] and rec["outputs"] == reference
+        log.append({"packages": pkgs, "ok": good, "wall_us": rec["wall_us"],
+                    "why": "" if good else (rec["make_errors"][:1] or ["outputs differ from direct mode"])[0][:200]})
+        c.log(f"lazy-import probe {pkgs}: {'ok' if good else 'rejected: ' + log[-1]['why']}")
+        return good
+
+    passed = [p for p in candidates if ok([p])]
+    while passed and not ok(passed):
+        passed = passed[:-1]
+    return passed, log

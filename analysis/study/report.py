@@ -15,9 +15,10 @@ from typing import Any
 
 from . import common as c
 
-VARIANT_ORDER = ["direct", "server-cold", "server-warm", "quickwin:thin-client", "quickwin:no-teardown",
+VARIANT_ORDER = ["untraced", "direct", "server-cold", "server-warm", "quickwin:thin-client", "quickwin:no-teardown",
                  "quickwin:lazy-imports", "direct-j2"]
 VARIANT_NAMES = {
+    "untraced": "untraced (no lynshim)",
     "direct": "direct (lamd default)",
     "server-cold": "server mode, cold (server started by the build)",
     "server-warm": "server mode, warm (server already running)",
@@ -77,8 +78,15 @@ def group_walls(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dic
 
 def median_attr(records: list[dict[str, Any]]) -> dict[str, float]:
     """Median over runs of each phase (µs); phases absent from a run count as 0."""
+    records = [r for r in records if "analysis" in r]
+    if not records:
+        return {}
     keys = sorted({k for r in records for k in r["analysis"]["attribution_us"]})
     return {k: statistics.median([r["analysis"]["attribution_us"].get(k, 0.0) for r in records]) for k in keys}
+
+
+def is_outside_python(k: str) -> bool:
+    return (k.startswith("other") or k.startswith("idle") or k in ("outside Python", "unattributed"))
 
 
 def phase_group(k: str) -> str:
@@ -195,9 +203,8 @@ class Report:
             return
         tot = self.python_share()
         wall = sum(r["wall_us"] for r in d)
-        py = sum(v for k, v in tot.items() if not k.startswith("other programs") and k != "outside Python"
-                 and k != "idle" and k != "unattributed")
-        imports = tot.get("imports", 0.0) + tot.get("python start-up", 0.0)
+        py = sum(v for k, v in tot.items() if not is_outside_python(k))
+        imports = tot.get("imports", 0.0) + tot.get("python start-up", 0.0) + tot.get("lynshim", 0.0)
         work = tot.get("lynguine work", 0.0) + tot.get("lamd work", 0.0)
         nproc = statistics.median([r["analysis"]["python_processes"] for r in d])
         src = d[0]["analysis"]["attribution_source"]
@@ -206,6 +213,12 @@ class Report:
                f"(`maketalk` and the lamd commands make runs, as opposed to make, gpp and pandoc); interpreter "
                f"start-up and imports alone are {pct(imports / wall)}, lynguine and lamd work {pct(work / wall)}. A build starts a "
                f"median of {nproc:g} Python processes (attribution: {src}).")
+        over = self.compare("untraced")
+        if over:
+            rels = [-r["diff_us"] / r["variant"]["median"] for r in over]
+            self.w(f"- Tracing itself (lynshim, with its exec preload when present) adds a median {pct(statistics.median(rels))} "
+                   f"to a build (untraced against direct, {len(over)} talk/format pairs; range {pct(min(rels))} to "
+                   f"{pct(max(rels))}); every variant below is traced the same way and compared with traced direct builds.")
         for mode, what in (("server-warm", "lamd's server mode with a warm server"),
                            ("server-cold", "lamd's server mode with a cold server"),
                            ("quickwin:thin-client", "a warm server with a thin mdfield client"),
@@ -342,6 +355,8 @@ class Report:
         for r in d:
             cfg_build: dict[str, int] = defaultdict(int)
             for p in r["analysis"]["processes"]:
+                if p.get("source") == "exec":
+                    continue
                 from .memory import command_kind
                 kind = command_kind(p["command"], p.get("lamd_command"))
                 per_cmd[kind]["wall"].append(p["wall_us"])
@@ -391,6 +406,16 @@ class Report:
             rows.append([f"`{Path(talk).stem}`", fmt] + [s_(statistics.median([g.get(p, 0) for g in grouped])) for p in phases]
                         + [s_(st["median"])])
         self.w(table(["talk", "format"] + phases + ["wall"], rows), "")
+        others: dict[str, list[float]] = defaultdict(list)
+        for r in d:
+            for k, v in r["analysis"]["attribution_us"].items():
+                if k.startswith("other: "):
+                    others[k[7:]].append(v)
+        if others:
+            self.w("Other programs on the critical path, summed over all direct builds, s: " + ", ".join(
+                f"{k} {s_(sum(v))}" for k, v in sorted(others.items(), key=lambda kv: -sum(kv[1]))) + "; other "
+                f"(non-Python) processes per build: "
+                f"{rng(c.stats([r['analysis'].get('other_processes') or 0 for r in d]), lambda x: f'{x:g}')}.", "")
         self.fig_phases()
         j2 = self.compare("direct-j2")
         if j2:
@@ -409,11 +434,9 @@ class Report:
             self.w("Not run.", "")
             return
         self.w(f"Per lamd command over the direct builds (source: {m['source']}). MiB, median (min–max).", "")
-        moments = []
-        for v in m["commands"].values():
-            for k in v:
-                if k not in moments:
-                    moments.append(k)
+        order = ["baseline", "after imports", "after config load", "after data load", "after operations", "exit", "peak"]
+        seen = {k for v in m["commands"].values() for k in v}
+        moments = [k for k in order if k in seen] + sorted(seen - set(order))
         self.w(table(["command"] + moments, [[f"`{k}`"] + [rng(v.get(x, {}), mib) for x in moments]
                                               for k, v in m["commands"].items()]), "")
         seq = m.get("operations_sequence") or {}
@@ -435,8 +458,8 @@ class Report:
                "by SIGTERM afterwards; servers left running at the end: "
                f"{s.get('servers_left_running') or 'none'}.", "")
         rows = []
-        for mode in VARIANT_ORDER:
-            for r in self.compare(mode) if mode != "direct" else []:
+        for mode in ("server-cold", "server-warm", "quickwin:thin-client"):
+            for r in self.compare(mode):
                 same, total, stable = self.identical(mode)
                 rows.append([VARIANT_NAMES[mode], f"`{Path(r['talk']).stem}`", r["format"], rng(r["direct"], s_),
                              rng(r["variant"], s_), pct(r["rel"]), "yes" if r["distinct"] else "no (within noise)"])
@@ -603,7 +626,7 @@ class Report:
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in self.records:
             groups[r["mode"]].append(r)
-        modes = [m for m in VARIANT_ORDER if groups.get(m)]
+        modes = [m for m in VARIANT_ORDER if groups.get(m) and m != "untraced"]
         if not modes:
             return
         vf = (self.meta.get("knobs") or {}).get("variant_formats") or ["notes"]
@@ -723,13 +746,16 @@ def request_cost_us(warm: list[dict[str, Any]]) -> float:
 
 
 def lynanalyze_projection(r: dict[str, Any]) -> float | None:
+    """lynanalyze's projection is in summed process time; as a build wall time: the direct build's wall time
+    less the process time it projects to save."""
     proj = (r["analysis"].get("sections") or {}).get("cip0008_projection")
     if not isinstance(proj, dict):
         return None
-    for key in ("projected_build_wall_us", "projected_wall_us", "server_wall_us", "projected_us"):
-        v = proj.get(key)
-        if isinstance(v, (int, float)):
-            return float(v)
+    for key in ("projected_build_wall_us", "projected_wall_us"):
+        if isinstance(proj.get(key), (int, float)):
+            return float(proj[key])
+    if isinstance(proj.get("process_time_us"), (int, float)) and isinstance(proj.get("projected_process_time_us"), (int, float)):
+        return r["wall_us"] - (proj["process_time_us"] - proj["projected_process_time_us"])
     return None
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import common as c
-from .builds import Study, build
+from .builds import Study
 
 URL = "http://127.0.0.1:8765"
 
@@ -57,39 +57,3 @@ def stop_warm_server(proc: subprocess.Popen[bytes], pids: list[int]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def run_server(study: Study, talks: list[str] | None = None, formats: list[str] | None = None) -> dict[str, Any]:
-    """Cold- and warm-server builds of every talk × format, ``study.runs`` times each."""
-    talks = talks or study.talks
-    formats = formats or study.formats
-    leftover = c.lynguine_servers()
-    if leftover:
-        c.log(f"ending {len(leftover)} lynguine server(s) left from before the study: {leftover}")
-        c.end_servers(leftover)
-    env = {"LAMD_USE_SERVER": "1"}
-    records: list[dict[str, Any]] = []
-    warm_starts: list[dict[str, Any]] = []
-    for talk in talks:
-        for fmt in formats:
-            for i in range(study.runs):
-                assert not c.lynguine_servers(), "a server is running before a cold build"
-                rec = build(study, talk, fmt, mode="server-cold", run_no=i + 1, extra_env=env)
-                c.log(f"server-cold {talk} {fmt} #{i + 1}: {rec['wall_us'] / 1e6:.2f} s, "
-                      f"servers started and ended: {rec['servers_started']}")
-                records.append(rec)
-            proc, ready_s, pids = start_warm_server(study, f"{talk}|{fmt}")
-            warm_starts.append({"talk": talk, "format": fmt, "ready_us": ready_s * 1e6, "pids": pids})
-            try:
-                for i in range(study.runs):
-                    rec = build(study, talk, fmt, mode="server-warm", run_no=i + 1, extra_env=env,
-                                keep_servers=True)
-                    rec["server_ready_us_before_build"] = ready_s * 1e6
-                    c.log(f"server-warm {talk} {fmt} #{i + 1}: {rec['wall_us'] / 1e6:.2f} s")
-                    records.append(rec)
-            finally:
-                stop_warm_server(proc, pids)
-    left = c.lynguine_servers()
-    if left:
-        c.end_servers(left)
-    return {"records": records, "warm_server_starts": warm_starts, "servers_left_running": c.lynguine_servers()}

@@ -1,8 +1,8 @@
 //! The command line: `lynanalyze [report] TRACES… [--format text|md|json] [-o OUT] [--spans FILE]`.
 //!
-//! Exit status: 0 when every input was read; 1 when some files were skipped (the report covers the
-//! rest, and each skipped file was named on stderr); 2 when nothing could be analysed or the command
-//! line was wrong.
+//! Exit status: 0 when every input was read; 1 when some files were skipped or some lines dropped as
+//! untrustworthy (the report covers the rest, and each file was named on stderr with how much and
+//! why); 2 when nothing could be analysed or the command line was wrong. `merge` likewise.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -33,6 +33,63 @@ enum Command {
     Report(ReportArgs),
     /// Merge the traces of a build into one Chrome trace (one clock, one Perfetto timeline).
     Merge(MergeArgs),
+    /// Compare two sets of runs (A: the baseline, B: the change): medians, a bootstrap 95 % interval of
+    /// each difference and a verdict, for the whole build and for each kind of process.
+    Diff(DiffArgs),
+    /// Write runs, build phases, processes and spans as a Parquet dataset partitioned by run (hive style),
+    /// for DuckDB, Spark or polars.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Each of A and B is a run directory written by `lynshim run`, or a directory holding several \
+    (`lynshim run -o DIR` repeated); with --vs, every positional path is A and the paths after --vs are B.\n\n\
+    Exit status: 0 compared; 1 with --fail-if-slower when the build got slower beyond the noise by more than PCT %; \
+    2 when the inputs cannot be compared (the message says why).")]
+struct DiffArgs {
+    /// A (the baseline), then B; or, with --vs, every path of A.
+    #[arg(required = true, value_name = "A B")]
+    inputs: Vec<PathBuf>,
+    /// The run directories of B, when A is given as several paths.
+    #[arg(long, num_args = 1.., value_name = "B")]
+    vs: Vec<PathBuf>,
+    /// Name of side A in the output.
+    #[arg(long, default_value = "A")]
+    name_a: String,
+    /// Name of side B in the output.
+    #[arg(long, default_value = "B")]
+    name_b: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Write the comparison to this file instead of stdout.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Exit 1 when the build's wall time got slower beyond the noise by more than PCT % (a CI gate).
+    #[arg(long, value_name = "PCT")]
+    fail_if_slower: Option<f64>,
+    /// How processes are matched: by their normalised command, or by program (lamd command).
+    #[arg(long, value_enum, default_value_t = crate::diff::GroupBy::Command)]
+    group_by: crate::diff::GroupBy,
+    /// Imports by package shown per kind of process (the largest).
+    #[arg(long, default_value_t = 8)]
+    top: usize,
+    /// Skip trace files larger than this many bytes.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_file_size: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// Trace files or directories written by `lynshim run`.
+    #[arg(required = true, value_name = "TRACES")]
+    inputs: Vec<PathBuf>,
+    /// The dataset directory (new, empty, or a dataset written before: runs exported again are replaced).
+    #[arg(short, long, value_name = "DATASET")]
+    output: PathBuf,
+    /// Skip trace files larger than this many bytes.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_file_size: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,7 +141,7 @@ pub enum Format {
 /// Insert the default `report` command when the first argument is not a command or a global flag.
 fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
-    let known = ["report", "merge", "help", "-h", "--help", "-V", "--version"];
+    let known = ["report", "merge", "diff", "export", "help", "-h", "--help", "-V", "--version"];
     if args.len() > 1 && !known.contains(&first) {
         let mut out = vec![args[0].clone(), OsString::from("report")];
         out.extend(args.into_iter().skip(1));
@@ -106,6 +163,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let result = match cli.command {
         Command::Report(args) => report_command(&args),
         Command::Merge(args) => merge_command(&args),
+        Command::Diff(args) => diff_command(&args),
+        Command::Export(args) => export_command(&args),
     };
     result.unwrap_or_else(|err| {
         eprintln!("lynanalyze: {err:#}");
@@ -118,12 +177,87 @@ fn merge_command(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     for problem in &outcome.skipped {
         eprintln!("lynanalyze: skipped {problem}");
     }
-    for warning in &outcome.cut_short {
+    for warning in outcome.cut_short.iter().chain(&outcome.damaged) {
         eprintln!("lynanalyze: warning: {warning}");
     }
     eprintln!(
         "lynanalyze: merged {} processes ({} events, {} spawn arrows) into {}",
         outcome.processes, outcome.events, outcome.spawn_flows, args.output.display()
+    );
+    Ok(if outcome.skipped.is_empty() && outcome.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    use crate::diff;
+    let (a, b) = if args.vs.is_empty() {
+        match args.inputs.as_slice() {
+            [a, b] => (vec![a.clone()], vec![b.clone()]),
+            _ => anyhow::bail!(
+                "diff takes two paths, A and B ({} given); for several paths a side, write `diff A1 A2 … --vs B1 B2 …`",
+                args.inputs.len()
+            ),
+        }
+    } else {
+        (args.inputs.clone(), args.vs.clone())
+    };
+    if let Some(pct) = args.fail_if_slower {
+        anyhow::ensure!(pct.is_finite() && pct >= 0.0, "--fail-if-slower takes a percentage ≥ 0, not {pct}");
+    }
+    let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
+    let side_a = diff::read_side(&args.name_a, &a, load_options, args.group_by)?;
+    let side_b = diff::read_side(&args.name_b, &b, load_options, args.group_by)?;
+    diff::check(&side_a, &side_b)?;
+    for side in [&side_a, &side_b] {
+        for problem in &side.skipped {
+            eprintln!("lynanalyze: {}: skipped {problem}", side.name);
+        }
+        for warning in &side.cut_short {
+            eprintln!("lynanalyze: {}: warning: {warning}", side.name);
+        }
+    }
+    let compared = diff::compare(side_a, side_b, args.top);
+    for warning in &compared.warnings {
+        eprintln!("lynanalyze: warning: {warning}");
+    }
+    let (header, sections) = (compared.header(), compared.sections());
+    let text = match args.format {
+        Format::Text => report::render_text(&header, &sections),
+        Format::Md => report::render_markdown(&header, &sections).replacen("# lynanalyze report", "# lynanalyze diff", 1),
+        Format::Html => crate::html::render_diff(&header, &sections),
+        Format::Json => report::render_json(compared.summary_json(), &sections),
+    };
+    write_output(args.output.as_deref(), &text)?;
+    if args.output.is_some() || args.format != Format::Text {
+        eprintln!("lynanalyze: {}", compared.headline());
+    }
+    if let (Some(pct), Some(wall)) = (args.fail_if_slower, compared.wall()) {
+        if wall.verdict == diff::Verdict::Higher && wall.diff_pct().is_some_and(|d| d > pct) {
+            eprintln!(
+                "lynanalyze: FAIL: {} is slower than {} by {:.1} % (more than {pct} %) beyond the noise",
+                compared.b.name,
+                compared.a.name,
+                wall.diff_pct().unwrap_or(0.0)
+            );
+            return Ok(ExitCode::from(1));
+        }
+    } else if args.fail_if_slower.is_some() {
+        eprintln!("lynanalyze: warning: --fail-if-slower: the build's wall time could not be compared");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_command(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
+    let outcome = crate::export::export(&args.inputs, &args.output, load_options)?;
+    for problem in &outcome.skipped {
+        eprintln!("lynanalyze: skipped {problem}");
+    }
+    for warning in &outcome.cut_short {
+        eprintln!("lynanalyze: warning: {warning}");
+    }
+    eprintln!(
+        "lynanalyze: exported {} run(s), {} Python processes, {} other programs and {} spans to {}",
+        outcome.runs, outcome.processes, outcome.programs, outcome.spans, args.output.display()
     );
     Ok(if outcome.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -137,7 +271,7 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     for problem in &loaded.skipped {
         eprintln!("lynanalyze: skipped {problem}");
     }
-    for warning in &loaded.warnings {
+    for warning in loaded.warnings.iter().chain(&loaded.damaged) {
         eprintln!("lynanalyze: warning: {warning}");
     }
     let rendering = std::time::Instant::now();
@@ -153,7 +287,7 @@ fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     if std::io::stderr().is_terminal() {
         eprintln!("lynanalyze: {} in {:.2?}", analysis.header.split(';').next().unwrap_or(""), started.elapsed());
     }
-    let code = if loaded.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    let code = if loaded.lost_anything() { ExitCode::from(1) } else { ExitCode::SUCCESS };
     // The process ends right after this: freeing millions of spans one by one would only delay it.
     std::mem::forget(analysis);
     Ok(code)
@@ -170,7 +304,8 @@ pub fn render(format: Format, analysis: &crate::Analysis) -> String {
             json!({"processes": loaded.processes.len(), "programs": loaded.programs.len(), "runs": loaded.run_ids(), "spans": analysis.spans.height(),
                    "bytes": loaded.bytes,
                    "skipped": loaded.skipped.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                   "cut_short": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+                   "cut_short": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                   "dropped": loaded.damaged.iter().map(ToString::to_string).collect::<Vec<_>>()}),
             sections,
         ),
     }

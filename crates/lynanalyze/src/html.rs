@@ -1,7 +1,12 @@
-//! The self-contained HTML report: the tables of every section plus three inline SVG charts — start-up
-//! against work per process, import cost by package, and a timeline of the build's processes — drawn
-//! from the sections' JSON data, so the charts show exactly the figures the other formats print.
+//! The self-contained HTML pages: the report (the tables of every section plus three charts — start-up
+//! against work per process, import cost by package, and a timeline of the build's processes) and the
+//! diff (the change of each metric with its interval, and both sides' phases). Charts are drawn by the
+//! plotters crate into inline SVG (its SVG backend only: no fonts, no bitmaps, no script), from the
+//! sections' JSON data, so they show exactly the figures the other formats print.
 
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 use crate::report::Section;
@@ -18,34 +23,136 @@ fn data<'a>(sections: &'a [Section], id: &str) -> Option<&'a Value> {
     sections.iter().find(|s| s.id == id).map(|s| &s.data)
 }
 
-const COLOURS: [(&str, &str); 4] = [("start-up", "#8da0cb"), ("imports", "#fc8d62"), ("work", "#66c2a5"), ("unattributed", "#d9d9d9")];
+/// The colours of the charts (ColorBrewer Set2, then greys): readable, and distinct in print.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(0x8d, 0xa0, 0xcb),
+    RGBColor(0xfc, 0x8d, 0x62),
+    RGBColor(0x66, 0xc2, 0xa5),
+    RGBColor(0xe7, 0x8a, 0xc3),
+    RGBColor(0xa6, 0xd8, 0x54),
+    RGBColor(0xff, 0xd9, 0x2f),
+    RGBColor(0xe5, 0xc4, 0x94),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xb3, 0xb3, 0xb3),
+    RGBColor(0xd9, 0xd9, 0xd9),
+];
 
-/// Horizontal stacked bars: one row per process, segments start-up, imports, work, unattributed.
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// One chart as an inline `<svg>`, drawn by plotters' SVG backend; a note instead if drawing failed.
+fn svg(width: u32, height: u32, draw: impl FnOnce(&Area<'_>) -> Drawn) -> String {
+    let mut out = String::new();
+    let result = {
+        let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(Into::into).and_then(|()| draw(&root)).and_then(|()| root.present().map_err(Into::into))
+    };
+    match result {
+        Ok(()) => out,
+        Err(err) => format!("<p class=\"note\">chart not drawn: {}</p>", escape(&err.to_string())),
+    }
+}
+
+const FONT: (&str, u32) = ("sans-serif", 12);
+
+/// A label cut to `n` characters.
+fn cut(text: &str, n: usize) -> String {
+    if text.chars().count() > n {
+        format!("{}…", text.chars().take(n - 1).collect::<String>())
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Horizontal bars, one row per label (first at the top), each row a stack of `(value, colour)`
+/// segments starting at `from` (for a timeline) or 0; a legend of `legend` when given.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, legend: &[&str], value_labels: bool) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let n = rows.len();
+    let max = rows.iter().map(|(from, parts)| from + parts.iter().map(|p| p.0).sum::<f64>()).fold(1e-9, f64::max);
+    let row_h = if n > 60 { 12 } else { 20 };
+    let height = (n as u32) * row_h + 60 + if legend.is_empty() { 0 } else { 20 };
+    let labels: Vec<String> = labels.iter().map(|l| cut(l, 52)).collect();
+    svg(980, height, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(330)
+            .build_cartesian_2d(0.0..max * if value_labels { 1.15 } else { 1.02 }, (0..n).into_segmented())?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_style(FONT)
+            .x_label_style(FONT)
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
+                _ => String::new(),
+            })
+            .x_desc(x_desc)
+            .draw()?;
+        for (series, name) in legend.iter().enumerate() {
+            let colour = PALETTE[series % PALETTE.len()];
+            chart
+                .draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<usize>)>>())?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        }
+        for (row, (from, parts)) in rows.iter().enumerate() {
+            let y = n - 1 - row;
+            let mut x = *from;
+            chart.draw_series(parts.iter().map(|&(value, colour)| {
+                let mut bar = Rectangle::new(
+                    [(x, SegmentValue::Exact(y)), ((x + value).max(x + max * 0.001), SegmentValue::Exact(y + 1))],
+                    PALETTE[colour % PALETTE.len()].filled(),
+                );
+                bar.set_margin(2, 2, 0, 0);
+                x += value;
+                bar
+            }))?;
+            if value_labels {
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{:.1} ms", (x - from) / 1000.0),
+                    (x + max * 0.01, SegmentValue::CenterOf(y)),
+                    TextStyle::from(FONT.into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
+                )))?;
+            }
+        }
+        if !legend.is_empty() {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .label_font(FONT)
+                .draw()?;
+        }
+        Ok(())
+    })
+}
+
+/// Most processes a per-process chart shows (the longest): a build has thousands.
+const MAX_ROWS: usize = 60;
+
+/// Stacked bars: one row per process (the longest [`MAX_ROWS`]), segments start-up, imports, work, rest.
 fn startup_chart(sections: &[Section]) -> String {
     let Some(Value::Array(rows)) = data(sections, "processes") else { return String::new() };
-    let max = rows.iter().map(|r| num(r, "wall_us")).fold(1.0, f64::max);
-    let (label_w, bar_w, row_h) = (320.0, 560.0, 18.0);
-    let height = row_h * rows.len() as f64 + 40.0;
-    let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-size="11" font-family="sans-serif">"#, label_w + bar_w + 20.0);
-    for (i, r) in rows.iter().enumerate() {
-        let y = i as f64 * row_h + 4.0;
-        let name = r.get("command").and_then(Value::as_str).unwrap_or("");
-        svg.push_str(&format!(r#"<text x="0" y="{}">{}</text>"#, y + 12.0, escape(&name.chars().take(48).collect::<String>())));
-        let parts = [num(r, "startup_us") + num(r, "activation_us"), num(r, "import_us"), num(r, "work_us"), num(r, "unattributed_us")];
-        let mut x = label_w;
-        for (part, (label, colour)) in parts.iter().zip(COLOURS) {
-            let w = part / max * bar_w;
-            svg.push_str(&format!(r#"<rect x="{x:.1}" y="{y}" width="{w:.1}" height="{}" fill="{colour}"><title>{label}: {:.1} ms</title></rect>"#, row_h - 4.0, part / 1000.0));
-            x += w;
-        }
-    }
-    let legend_y = height - 12.0;
-    for (i, (label, colour)) in COLOURS.iter().enumerate() {
-        let x = label_w + i as f64 * 120.0;
-        svg.push_str(&format!(r#"<rect x="{x}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{legend_y}">{label}</text>"#, legend_y - 9.0, x + 14.0));
-    }
-    svg.push_str("</svg>");
-    svg
+    let mut rows: Vec<&Value> = rows.iter().collect();
+    rows.sort_by(|a, b| num(b, "wall_us").total_cmp(&num(a, "wall_us")));
+    rows.truncate(MAX_ROWS);
+    let labels: Vec<String> = rows.iter().map(|r| r.get("command").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
+    let bars: Vec<(f64, Vec<(f64, usize)>)> = rows
+        .iter()
+        .map(|r| {
+            let start = num(r, "startup_us") + num(r, "activation_us");
+            let rest = num(r, "wall_us") - start - num(r, "import_us") - num(r, "work_us");
+            (0.0, vec![(start, 0), (num(r, "import_us"), 1), (num(r, "work_us"), 2), (rest.max(0.0), 9)])
+        })
+        .collect();
+    bar_rows(&labels, &bars, "µs of the process's wall time", &["start-up", "imports", "work", "main program, gc, exit, unattributed"], false)
 }
 
 /// Bars of import self time by top-level package (top 15).
@@ -54,50 +161,165 @@ fn imports_chart(sections: &[Section]) -> String {
         return String::new();
     };
     let rows: Vec<&Value> = packages.iter().take(15).collect();
-    let max = rows.iter().map(|r| num(r, "self_us")).fold(1.0, f64::max);
-    let (label_w, bar_w, row_h) = (180.0, 560.0, 18.0);
-    let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-size="11" font-family="sans-serif">"#, label_w + bar_w + 80.0, row_h * rows.len() as f64 + 8.0);
-    for (i, r) in rows.iter().enumerate() {
-        let y = i as f64 * row_h + 4.0;
-        let w = num(r, "self_us") / max * bar_w;
-        let name = r.get("package").and_then(Value::as_str).unwrap_or("");
-        svg.push_str(&format!(r##"<text x="0" y="{}">{}</text><rect x="{label_w}" y="{y}" width="{w:.1}" height="{}" fill="#fc8d62"/><text x="{:.1}" y="{}">{:.1} ms</text>"##,
-            y + 12.0, escape(name), row_h - 4.0, label_w + w + 4.0, y + 12.0, num(r, "self_us") / 1000.0));
-    }
-    svg.push_str("</svg>");
-    svg
+    let labels: Vec<String> = rows.iter().map(|r| r.get("package").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
+    let bars: Vec<(f64, Vec<(f64, usize)>)> = rows.iter().map(|r| (0.0, vec![(num(r, "self_us"), 1)])).collect();
+    bar_rows(&labels, &bars, "µs of import self time, all processes", &[], true)
 }
 
-/// One lane per process on the build's clock.
+/// One lane per process on the build's clock (the first [`MAX_ROWS`] * 2 to start).
 fn timeline_chart(sections: &[Section]) -> String {
     let Some(lanes) = data(sections, "concurrency").and_then(|d| d.get("timeline")).and_then(Value::as_array) else {
         return String::new();
     };
-    let end = lanes.iter().map(|l| num(l, "end_us")).fold(1.0, f64::max);
-    let (label_w, bar_w, row_h) = (320.0, 560.0, 16.0);
-    let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-size="11" font-family="sans-serif">"#, label_w + bar_w + 20.0, row_h * lanes.len() as f64 + 24.0);
-    for (i, l) in lanes.iter().enumerate() {
-        let y = i as f64 * row_h + 4.0;
-        let (s, e) = (num(l, "start_us") / end * bar_w, num(l, "end_us") / end * bar_w);
-        let name = l.get("command").and_then(Value::as_str).unwrap_or("");
-        svg.push_str(&format!(r##"<text x="0" y="{}">{}</text><rect x="{:.1}" y="{y}" width="{:.1}" height="{}" fill="#8da0cb"/>"##,
-            y + 11.0, escape(&name.chars().take(48).collect::<String>()), label_w + s, (e - s).max(1.0), row_h - 4.0));
+    let lanes: Vec<&Value> = lanes.iter().take(MAX_ROWS * 2).collect();
+    let labels: Vec<String> = lanes.iter().map(|l| l.get("command").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
+    let bars: Vec<(f64, Vec<(f64, usize)>)> =
+        lanes.iter().map(|l| (num(l, "start_us"), vec![((num(l, "end_us") - num(l, "start_us")).max(0.0), 0)])).collect();
+    bar_rows(&labels, &bars, "µs since the first process started", &[], false)
+}
+
+/// The diff's first chart: A's and B's median build wall time, each a stack of its phases.
+fn diff_phases_chart(sections: &[Section]) -> String {
+    let Some(rows) = data(sections, "build").and_then(|d| d.get("rows")).and_then(Value::as_array) else {
+        return String::new();
+    };
+    let phases: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r.get("metric").and_then(Value::as_str).is_some_and(|m| m.starts_with("phase: ")))
+        .collect();
+    if phases.is_empty() {
+        return String::new();
     }
-    svg.push_str(&format!(r#"<text x="{label_w}" y="{}">0 ms</text><text x="{}" y="{}" text-anchor="end">{:.0} ms</text></svg>"#,
-        row_h * lanes.len() as f64 + 18.0, label_w + bar_w, row_h * lanes.len() as f64 + 18.0, end / 1000.0));
-    svg
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|r| r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: "))
+        .collect();
+    let side = |key: &str| (0.0, phases.iter().enumerate().map(|(i, r)| (num(r, key), i)).collect::<Vec<_>>());
+    let side_name = |key: &str| {
+        data(sections, "summary").and_then(|d| d.get(key)).and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or(key).to_owned()
+    };
+    bar_rows(&[side_name("a"), side_name("b")], &[side("a_median"), side("b_median")], "µs of the build's wall time (median of each phase)", &names, false)
+}
+
+/// The diff's second chart: each metric's change B − A in % of A's median, with its 95 % interval,
+/// coloured by verdict (red slower, green faster, grey no difference or no verdict).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+fn diff_change_chart(sections: &[Section]) -> String {
+    let mut rows: Vec<(String, &Value)> = Vec::new();
+    if let Some(build) = data(sections, "build").and_then(|d| d.get("rows")).and_then(Value::as_array) {
+        rows.extend(build.iter().filter(|r| r.get("unit").and_then(Value::as_str) == Some("us")).map(|r| {
+            (format!("build: {}", r.get("metric").and_then(Value::as_str).unwrap_or("")), r)
+        }));
+    }
+    if let Some(Value::Array(kinds)) = data(sections, "kinds") {
+        for kind in kinds.iter().take(12) {
+            let name = kind.get("kind").and_then(Value::as_str).unwrap_or("");
+            if let Some(wall) = kind.get("rows").and_then(Value::as_array).and_then(|r| r.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall"))) {
+                rows.push((format!("{name}: wall"), wall));
+            }
+        }
+    }
+    rows.retain(|(_, r)| num(r, "a_median") > 0.0);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let pct = |r: &Value, key: &str| r.get(key).and_then(Value::as_f64).map(|v| 100.0 * v / num(r, "a_median"));
+    let n = rows.len();
+    let extent = rows
+        .iter()
+        .flat_map(|(_, r)| [pct(r, "diff"), pct(r, "ci95_low"), pct(r, "ci95_high")])
+        .flatten()
+        .fold(5.0_f64, |m, v| m.max(v.abs()))
+        * 1.1;
+    let labels: Vec<String> = rows.iter().map(|(l, _)| cut(l, 52)).collect();
+    svg(980, (n as u32) * 20 + 60, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(330)
+            .build_cartesian_2d(-extent..extent, (0..n).into_segmented())?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_style(FONT)
+            .x_label_style(FONT)
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
+                _ => String::new(),
+            })
+            .x_label_formatter(&|v| format!("{v:+.0}%"))
+            .x_desc("B − A, % of A's median; bar: 95 % interval")
+            .draw()?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Exact(n))],
+            BLACK.stroke_width(1),
+        )))?;
+        for (row, (_, r)) in rows.iter().enumerate() {
+            let at = n - 1 - row;
+            let y = || SegmentValue::CenterOf(at);
+            let verdict = r.get("verdict").and_then(Value::as_str).unwrap_or("");
+            let colour = match verdict {
+                "slower" => RGBColor(0xd7, 0x30, 0x27),
+                "faster" => RGBColor(0x1a, 0x98, 0x50),
+                _ => RGBColor(0x88, 0x88, 0x88),
+            };
+            if let (Some(lo), Some(hi)) = (pct(r, "ci95_low"), pct(r, "ci95_high")) {
+                chart.draw_series(std::iter::once(PathElement::new(vec![(lo, y()), (hi, y())], colour.stroke_width(3))))?;
+            }
+            if let Some(d) = pct(r, "diff") {
+                chart.draw_series(std::iter::once(Circle::new((d, y()), 4, colour.filled())))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{d:+.1}% {verdict}"),
+                    (extent * 0.98, y()),
+                    TextStyle::from(FONT.into_font()).pos(Pos::new(HPos::Right, VPos::Center)),
+                )))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A page: a title, a header line, charts (heading, svg) and the sections' tables and notes.
+fn page(title: &str, header: &str, charts: &[(&str, String)], sections: &[Section]) -> String {
+    let mut body = String::new();
+    body.push_str(&format!("<h1>{}</h1><p>{}</p>", escape(title), escape(header)));
+    body.push_str("<h2>Charts</h2>");
+    for (heading, chart) in charts {
+        body.push_str(&format!("<h3>{}</h3>", escape(heading)));
+        body.push_str(chart);
+    }
+    push_sections(&mut body, sections);
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:sans-serif;max-width:1200px;margin:2em auto;}}table{{border-collapse:collapse;margin:.5em 0;}}\
+         td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px;text-align:left;}}th{{background:#f3f3f3;}}\
+         .note{{color:#555;font-size:12px;}}svg{{display:block;max-width:100%;height:auto;}}</style></head><body>{body}</body></html>\n",
+        escape(title)
+    )
+}
+
+/// `lynanalyze diff --format html`: the comparison's sections with two charts.
+pub fn render_diff(header: &str, sections: &[Section]) -> String {
+    let headline = data(sections, "summary").and_then(|d| d.get("headline")).and_then(Value::as_str).unwrap_or("");
+    let charts = [
+        ("Change B − A with its 95 % interval (whole build, then each kind of process)", diff_change_chart(sections)),
+        ("The build's wall time by phase: median of each side", diff_phases_chart(sections)),
+    ];
+    page("lynanalyze diff", &format!("{header}. {headline}"), &charts, sections)
 }
 
 /// The whole report as one HTML page with no external resources.
 pub fn render(header: &str, sections: &[Section]) -> String {
-    let mut body = String::new();
-    body.push_str(&format!("<h1>lynanalyze report</h1><p>{}</p>", escape(header)));
-    body.push_str("<h2>Charts</h2><h3>Start-up against work, per process</h3>");
-    body.push_str(&startup_chart(sections));
-    body.push_str("<h3>Import cost by package (self time, all processes)</h3>");
-    body.push_str(&imports_chart(sections));
-    body.push_str("<h3>Timeline of the build's Python processes</h3>");
-    body.push_str(&timeline_chart(sections));
+    let charts = [
+        ("Start-up against work, per process (the longest 60)", startup_chart(sections)),
+        ("Import cost by package (self time, all processes)", imports_chart(sections)),
+        ("Timeline of the build's Python processes (the first 120)", timeline_chart(sections)),
+    ];
+    page("lynanalyze report", header, &charts, sections)
+}
+
+fn push_sections(body: &mut String, sections: &[Section]) {
     for section in sections {
         body.push_str(&format!("<h2>{}</h2>", escape(&section.title)));
         for table in &section.tables {
@@ -122,10 +344,4 @@ pub fn render(header: &str, sections: &[Section]) -> String {
             body.push_str(&format!("<p class=\"note\">{}</p>", escape(note)));
         }
     }
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>lynanalyze report</title><style>\
-         body{{font-family:sans-serif;max-width:1200px;margin:2em auto;}}table{{border-collapse:collapse;margin:.5em 0;}}\
-         td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px;text-align:left;}}th{{background:#f3f3f3;}}\
-         .note{{color:#555;font-size:12px;}}</style></head><body>{body}</body></html>\n"
-    )
 }

@@ -23,7 +23,15 @@ $(VENV)/.created: pyproject.toml
 	touch $@
 
 # Built in release mode once; `cargo test --release` below reuses the same dependency builds.
+# The exec-tracing preload library goes beside the package (maturin develop installs python/ in place,
+# and the wheel includes it, see pyproject.toml); `lynshim run` runs without it, saying so. Copied
+# without debug info (4.6 MB to 0.4 MB), and put in place by a rename, so that a process still running
+# with the old file keeps its mapping intact.
+PRELOAD := python/lynshim/_preload
 install: $(VENV)/.created
+	cargo build --release --quiet -p lynexec
+	mkdir -p $(PRELOAD) && strip --strip-debug -o $(PRELOAD)/liblynexec.so.tmp $(CARGO_TARGET_DIR)/release/liblynexec.so
+	mv -f $(PRELOAD)/liblynexec.so.tmp $(PRELOAD)/liblynexec.so
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet -m crates/lynanalyze/Cargo.toml
 
@@ -51,7 +59,7 @@ perfetto-deps:
 test-rust:
 	cargo test --release -p lynanalyze
 	cargo test --release -p lynload
-	cargo test --release -p lynschema -p lynshim
+	cargo test --release -p lynschema -p lynshim -p lynexec
 
 test-python:
 	$(PY) -m pytest tests
@@ -92,4 +100,4 @@ study: study-deps
 	  $(if $(STUDY_TALKS),--study-talks "$(STUDY_TALKS)")
 
 clean:
-	rm -rf build $(VENV) target
+	rm -rf build $(VENV) target $(PRELOAD)

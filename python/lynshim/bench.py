@@ -142,7 +142,7 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
     found = cli.launch(out / "discovery", "discovery", command, quiet=True, extra_env={schema.ENV_RECORD_FILES: "1"})
     if isinstance(found, int):
         return found
-    files = _file_set(found.traces)
+    files = _file_set(found.python_traces)
     packages = _site_packages(files)
     print(f"lynshim bench: {len(files)} files ({len(packages)} in site-packages)"
           f"{' to evict before each run' if cold else ''}", file=sys.stderr)
@@ -168,7 +168,8 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
         walls.append(result.wall_s * 1e6)
         record.update({"run_dir": str(result.run_dir), "wall_us": result.wall_s * 1e6, "exit": result.returncode,
                        "processes": []})
-        for trace in result.traces:
+        # Python traces only: the exec records of make, sh… (and of the Python processes) have no phases.
+        for trace in result.python_traces:
             name, phases, wall, _ = phases_of(trace)
             record["processes"].append({"command": name, "wall_us": wall, "phases_us": phases})
             for phase, us in phases.items():

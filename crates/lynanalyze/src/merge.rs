@@ -7,6 +7,9 @@
 //! Programs seen only by the preload library (make, sh, gpp, pandoc) get lanes of their own; the exec
 //! record of a Python process is left out, since its lynshim trace tells the same process in detail.
 //! Run records go into the trace's `metadata`. Files cut short are merged as far as they go.
+//!
+//! What is merged is what `report` reads: the same files (each once, however many paths lead to it),
+//! the same process counted once, and the lines the loader dropped as untrustworthy left out.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -18,7 +21,7 @@ use lynschema::{arg, category, event, RunRecord};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::load::{collect_files, load, read_events, LoadOptions, Problem};
+use crate::load::{load, read_events, LoadOptions, Problem};
 
 /// Flow ids of spawn arrows start here, far above the ids of request flows (pid << 24 | counter).
 const SPAWN_FLOW_BASE: u64 = 1 << 50;
@@ -30,7 +33,10 @@ pub struct MergeOutcome {
     pub events: usize,
     pub spawn_flows: usize,
     pub skipped: Vec<Problem>,
+    /// Files cut short, and paths not read twice.
     pub cut_short: Vec<Problem>,
+    /// Files merged without the lines the loader dropped.
+    pub damaged: Vec<Problem>,
 }
 
 struct Process {
@@ -47,9 +53,10 @@ struct Process {
 
 /// Merge the traces under `inputs` into `output` (gzip-compressed when it ends in `.gz`).
 pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Result<MergeOutcome> {
-    let (files, run_files, mut skipped) = collect_files(inputs);
-    // The linked model knows which exec records describe a Python process that has a trace of its own.
+    // The linked model knows which files can be read and trusted, which lines were dropped, and which
+    // exec records describe a Python process that has a trace of its own.
     let linked = load(inputs, LoadOptions { max_file_bytes: max_bytes, progress: false });
+    let mut skipped = linked.skipped.clone();
     // …and which images exec'd another at once (sh -c): the process's lane is its last program's.
     let told_twice: HashSet<&Path> = linked
         .processes
@@ -57,22 +64,29 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
         .filter_map(|p| p.image.as_ref().map(|image| image.file.as_path()))
         .chain(linked.programs.iter().filter(|p| p.replaced_by_exec).map(|p| p.file.as_path()))
         .collect();
-    let files: Vec<&PathBuf> = files.iter().filter(|f| !told_twice.contains(f.as_path())).collect();
+    let files: Vec<(&PathBuf, &[u32])> = linked
+        .processes
+        .iter()
+        .chain(&linked.programs)
+        .filter(|p| !told_twice.contains(p.file.as_path()))
+        .map(|p| (&p.file, p.dropped.lines.as_slice()))
+        .collect();
     // A Python trace linked to its exec record starts at the exec, to the microsecond (see lynload::link).
     let moved: HashMap<&Path, f64> = linked
         .processes
         .iter()
         .filter_map(|p| p.image.as_ref().map(|image| (p.file.as_path(), image.moved_us)))
         .collect();
-    let read: Vec<_> = files.par_iter().map(|&f| (f.clone(), read_events(f, max_bytes))).collect();
-    let mut outcome = MergeOutcome::default();
+    let read: Vec<_> = files.par_iter().map(|&(f, dropped)| (f.clone(), read_events(f, max_bytes, dropped))).collect();
+    let mut outcome = MergeOutcome {
+        cut_short: linked.warnings.clone(),
+        damaged: linked.damaged.clone(),
+        ..MergeOutcome::default()
+    };
     let mut processes = Vec::new();
     for (file, result) in read {
         match result {
-            Ok((events, truncated)) => {
-                if truncated {
-                    outcome.cut_short.push(Problem { file: file.clone(), message: "cut short: merged as far as it goes".into() });
-                }
+            Ok((events, _)) => {
                 let meta = events
                     .iter()
                     .find(|e| e.get("name").and_then(Value::as_str) == Some(event::PROCESS))
@@ -95,10 +109,7 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
             Err(message) => skipped.push(Problem { file, message }),
         }
     }
-    let runs: Vec<RunRecord> = run_files
-        .iter()
-        .filter_map(|f| std::fs::read(f).ok().and_then(|b| serde_json::from_slice(&b).ok()))
-        .collect();
+    let runs: Vec<RunRecord> = linked.runs.clone();
     if processes.is_empty() {
         outcome.skipped = skipped;
         anyhow::bail!("no lynshim traces could be read from the inputs");

@@ -4,16 +4,24 @@
 //! crash lacks the closing `]` and may end in half an event: it is read as far as it goes and reported
 //! as truncated. Anything else that is not such a file — empty, not UTF-8, not JSON, JSON of another
 //! shape, larger than the limit — is skipped with a one-line reason naming the file.
+//!
+//! Nothing is summed before it is checked ([`check`]): a line that cannot be trusted is dropped and
+//! counted, a file with too much of it is skipped, each file is read once however many paths lead to
+//! it ([`discover`]), and two files telling the same process are counted once.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use lynschema::{arg, category, event, files, RunRecord};
+use lynschema::{arg, category, event, RunRecord};
 
+pub mod check;
+pub mod discover;
 pub mod link;
+use check::{Dropped, Reason};
 use rayon::prelude::*;
 use rustc_hash::FxHashSet;
 use serde::Deserialize;
@@ -104,6 +112,8 @@ pub struct ProcessTrace {
     pub image: Option<link::Image>,
     /// For an exec record: its program exec'd another, which has a record of its own (see [`link`]).
     pub replaced_by_exec: bool,
+    /// The lines of its file that were dropped, and why (see [`check`]).
+    pub dropped: Dropped,
 }
 
 impl ProcessTrace {
@@ -150,12 +160,20 @@ pub struct Loaded {
     pub runs: Vec<RunRecord>,
     /// Files skipped.
     pub skipped: Vec<Problem>,
-    /// Files read in part (cut short).
+    /// Files read in part (cut short), and paths passed over because what they lead to was read by
+    /// another path.
     pub warnings: Vec<Problem>,
+    /// Files read with some lines dropped (see [`check`]): the message says how many and why.
+    pub damaged: Vec<Problem>,
     pub bytes: u64,
 }
 
 impl Loaded {
+    /// Whether anything was skipped or dropped: what the exit status says.
+    pub fn lost_anything(&self) -> bool {
+        !self.skipped.is_empty() || !self.damaged.is_empty()
+    }
+
     /// The runs the loaded processes belong to.
     pub fn run_ids(&self) -> std::collections::BTreeSet<&str> {
         self.processes.iter().map(|p| p.run_id.as_str()).collect()
@@ -212,40 +230,12 @@ struct RawEvent<'a> {
     at: Option<Cow<'a, str>>,
 }
 
-/// Trace files and run records under `inputs` (files, or directories searched recursively).
-pub fn collect_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<Problem>) {
-    let mut traces = Vec::new();
-    let mut runs = Vec::new();
-    let mut problems = Vec::new();
-    let mut stack: Vec<PathBuf> = inputs.to_vec();
-    while let Some(path) = stack.pop() {
-        match fs::metadata(&path) {
-            Err(err) => problems.push(Problem { file: path, message: format!("cannot read it ({err})") }),
-            Ok(meta) if meta.is_dir() => match fs::read_dir(&path) {
-                Ok(entries) => stack.extend(entries.filter_map(Result::ok).map(|e| e.path())),
-                Err(err) => problems.push(Problem { file: path, message: format!("cannot list it ({err})") }),
-            },
-            Ok(_) => {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name == files::RUN_RECORD {
-                    runs.push(path);
-                } else if files::is_trace_file_name(name) || inputs.contains(&path) {
-                    traces.push(path);
-                }
-            }
-        }
-    }
-    traces.sort();
-    runs.sort();
-    (traces, runs, problems)
-}
-
 /// A trace, and a warning when its file was cut short.
 type TraceAndWarning = (ProcessTrace, Option<String>);
 
 /// Load every trace and run record under `inputs`, in parallel.
 pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
-    let (traces, run_files, mut skipped) = collect_files(inputs);
+    let discover::Found { traces, runs: run_files, mut skipped, notes } = discover::collect(inputs);
     let bar = if options.progress && traces.len() > 20 {
         let bar = ProgressBar::new(traces.len() as u64);
         bar.set_style(
@@ -267,19 +257,7 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
         .collect();
     bar.finish_and_clear();
 
-    let mut loaded = Loaded::default();
-    for (file, result) in results {
-        match result {
-            Ok((trace, warning)) => {
-                loaded.bytes += trace.bytes;
-                if let Some(message) = warning {
-                    loaded.warnings.push(Problem { file: file.clone(), message });
-                }
-                loaded.processes.push(trace);
-            }
-            Err(message) => skipped.push(Problem { file, message }),
-        }
-    }
+    let mut loaded = Loaded { warnings: notes, ..Loaded::default() };
     for file in run_files {
         match fs::read(&file).map_err(|e| e.to_string()).and_then(|b| {
             serde_json::from_slice::<RunRecord>(&b).map_err(|e| format!("not a lynshim run record ({e})"))
@@ -288,9 +266,66 @@ pub fn load(inputs: &[PathBuf], options: LoadOptions) -> Loaded {
             Err(message) => skipped.push(Problem { file, message }),
         }
     }
+    let runs: HashMap<&str, (u64, u64)> =
+        loaded.runs.iter().map(|r| (r.run_id.as_str(), (r.start_unix_ns, r.end_unix_ns))).collect();
+    // The same process told by two files of the same source (a copied file): counted once.
+    let mut told: HashMap<(bool, String, i64, Option<u64>, u64), PathBuf> = HashMap::new();
+    let mut processes = Vec::with_capacity(results.len());
+    for (file, result) in results {
+        let (trace, warning) = match result {
+            Ok(read) => read,
+            Err(message) => {
+                skipped.push(Problem { file, message });
+                continue;
+            }
+        };
+        if let Some(&(start, end)) = runs.get(trace.run_id.as_str()) {
+            if let Some(message) = outside_run(trace.wall_zero_ns, start, end) {
+                skipped.push(Problem { file, message });
+                continue;
+            }
+        }
+        let key = (trace.source == Source::Exec, trace.run_id.clone(), trace.pid, trace.start_ticks, trace.wall_zero_ns);
+        if let Some(first) = told.get(&key) {
+            let message = format!(
+                "the same process as {} (same run, pid, start and source): counted once",
+                first.display()
+            );
+            skipped.push(Problem { file, message });
+            continue;
+        }
+        told.insert(key, file.clone());
+        loaded.bytes += trace.bytes;
+        if let Some(message) = warning {
+            loaded.warnings.push(Problem { file: file.clone(), message });
+        }
+        if !trace.dropped.is_empty() {
+            loaded.damaged.push(Problem { file: file.clone(), message: format!("{}: the rest read", trace.dropped.describe()) });
+        }
+        processes.push(trace);
+    }
+    loaded.processes = processes;
     loaded.skipped = skipped;
     link::link(&mut loaded);
     loaded
+}
+
+/// Why a process whose zero is `zero_ns` cannot belong to the run from `start_ns` to `end_ns`, if it
+/// cannot: it began more than a second before the run, or more than a week after it ended (a process
+/// may outlive its run, as a server left running does, but not begin long after it).
+fn outside_run(zero_ns: u64, start_ns: u64, end_ns: u64) -> Option<String> {
+    const SECOND_NS: u64 = 1_000_000_000;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let week_ns = (check::MAX_TS_US * 1000.0) as u64;
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = |ns: u64| ns as f64 / 1e9;
+    if zero_ns.saturating_add(SECOND_NS) < start_ns {
+        Some(format!("starts {:.3} s before its run (run.json): its zero (wall_zero_ns) is garbage", seconds(start_ns - zero_ns)))
+    } else if zero_ns > end_ns.saturating_add(week_ns) {
+        Some(format!("starts {:.0} s after its run ended (run.json): its zero (wall_zero_ns) is garbage", seconds(zero_ns - end_ns)))
+    } else {
+        None
+    }
 }
 
 /// Read and parse one file; `Ok` carries a warning when the file was cut short.
@@ -333,78 +368,134 @@ pub fn parse_trace(bytes: &[u8]) -> Result<ProcessTrace, String> {
 }
 
 fn parse_trace_with(bytes: &[u8], names: &mut Names) -> Result<ProcessTrace, String> {
-    let mut builder = Builder::new(bytes.len() as u64, names);
-    let truncated = for_each_line(bytes, |line| {
-        builder.push(match plain_event(line) {
+    let mut builder = Builder::new(bytes.len() as u64, names, exit_bound(bytes));
+    let mut dropped = Dropped::default();
+    let framing = for_each_line(bytes, &mut dropped, |number, line| {
+        let event = match plain_event(line) {
             Some(event) => event,
             None => serde_json::from_str::<RawEvent<'_>>(line)?,
-        });
+        };
+        builder.push(event, number, line.len());
         Ok(())
     })?;
-    builder.finish(truncated)
+    builder.finish(framing, dropped)
 }
 
-/// The events of one trace file, as they are, and whether the file was cut short: for merging.
-pub fn read_events(path: &Path, max_bytes: u64) -> Result<(Vec<Value>, bool), String> {
+/// The latest time a line of this file may bear: a second after its process's exit event, which
+/// lynshim writes among its last lines, or a week when there is none (a file cut short).
+fn exit_bound(bytes: &[u8]) -> f64 {
+    let mut end = bytes.len();
+    for _ in 0..8 {
+        let start = memchr::memrchr(b'\n', &bytes[..end]).map_or(0, |i| i + 1);
+        let line = &bytes[start..end];
+        if memchr::memmem::find(line, event::EXIT.as_bytes()).is_some() {
+            let exit = std::str::from_utf8(line)
+                .ok()
+                .and_then(|text| serde_json::from_str::<RawEvent<'_>>(text.trim().trim_matches(',')).ok());
+            if let Some(exit) = exit.filter(|e| e.ph == "i" && e.name == event::EXIT && check::timestamp_ok(e.ts)) {
+                return (exit.ts.max(0.0) + check::SLACK_US).min(check::MAX_TS_US);
+            }
+            break;
+        }
+        if start == 0 {
+            break;
+        }
+        end = start - 1;
+    }
+    check::MAX_TS_US
+}
+
+/// The events of one trace file, as they are, and whether the file was cut short: for merging. Lines
+/// numbered in `dropped` (the loader's [`ProcessTrace::dropped`]) are left out, and so are lines that
+/// are not JSON.
+pub fn read_events(path: &Path, max_bytes: u64, dropped: &[u32]) -> Result<(Vec<Value>, bool), String> {
     let mut bytes = Vec::new();
     read_limited(path, max_bytes, &mut bytes)?;
     let mut events = Vec::new();
-    let truncated = for_each_line(&bytes, |line| {
-        events.push(serde_json::from_str::<Value>(line)?);
+    let framing = for_each_line(&bytes, &mut Dropped::default(), |number, line| {
+        let value = serde_json::from_str::<Value>(line)?;
+        if !u32::try_from(number).is_ok_and(|n| dropped.binary_search(&n).is_ok()) {
+            events.push(value);
+        }
         Ok(())
     })?;
     if !events.iter().any(|e| e.get("name").and_then(Value::as_str) == Some(event::PROCESS)) {
         return Err(format!("no `{}` event: not written by lynshim", event::PROCESS));
     }
-    Ok((events, truncated))
+    Ok((events, framing.truncated))
+}
+
+/// What [`for_each_line`] saw of a file's framing.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    /// No closing `]`: cut short.
+    truncated: bool,
+    /// Event lines, read or dropped (a last line cut in half is not counted).
+    events: usize,
 }
 
 /// lynshim's framing: `[` alone on the first line, one event per line, `]` at the end unless cut short.
-/// Each event line goes to `read`, in order; a line it cannot read is an error unless it is the last
-/// (a file cut short in the middle of a line). `Ok` says whether the file was cut short.
+/// Each event line goes to `read` with its number, in order. A line `read` cannot parse, that is not
+/// UTF-8 or that is longer than [`check::MAX_LINE`] is dropped and counted in `dropped` — unless it is
+/// the last, which is a file cut short in the middle of a line.
 fn for_each_line<'a>(
     bytes: &'a [u8],
-    mut read: impl FnMut(&'a str) -> Result<(), serde_json::Error>,
-) -> Result<bool, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
+    dropped: &mut Dropped,
+    mut read: impl FnMut(usize, &'a str) -> Result<(), serde_json::Error>,
+) -> Result<Framing, String> {
+    // Nearly every file is UTF-8 throughout and is checked once; else line by line.
+    let whole = std::str::from_utf8(bytes);
     // Lines found with the memchr crate's vectorised search: `str::lines` was a tenth of loading.
     let mut start = 0;
     let line_ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
     let mut lines = line_ends
         .map(|end| {
-            let line = &text[start..end];
+            let line = match whole {
+                Ok(text) => Ok(&text[start..end]),
+                Err(_) => std::str::from_utf8(&bytes[start..end]),
+            };
             start = end + 1;
-            line
+            line.map(str::trim)
         })
         .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty());
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.is_empty()));
     match lines.next() {
         None => return Err("empty file".to_owned()),
-        Some((_, "[")) => {}
-        Some((_, line)) if line.starts_with('[') => {
+        Some((_, Err(err))) => return Err(format!("not UTF-8 text ({err})")),
+        Some((_, Ok("["))) => {}
+        Some((_, Ok(line))) if line.starts_with('[') => {
             return Err("not a lynshim trace (JSON, but not one event per line)".to_owned());
         }
         Some(_) => return Err("not a lynshim trace (expected `[` on the first line)".to_owned()),
     }
-    // A line that could not be read: an error if any line follows it.
-    let mut unreadable: Option<(usize, serde_json::Error)> = None;
+    // A line that could not be read: dropped if any line follows it, else the file was cut in it.
+    let mut unreadable: Option<(usize, Reason)> = None;
+    let mut events = 0;
     for (number, line) in lines {
-        if let Some((number, err)) = unreadable {
-            return Err(format!("line {number}: not a trace event ({err})"));
+        if let Some((number, reason)) = unreadable.take() {
+            dropped.add(reason, number);
         }
+        let Ok(line) = line else {
+            events += 1;
+            unreadable = Some((number, Reason::NotUtf8));
+            continue;
+        };
         let line = line.trim_start_matches(',').trim_end_matches(',');
         if line == "]" {
-            return Ok(false);
+            return Ok(Framing { truncated: false, events });
         }
         if line.is_empty() {
             continue;
         }
-        if let Err(err) = read(line) {
-            unreadable = Some((number, err));
+        events += 1;
+        if line.len() > check::MAX_LINE {
+            dropped.add(Reason::TooLong, number);
+        } else if read(number, line).is_err() {
+            unreadable = Some((number, Reason::Unreadable));
         }
     }
-    Ok(true)
+    Ok(Framing { truncated: true, events: events - usize::from(unreadable.is_some()) })
 }
 
 /// Nearly every line lynshim writes is the begin or end of an import, shaped exactly like
@@ -581,37 +672,64 @@ fn as_str(args: &Map<String, Value>, key: &str) -> Option<String> {
     args.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// The spans open on each thread: index into the trace's spans, and the time of their closed
-/// children. A process has a few threads, so they are found by looking, not hashing.
+/// A span begun and not yet ended.
+#[derive(Clone, Copy)]
+struct Open {
+    /// Index into the trace's spans.
+    index: usize,
+    /// The time of its closed children.
+    children: f64,
+    /// The line of its begin.
+    line: usize,
+}
+
+/// What is known of one thread while its events are read.
 #[derive(Default)]
-struct OpenSpans(Vec<(i64, Vec<(usize, f64)>)>);
+struct Thread {
+    tid: i64,
+    /// Its open spans, outermost first.
+    stack: Vec<Open>,
+    /// The latest time seen on it (the end of an `X`): its next begin or end may not come earlier.
+    frontier: f64,
+    /// Begins dropped for nesting deeper than [`check::MAX_DEPTH`] and not yet ended.
+    too_deep: usize,
+}
+
+/// The threads of a process. A process has a few, so they are found by looking, not hashing.
+#[derive(Default)]
+struct OpenSpans(Vec<Thread>);
 
 impl OpenSpans {
-    fn of(&mut self, tid: i64) -> &mut Vec<(usize, f64)> {
-        let index = match self.0.iter().position(|(t, _)| *t == tid) {
+    fn of(&mut self, tid: i64) -> &mut Thread {
+        let index = match self.0.iter().position(|t| t.tid == tid) {
             Some(index) => index,
             None => {
-                self.0.push((tid, Vec::new()));
+                self.0.push(Thread { tid, frontier: f64::NEG_INFINITY, ..Thread::default() });
                 self.0.len() - 1
             }
         };
-        &mut self.0[index].1
+        &mut self.0[index]
     }
 }
 
-/// Builds a [`ProcessTrace`] from a file's events, one at a time.
+/// Builds a [`ProcessTrace`] from a file's events, one at a time, checking each (see [`check`]).
 struct Builder<'n> {
     names: &'n mut Names,
     trace: ProcessTrace,
     /// Whether the `lynshim.process` event has been seen.
     described: bool,
-    /// Open spans per thread: index into `trace.spans`, and the time of their closed children.
+    /// Why the `lynshim.process` event cannot be believed, if it cannot.
+    garbage: Option<String>,
     open: OpenSpans,
     last_ts: f64,
+    /// The latest time a line may bear (see [`exit_bound`]).
+    bound_us: f64,
+    /// Spans dropped after they were begun (never ended): taken out in [`Builder::finish`].
+    unended: Vec<usize>,
 }
 
 impl<'n> Builder<'n> {
-    fn new(bytes: u64, names: &'n mut Names) -> Self {
+    fn new(bytes: u64, names: &'n mut Names, bound_us: f64) -> Self {
         Self {
             names,
             trace: ProcessTrace {
@@ -640,10 +758,14 @@ impl<'n> Builder<'n> {
                 cpu_us: None,
                 image: None,
                 replaced_by_exec: false,
+                dropped: Dropped::default(),
             },
             described: false,
+            garbage: None,
             open: OpenSpans::default(),
             last_ts: 0.0,
+            bound_us,
+            unended: Vec::new(),
         }
     }
 
@@ -656,108 +778,264 @@ impl<'n> Builder<'n> {
         trace.label = as_str(meta, arg::LABEL).unwrap_or_default();
         trace.command = as_str(meta, arg::COMMAND).unwrap_or_default();
         trace.lamd_command = as_str(meta, arg::LAMD_COMMAND);
-        trace.wall_zero_ns = meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64).unwrap_or(0);
+        let zero = meta.get(arg::WALL_ZERO_NS).and_then(Value::as_u64);
+        trace.wall_zero_ns = zero.unwrap_or(0);
         trace.parent_trace = as_str(meta, arg::PARENT_TRACE);
         trace.start_ticks = meta.get(arg::START_TICKS).and_then(Value::as_u64);
         if meta.get(arg::SOURCE).and_then(Value::as_str) == Some(arg::SOURCE_EXEC) {
             trace.source = Source::Exec;
         }
         self.described = true;
+        if trace.pid <= 0 {
+            self.garbage = Some(format!("its `{}` event is garbage (pid {:?})", event::PROCESS, meta.get(arg::PID)));
+        } else if !zero.is_some_and(|z| z <= check::MAX_WALL_ZERO_NS) {
+            self.garbage =
+                Some(format!("its `{}` event is garbage (wall_zero_ns {:?})", event::PROCESS, meta.get(arg::WALL_ZERO_NS)));
+        }
     }
 
-    fn push(&mut self, ev: RawEvent<'_>) {
-        self.last_ts = self.last_ts.max(ev.ts + ev.dur.max(0.0));
+    /// A line dropped: counted, and nothing of it kept.
+    fn drop_line(&mut self, reason: Reason, line: usize) {
+        self.trace.dropped.add(reason, line);
+    }
+
+    /// Read one event, from line `line` of `len` bytes, or drop it.
+    fn push(&mut self, ev: RawEvent<'_>, line: usize, len: usize) {
+        let ph = ev.ph.as_bytes();
+        match ph {
+            b"B" | b"E" | b"X" | b"C" => {
+                if len > check::MAX_EVENT_LINE {
+                    return self.drop_line(Reason::TooLong, line);
+                }
+            }
+            // Metadata (names) bear no time.
+            b"M" => return,
+            b"i" | b"I" | b"s" | b"t" | b"f" => {}
+            _ => return self.drop_line(Reason::UnknownPhase, line),
+        }
+        if !check::timestamp_ok(ev.ts) {
+            return self.drop_line(Reason::Timestamp, line);
+        }
+        // A clock read a little before the zero: the process's start.
+        let ts = ev.ts.max(0.0);
+        let dur = if ph == b"X" { ev.dur } else { 0.0 };
+        if !check::duration_ok(dur) {
+            return self.drop_line(Reason::Duration, line);
+        }
+        if ts + dur > self.bound_us {
+            return self.drop_line(Reason::AfterExit, line);
+        }
         let trace = &mut self.trace;
-        match ev.ph.as_bytes() {
+        match ph {
             b"B" => {
-                let stack = self.open.of(ev.tid);
-                let parent = stack.last().map(|(i, _)| u32::try_from(*i).unwrap_or(u32::MAX));
-                stack.push((trace.spans.len(), 0.0));
+                let thread = self.open.of(ev.tid);
+                if thread.too_deep > 0 || thread.stack.len() >= check::MAX_DEPTH {
+                    thread.too_deep += 1;
+                    return self.drop_line(Reason::TooDeep, line);
+                }
+                if ts < thread.frontier - check::ROUNDING_US {
+                    return self.drop_line(Reason::Backwards, line);
+                }
+                let ts = ts.max(thread.frontier);
+                thread.frontier = ts;
+                self.last_ts = self.last_ts.max(ts);
+                let parent = thread.stack.last().map(|o| u32::try_from(o.index).unwrap_or(u32::MAX));
+                thread.stack.push(Open { index: trace.spans.len(), children: 0.0, line });
                 trace.spans.push(Span {
                     name: self.names.get(&ev.name),
                     cat: self.names.get(&ev.cat),
                     tid: ev.tid,
-                    start_us: ev.ts,
+                    start_us: ts,
                     dur_us: 0.0,
                     self_us: 0.0,
-                    depth: u32::try_from(stack.len() - 1).unwrap_or(u32::MAX),
+                    depth: u32::try_from(thread.stack.len() - 1).unwrap_or(u32::MAX),
                     parent,
                     args: boxed(ev.args),
                     unfinished: false,
                 });
             }
             b"E" => {
-                let stack = self.open.of(ev.tid);
-                if let Some((index, children)) = stack.pop() {
-                    let span = &mut trace.spans[index];
-                    span.dur_us = (ev.ts - span.start_us).max(0.0);
-                    span.self_us = (span.dur_us - children).max(0.0);
-                    if !ev.args.is_empty() {
-                        span.args.get_or_insert_with(Box::default).extend(ev.args);
-                    }
-                    let dur = span.dur_us;
-                    if let Some(parent) = stack.last_mut() {
-                        parent.1 += dur;
+                let thread = self.open.of(ev.tid);
+                if thread.too_deep > 0 {
+                    thread.too_deep -= 1;
+                    return self.drop_line(Reason::TooDeep, line);
+                }
+                if ts < thread.frontier - check::ROUNDING_US {
+                    return self.drop_line(Reason::Backwards, line);
+                }
+                // It ends the innermost open span of its name (the innermost of all when it names none):
+                // spans begun inside that one and never ended are dropped.
+                let spans = &trace.spans;
+                let found = if ev.name.is_empty() {
+                    thread.stack.len().checked_sub(1)
+                } else {
+                    thread.stack.iter().rposition(|o| *spans[o.index].name == *ev.name)
+                };
+                let Some(at) = found else {
+                    return self.drop_line(Reason::EndWithoutBegin, line);
+                };
+                while thread.stack.len() > at + 1 {
+                    let unended = thread.stack.pop().expect("deeper than at");
+                    trace.dropped.add(Reason::BeginWithoutEnd, unended.line);
+                    self.unended.push(unended.index);
+                    // Its ended children are its parent's now.
+                    if let Some(parent) = thread.stack.last_mut() {
+                        parent.children += unended.children;
                     }
                 }
+                let ts = ts.max(thread.frontier);
+                thread.frontier = ts;
+                self.last_ts = self.last_ts.max(ts);
+                let open = thread.stack.pop().expect("found");
+                let span = &mut trace.spans[open.index];
+                span.dur_us = (ts - span.start_us).max(0.0);
+                span.self_us = (span.dur_us - open.children).max(0.0);
+                if !ev.args.is_empty() {
+                    span.args.get_or_insert_with(Box::default).extend(ev.args);
+                }
+                let dur = span.dur_us;
+                if let Some(parent) = thread.stack.last_mut() {
+                    parent.children += dur;
+                }
             }
-            b"X" => trace.spans.push(Span {
-                name: self.names.get(&ev.name),
-                cat: self.names.get(&ev.cat),
-                tid: ev.tid,
-                start_us: ev.ts,
-                dur_us: ev.dur.max(0.0),
-                self_us: ev.dur.max(0.0),
-                depth: 0,
-                parent: None,
-                args: boxed(ev.args),
-                unfinished: false,
-            }),
+            b"X" => {
+                let thread = self.open.of(ev.tid);
+                if ts < thread.frontier - check::ROUNDING_US {
+                    return self.drop_line(Reason::Backwards, line);
+                }
+                let ts = ts.max(thread.frontier);
+                thread.frontier = ts + dur;
+                self.last_ts = self.last_ts.max(ts + dur);
+                // Inside whatever span is open on its thread.
+                let parent = thread.stack.last_mut().map(|open| {
+                    open.children += dur;
+                    u32::try_from(open.index).unwrap_or(u32::MAX)
+                });
+                trace.spans.push(Span {
+                    name: self.names.get(&ev.name),
+                    cat: self.names.get(&ev.cat),
+                    tid: ev.tid,
+                    start_us: ts,
+                    dur_us: dur,
+                    self_us: dur,
+                    depth: u32::try_from(thread.stack.len()).unwrap_or(u32::MAX),
+                    parent,
+                    args: boxed(ev.args),
+                    unfinished: false,
+                });
+            }
             b"C" => {
                 let bytes = ev.args.get(arg::BYTES).and_then(Value::as_f64).unwrap_or(0.0);
+                if !check::amount_ok(bytes, check::MAX_BYTES) {
+                    return self.drop_line(Reason::Value, line);
+                }
                 if ev.name == event::PEAK_RSS {
                     trace.peak_rss = Some(bytes);
                 } else if ev.name == event::RSS {
                     let at = ev.at.as_deref().map(|at| self.names.get(at));
-                    trace.rss.push(Sample { ts_us: ev.ts, bytes, at });
+                    trace.rss.push(Sample { ts_us: ts, bytes, at });
                 }
             }
             b"i" if ev.name == event::PROCESS && !self.described => self.describe(&ev.args),
             b"i" if ev.name == event::EXIT => {
-                trace.exit_us = Some(ev.ts);
-                let cpu = [arg::CPU_USER_US, arg::CPU_SYS_US].map(|key| ev.args.get(key).and_then(Value::as_f64));
-                if let [Some(user), Some(sys)] = cpu {
+                let amounts = [arg::CPU_USER_US, arg::CPU_SYS_US, arg::PEAK_RSS_BYTES].map(|key| ev.args.get(key).and_then(Value::as_f64));
+                let [user, sys, peak] = amounts;
+                let cpu_ok = |v: Option<f64>| v.map_or(true, |v| check::amount_ok(v, check::MAX_TS_US * 1024.0));
+                if !(cpu_ok(user) && cpu_ok(sys) && peak.map_or(true, |v| check::amount_ok(v, check::MAX_BYTES))) {
+                    return self.drop_line(Reason::Value, line);
+                }
+                trace.exit_us = Some(ts);
+                if let (Some(user), Some(sys)) = (user, sys) {
                     trace.cpu_us = Some(user + sys);
                 }
                 trace.exit_status = ev.args.get(arg::EXIT_STATUS).and_then(Value::as_i64);
                 trace.exit_signal = ev.args.get(arg::EXIT_SIGNAL).and_then(Value::as_i64);
                 trace.lynguine_version = as_str(&ev.args, arg::LYNGUINE_VERSION);
                 if trace.peak_rss.is_none() {
-                    trace.peak_rss = ev.args.get(arg::PEAK_RSS_BYTES).and_then(Value::as_f64);
+                    trace.peak_rss = peak;
                 }
             }
             _ => {}
         }
+        self.last_ts = self.last_ts.max(ts + dur);
     }
 
-    fn finish(self, truncated: bool) -> Result<ProcessTrace, String> {
+    fn finish(self, framing: Framing, unreadable: Dropped) -> Result<ProcessTrace, String> {
         if !self.described {
             return Err(format!("no `{}` event: not written by lynshim", event::PROCESS));
         }
-        let Self { mut trace, open, last_ts, .. } = self;
-        trace.truncated = truncated;
+        if let Some(garbage) = self.garbage {
+            return Err(garbage);
+        }
+        let Self { mut trace, open, last_ts, mut unended, .. } = self;
+        trace.truncated = framing.truncated;
         trace.end_us = last_ts;
-        // Spans the file ended inside: they last until its last event.
-        for (_, stack) in open.0 {
-            for (index, children) in stack.into_iter().rev() {
-                let span = &mut trace.spans[index];
-                span.dur_us = (last_ts - span.start_us).max(0.0);
-                span.self_us = (span.dur_us - children).max(0.0);
-                span.unfinished = true;
+        for thread in open.0 {
+            for open in thread.stack.into_iter().rev() {
+                if framing.truncated {
+                    // Spans the file ended inside: they last until its last event.
+                    let span = &mut trace.spans[open.index];
+                    span.dur_us = (last_ts - span.start_us).max(0.0);
+                    span.self_us = (span.dur_us - open.children).max(0.0);
+                    span.unfinished = true;
+                } else {
+                    // A whole file whose span never ended: not the rest of the process.
+                    trace.dropped.add(Reason::BeginWithoutEnd, open.line);
+                    unended.push(open.index);
+                }
             }
+        }
+        if !unreadable.is_empty() {
+            for (count, more) in trace.dropped.counts.iter_mut().zip(unreadable.counts) {
+                *count += more;
+            }
+            trace.dropped.lines.extend(unreadable.lines);
+        }
+        if !trace.dropped.is_empty() {
+            trace.dropped.lines.sort_unstable();
+            let dropped = trace.dropped.total() as usize;
+            #[allow(clippy::cast_precision_loss)]
+            if dropped as f64 > check::MAX_DROPPED_SHARE * framing.events.max(1) as f64 {
+                return Err(format!(
+                    "too damaged to trust: {} of {} event lines ({})",
+                    dropped,
+                    framing.events,
+                    trace.dropped.describe()
+                ));
+            }
+        }
+        if !unended.is_empty() {
+            remove_spans(&mut trace.spans, &unended);
         }
         Ok(trace)
     }
+}
+
+/// Take the spans at `removed` out of `spans`: their children move up to the nearest span kept.
+fn remove_spans(spans: &mut Vec<Span>, removed: &[usize]) {
+    let mut gone = vec![false; spans.len()];
+    for &index in removed {
+        gone[index] = true;
+    }
+    // For each old index: its new index if kept, else its nearest kept ancestor's (parents come first).
+    let mut moved: Vec<Option<u32>> = Vec::with_capacity(spans.len());
+    let mut depths: Vec<u32> = Vec::with_capacity(spans.len());
+    for (index, span) in spans.iter_mut().enumerate() {
+        let parent = span.parent.and_then(|p| moved.get(p as usize).copied().flatten());
+        if gone[index] {
+            moved.push(parent);
+        } else {
+            span.parent = parent;
+            span.depth = parent.map_or(0, |p| depths[p as usize] + 1);
+            moved.push(Some(u32::try_from(depths.len()).unwrap_or(u32::MAX)));
+            depths.push(span.depth);
+        }
+    }
+    let mut index = 0;
+    spans.retain(|_| {
+        index += 1;
+        !gone[index - 1]
+    });
 }
 
 /// Is this span a call into lynguine or lamd (not an import, start-up or lynshim's own)?
@@ -917,8 +1195,264 @@ mod tests {
         assert!(reason(b"\xff\xfe").starts_with("not UTF-8"));
         assert!(reason(b"hello").contains("expected `[`"));
         assert!(reason(b"[{\"a\":1}]").contains("one event per line"));
-        assert!(reason(b"[\n{\"ph\":\"B\"}\ngarbage\n{\"ph\":\"E\"}\n]").starts_with("line 3"));
+        assert!(reason(b"[\n{\"ph\":\"B\"}\ngarbage\n{\"ph\":\"E\"}\n]").contains("not written by lynshim"));
         assert!(reason(b"[\n{\"ph\":\"B\"}\n]").contains("not written by lynshim"));
         assert!(parse_trace(b"[\n[1,2]\n]").is_err());
+        // Garbage in the process event itself: nothing in the file can be placed.
+        assert!(reason(GOOD.replace(r#""pid":7,"run_id""#, r#""pid":0,"run_id""#).as_bytes()).contains("garbage"));
+        assert!(reason(GOOD.replace(r#","wall_zero_ns":1000"#, "").as_bytes()).contains("wall_zero_ns"));
+        assert!(reason(GOOD.replace(r#""wall_zero_ns":1000"#, r#""wall_zero_ns":18446744073709551615"#).as_bytes()).contains("garbage"));
+    }
+
+    /// A process with `n` imports one after another, 10 µs apart, then a lamd call, then its exit.
+    fn many(n: usize) -> Vec<String> {
+        let mut lines = vec![
+            "[".to_owned(),
+            r#"{"args":{"pid":7,"run_id":"r","command":"mdfield title talk.md","wall_zero_ns":1000},"cat":"lynshim","name":"lynshim.process","ph":"i","pid":7,"tid":7,"ts":0.0},"#.to_owned(),
+            r#"{"cat":"startup","dur":100.0,"name":"interpreter start-up","ph":"X","pid":7,"tid":7,"ts":0.0},"#.to_owned(),
+            r#"{"cat":"program","name":"main program","ph":"B","pid":7,"tid":7,"ts":100.0},"#.to_owned(),
+        ];
+        for i in 0..n {
+            let ts = 200 + 10 * i;
+            lines.push(format!(r#"{{"cat":"import","name":"m{i}","ph":"B","pid":7,"tid":7,"ts":{ts}.0}},"#));
+            lines.push(format!(r#"{{"cat":"import","name":"m{i}","ph":"E","pid":7,"tid":7,"ts":{}.0}},"#, ts + 5));
+        }
+        let end = 200 + 10 * n;
+        lines.push(format!(r#"{{"cat":"lamd","name":"main","ph":"B","pid":7,"tid":7,"ts":{end}.0}},"#));
+        lines.push(format!(r#"{{"cat":"lamd","name":"main","ph":"E","pid":7,"tid":7,"ts":{}.0}},"#, end + 50));
+        lines.push(format!(r#"{{"cat":"program","name":"main program","ph":"E","pid":7,"tid":7,"ts":{}.0}},"#, end + 60));
+        lines.push(format!(r#"{{"args":{{"exit_status":0}},"cat":"lynshim","name":"lynshim.exit","ph":"i","pid":7,"tid":7,"ts":{}.0}}"#, end + 100));
+        lines.push("]".to_owned());
+        lines
+    }
+
+    fn parse_lines(lines: &[String]) -> Result<ProcessTrace, String> {
+        parse_trace(lines.join("\n").as_bytes())
+    }
+
+    /// Per thread, the self times of its spans add up to no more than the process's life, and every
+    /// span lies inside it.
+    fn assert_within_life(t: &ProcessTrace) {
+        let wall = t.end_us();
+        assert!(wall.is_finite() && (0.0..=check::MAX_TS_US + check::SLACK_US).contains(&wall), "{wall}");
+        let mut by_thread: HashMap<i64, f64> = HashMap::new();
+        for s in &t.spans {
+            assert!(s.start_us >= 0.0 && s.dur_us >= 0.0 && s.self_us >= 0.0 && s.self_us <= s.dur_us, "{s:?}");
+            assert!(s.start_us + s.dur_us <= wall * (1.0 + 1e-12) + 1e-6, "{s:?} beyond {wall}");
+            *by_thread.entry(s.tid).or_default() += s.self_us;
+        }
+        for (tid, total) in by_thread {
+            assert!(total <= wall * (1.0 + 1e-9) + 1e-3, "thread {tid}: {total} µs of self time in {wall} µs");
+        }
+    }
+
+    fn reasons(t: &ProcessTrace) -> Vec<Reason> {
+        Reason::ALL.iter().copied().filter(|&r| t.dropped.counts[r as usize] > 0).collect()
+    }
+
+    #[test]
+    fn a_clean_trace_drops_nothing() {
+        let t = parse_lines(&many(100)).expect("parses");
+        assert!(t.dropped.is_empty());
+        assert_eq!(t.spans.len(), 103);
+        assert_within_life(&t);
+        let t = parse_trace(GOOD.as_bytes()).expect("parses");
+        assert!(t.dropped.is_empty());
+    }
+
+    #[test]
+    fn a_huge_timestamp_is_dropped_with_the_span_it_would_have_ended() {
+        let mut lines = many(100);
+        // The issue's case: one end at 1e308 (a disk error, a hostile writer).
+        lines[11] = lines[11].replace(r#""ts":235.0"#, r#""ts":1e308"#);
+        let t = parse_lines(&lines).expect("one bad line of 200 is not too much");
+        assert_eq!(reasons(&t), vec![Reason::Timestamp, Reason::BeginWithoutEnd]);
+        assert_eq!(t.dropped.lines, vec![11, 12]);
+        assert_eq!(t.end_us, 1300.0);
+        assert_eq!(t.spans.len(), 102);
+        assert_within_life(&t);
+        assert!(t.dropped.describe().starts_with("2 lines dropped (1 timestamp"), "{}", t.dropped.describe());
+        // Just under a week, but after the exit: dropped too.
+        let mut lines = many(100);
+        lines[11] = lines[11].replace(r#""ts":235.0"#, r#""ts":600000000000.0"#);
+        let t = parse_lines(&lines).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::AfterExit, Reason::BeginWithoutEnd]);
+        assert_within_life(&t);
+        for garbage in ["NaN", "-2e6", "\"12\""] {
+            let mut lines = many(100);
+            lines[11] = lines[11].replace(r#""ts":235.0"#, &format!(r#""ts":{garbage}"#));
+            let t = parse_lines(&lines).expect("parses");
+            assert_eq!(t.dropped.total(), 2, "{garbage}");
+            assert_within_life(&t);
+        }
+    }
+
+    #[test]
+    fn a_begin_without_an_end_is_dropped_in_a_whole_file_and_kept_in_a_cut_one() {
+        let mut lines = many(100);
+        lines.remove(lines.len() - 4); // lamd main's end
+        let t = parse_lines(&lines).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::BeginWithoutEnd]);
+        assert!(t.spans.iter().all(|s| &*s.name != "main"), "the rest of the process is not work");
+        assert_within_life(&t);
+        // …and the main program that enclosed it still ends where it did.
+        let program = t.spans.iter().find(|s| &*s.name == "main program").expect("kept");
+        assert_eq!(program.dur_us, 1160.0);
+        // The lamd span left open by a file cut short lasts until its last event, as before.
+        let cut = &lines[..lines.len() - 3];
+        let t = parse_lines(cut).expect("parses");
+        assert!(t.truncated && t.dropped.is_empty());
+        assert!(t.spans.iter().any(|s| &*s.name == "main" && s.unfinished));
+    }
+
+    #[test]
+    fn an_end_closes_its_own_begin_and_the_unended_ones_inside_are_dropped() {
+        let mut lines = many(100);
+        // m3's end is lost: m4 ends normally, then m3's parent (the main program) ends.
+        lines.remove(11);
+        let t = parse_lines(&lines).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::BeginWithoutEnd]);
+        assert!(t.spans.iter().all(|s| &*s.name != "m3"));
+        let program = t.spans.iter().position(|s| &*s.name == "main program").expect("kept");
+        let m4 = t.spans.iter().find(|s| &*s.name == "m4").expect("kept");
+        assert_eq!((m4.parent, m4.depth), (Some(u32::try_from(program).expect("small")), 1));
+        assert_within_life(&t);
+        // An end nothing began.
+        let mut lines = many(100);
+        lines.insert(12, r#"{"cat":"import","name":"ghost","ph":"E","pid":7,"tid":7,"ts":236.0},"#.to_owned());
+        let t = parse_lines(&lines).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::EndWithoutBegin]);
+        assert_eq!(t.spans.len(), 103);
+    }
+
+    #[test]
+    fn time_running_backwards_negative_durations_and_unknown_phases_are_dropped() {
+        let mut lines = many(100);
+        lines[20] = lines[20].replace(r#""ts":280.0"#, r#""ts":100.0"#); // m8 begins before m7 ended
+        lines.insert(30, r#"{"cat":"x","dur":-5.0,"name":"x","ph":"X","pid":7,"tid":7,"ts":330.0},"#.to_owned());
+        lines.insert(40, r#"{"cat":"x","name":"x","ph":"Q","pid":7,"tid":7,"ts":330.0},"#.to_owned());
+        let t = parse_lines(&lines).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::Duration, Reason::Backwards, Reason::EndWithoutBegin, Reason::UnknownPhase]);
+        assert_within_life(&t);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_dropped_with_its_ends() {
+        let mut lines = many(0)[..4].to_vec();
+        let depth = check::MAX_DEPTH + 8;
+        for i in 0..depth {
+            lines.push(format!(r#"{{"cat":"import","name":"d{i}","ph":"B","pid":7,"tid":7,"ts":{}.0}},"#, 150 + i));
+        }
+        for i in (0..depth).rev() {
+            lines.push(format!(r#"{{"cat":"import","name":"d{i}","ph":"E","pid":7,"tid":7,"ts":{}.0}},"#, 150 + 2 * depth - i));
+        }
+        lines.push(r#"{"cat":"program","name":"main program","ph":"E","pid":7,"tid":7,"ts":2000.0},"#.to_owned());
+        lines.push(r#"{"args":{"exit_status":0},"cat":"lynshim","name":"lynshim.exit","ph":"i","pid":7,"tid":7,"ts":2100.0}"#.to_owned());
+        lines.push("]".to_owned());
+        let t = parse_lines(&lines).expect("parses");
+        // The main program is depth 0: 511 imports fit under it.
+        assert_eq!(t.dropped.counts[Reason::TooDeep as usize], 2 * 9);
+        assert_eq!(t.spans.iter().map(|s| s.depth).max(), Some(u32::try_from(check::MAX_DEPTH - 1).expect("small")));
+        assert_within_life(&t);
+    }
+
+    #[test]
+    fn bad_bytes_and_oversized_lines_in_the_middle_are_dropped() {
+        let mut text = many(100).join("\n").into_bytes();
+        let at = text.windows(4).position(|w| w == b"m50\"").expect("m50");
+        text[at] = 0xff;
+        let t = parse_trace(&text).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::NotUtf8, Reason::EndWithoutBegin]);
+        let mut lines = many(100);
+        lines[30] = lines[30].replace(r#""ph":"B""#, &format!(r#""args":{{"x":"{}"}},"ph":"B""#, "a".repeat(check::MAX_EVENT_LINE)));
+        let t = parse_lines(&lines).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::TooLong, Reason::EndWithoutBegin]);
+        // Not a JSON event at all.
+        let mut lines = many(100);
+        lines[30] = "{\"cat\":".to_owned();
+        let t = parse_lines(&lines).expect("parses");
+        assert_eq!(reasons(&t), vec![Reason::Unreadable, Reason::EndWithoutBegin]);
+        assert!(!t.truncated);
+    }
+
+    #[test]
+    fn too_much_damage_skips_the_file_with_its_reasons() {
+        let mut lines = many(100);
+        for line in lines.iter_mut().skip(10).step_by(9) {
+            *line = "garbage".to_owned();
+        }
+        let reason = parse_lines(&lines).expect_err("too damaged");
+        assert!(reason.starts_with("too damaged to trust: ") && reason.contains("not a JSON event"), "{reason}");
+    }
+
+    #[test]
+    fn an_x_inside_an_open_span_is_its_child() {
+        let mut lines = many(1);
+        lines.insert(5, r#"{"cat":"gc","dur":2.0,"name":"gc","ph":"X","pid":7,"tid":7,"ts":201.0},"#.to_owned());
+        let t = parse_lines(&lines).expect("parses");
+        assert!(t.dropped.is_empty());
+        let m0 = t.spans.iter().find(|s| &*s.name == "m0").expect("m0");
+        assert_eq!((m0.dur_us, m0.self_us), (5.0, 3.0));
+        assert_eq!(t.spans.iter().find(|s| &*s.name == "gc").map(|s| s.depth), Some(2));
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lynload-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn the_same_process_in_two_files_is_counted_once_and_both_are_named() {
+        let dir = scratch("twice");
+        let text = many(10).join("\n");
+        fs::write(dir.join("7-1-a.lynshim.json"), &text).expect("write");
+        fs::write(dir.join("7-1-copy.lynshim.json"), &text).expect("write");
+        // Another process with the same pid (reused) and a later zero: not the same.
+        fs::write(dir.join("7-2-b.lynshim.json"), text.replace(r#""wall_zero_ns":1000"#, r#""wall_zero_ns":5000000000"#)).expect("write");
+        let loaded = load(&[dir.clone()], LoadOptions::default());
+        assert_eq!(loaded.processes.len(), 2);
+        assert_eq!(loaded.skipped.len(), 1);
+        let message = loaded.skipped[0].to_string();
+        assert!(message.contains("7-1-copy") && message.contains("7-1-a") && message.contains("counted once"), "{message}");
+        assert!(loaded.lost_anything());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_process_starting_outside_its_run_is_skipped_and_damage_is_reported() {
+        let dir = scratch("run");
+        let run = RunRecord {
+            format_version: 1,
+            run_id: "r".into(),
+            label: None,
+            command: vec!["make".into()],
+            cwd: "/".into(),
+            start_unix_ns: 1_000_000_000_000,
+            end_unix_ns: 2_000_000_000_000,
+            exit_status: Some(0),
+            exit_signal: None,
+            children_user_s: 0.0,
+            children_sys_s: 0.0,
+            traced_processes: 2,
+        };
+        fs::write(dir.join("run.json"), serde_json::to_vec(&run).expect("json")).expect("write");
+        let inside = many(10).join("\n").replace(r#""wall_zero_ns":1000"#, r#""wall_zero_ns":1500000000000"#);
+        fs::write(dir.join("7-1-a.lynshim.json"), inside).expect("write");
+        let mut lines = many(100);
+        lines[1] = lines[1].replace(r#""wall_zero_ns":1000"#, r#""wall_zero_ns":1500000000000"#).replace(r#""pid":7"#, r#""pid":8"#);
+        lines[30] = "garbage".to_owned();
+        fs::write(dir.join("8-1-b.lynshim.json"), lines.join("\n")).expect("write");
+        // Its zero 999 s before the run began.
+        let outside = many(10).join("\n").replace(r#""pid":7"#, r#""pid":9"#).replace(r#""wall_zero_ns":1000"#, r#""wall_zero_ns":1000000000"#);
+        fs::write(dir.join("9-1-c.lynshim.json"), outside).expect("write");
+        let loaded = load(&[dir.clone()], LoadOptions::default());
+        assert_eq!(loaded.processes.len(), 2);
+        assert_eq!(loaded.skipped.len(), 1);
+        assert!(loaded.skipped[0].to_string().contains("before its run"), "{:?}", loaded.skipped);
+        assert_eq!(loaded.damaged.len(), 1);
+        assert!(loaded.damaged[0].message.starts_with("2 lines dropped"), "{:?}", loaded.damaged);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -57,10 +57,13 @@ pub fn section(rows: &[ProcessTimes], loaded: &Loaded) -> Section {
                 let start = p.wall_zero_ns as f64 / 1000.0;
                 (start, start + p.end_us())
             }).collect());
+            // Rows are the processes' own, in the same order: matched by position, never by pid (pids
+            // are reused, within a run and across runs).
             let overhead: f64 = rows
                 .iter()
-                .filter(|r| procs.iter().any(|p| p.pid == r.pid))
-                .map(ProcessTimes::overhead_us)
+                .zip(&loaded.processes)
+                .filter(|(_, p)| p.run_id == run.run_id)
+                .map(|(r, _)| r.overhead_us())
                 .sum();
             let outside = (run_wall_us - alive).max(0.0);
             runs.row(vec![run.run_id.clone(), ms(run_wall_us), pct(alive, run_wall_us), pct(overhead, run_wall_us),

@@ -93,9 +93,12 @@ def test_multi_process_make_build(tmp_path: Path) -> None:
     assert "lamd_calls.py mdfield title talk.md" in names
     assert len({t.pid for t in run.traces}) == 7
     assert len({t.path.name for t in run.traces}) == 7
-    # make and sh are not Python: each trace's parent process is untraced.
+    # make and sh are not Python: each trace's parent is the exec record of the program that started it.
+    records = {str(p.path): p for p in run.programs}
     for trace in run.traces:
-        assert "parent_trace" not in trace.meta
+        parent = records[trace.meta["parent_trace"]]
+        assert parent.pid == trace.meta["parent_pid"] == trace.meta["ppid"]
+        assert parent.process_name.startswith(("make", "sh")), parent.process_name
         assert trace.exit["exit_status"] == 0
     assert (work / "out" / "title.txt").read_text() == "Where does the time go?\n"
 
@@ -107,8 +110,10 @@ def test_parent_links_between_python_processes(tmp_path: Path) -> None:
     assert len(run.traces) == 2
     parent = next(t for t in run.traces if "subprocess" in t.process_name)
     child = next(t for t in run.traces if t is not parent)
+    # The parent's lynshim trace, never its exec record (both exist, with the same pid and start ticks).
     assert child.meta["parent_trace"] == str(parent.path)
     assert child.meta["parent_pid"] == parent.pid
+    assert any(p.pid == parent.pid for p in run.programs)
     # One clock: the child starts after its parent.
     assert child.meta["wall_zero_ns"] > parent.meta["wall_zero_ns"]
 

@@ -43,6 +43,12 @@ pub fn section(rows: &[ProcessTimes], loaded: &Loaded) -> Section {
     }
     table.row(vec!["total process time".into(), ms(wall), pct(wall, wall)]);
     section.tables.push(table);
+    section.notes.push(
+        "process time sums each Python process's own wall time: a process that waits for others (maketalk's main \
+         waiting for make) counts their time again as its work; the `build` section accounts for the build's wall \
+         time without counting anything twice"
+            .into(),
+    );
 
     let mut run_data = Vec::new();
     if !loaded.runs.is_empty() {

@@ -67,7 +67,7 @@ fn cut(text: &str, n: usize) -> String {
 /// Horizontal bars, one row per label (first at the top), each row a stack of `(value, colour)`
 /// segments starting at `from` (for a timeline) or 0; a legend of `legend` when given.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, legend: &[&str], value_labels: bool) -> String {
+fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, legend: &[(&str, usize)], value_labels: bool) -> String {
     if rows.is_empty() {
         return String::new();
     }
@@ -81,10 +81,11 @@ fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, 
             .margin(8)
             .x_label_area_size(32)
             .y_label_area_size(330)
-            .build_cartesian_2d(0.0..max * if value_labels { 1.15 } else { 1.02 }, (0..n).into_segmented())?;
+            .build_cartesian_2d(0.0..max * if !legend.is_empty() { 1.65 } else if value_labels { 1.15 } else { 1.02 }, (0..n).into_segmented())?;
         chart
             .configure_mesh()
             .disable_y_mesh()
+            .light_line_style(WHITE)
             .y_labels(n)
             .y_label_style(FONT)
             .x_label_style(FONT)
@@ -92,13 +93,14 @@ fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, 
                 SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
                 _ => String::new(),
             })
+            .x_label_formatter(&|v| format!("{:.0}", v / 1000.0))
             .x_desc(x_desc)
             .draw()?;
-        for (series, name) in legend.iter().enumerate() {
+        for &(name, series) in legend {
             let colour = PALETTE[series % PALETTE.len()];
             chart
                 .draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<usize>)>>())?
-                .label(*name)
+                .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
         }
         for (row, (from, parts)) in rows.iter().enumerate() {
@@ -124,7 +126,7 @@ fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, 
         if !legend.is_empty() {
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.3))
                 .label_font(FONT)
@@ -152,7 +154,7 @@ fn startup_chart(sections: &[Section]) -> String {
             (0.0, vec![(start, 0), (num(r, "import_us"), 1), (num(r, "work_us"), 2), (rest.max(0.0), 9)])
         })
         .collect();
-    bar_rows(&labels, &bars, "µs of the process's wall time", &["start-up", "imports", "work", "main program, gc, exit, unattributed"], false)
+    bar_rows(&labels, &bars, "ms of the process's wall time", &[("start-up", 0), ("imports", 1), ("work", 2), ("main program, gc, exit, unattributed", 9)], false)
 }
 
 /// Bars of import self time by top-level package (top 15).
@@ -163,7 +165,7 @@ fn imports_chart(sections: &[Section]) -> String {
     let rows: Vec<&Value> = packages.iter().take(15).collect();
     let labels: Vec<String> = rows.iter().map(|r| r.get("package").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
     let bars: Vec<(f64, Vec<(f64, usize)>)> = rows.iter().map(|r| (0.0, vec![(num(r, "self_us"), 1)])).collect();
-    bar_rows(&labels, &bars, "µs of import self time, all processes", &[], true)
+    bar_rows(&labels, &bars, "ms of import self time, all processes", &[], true)
 }
 
 /// One lane per process on the build's clock (the first [`MAX_ROWS`] * 2 to start).
@@ -175,47 +177,109 @@ fn timeline_chart(sections: &[Section]) -> String {
     let labels: Vec<String> = lanes.iter().map(|l| l.get("command").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
     let bars: Vec<(f64, Vec<(f64, usize)>)> =
         lanes.iter().map(|l| (num(l, "start_us"), vec![((num(l, "end_us") - num(l, "start_us")).max(0.0), 0)])).collect();
-    bar_rows(&labels, &bars, "µs since the first process started", &[], false)
+    bar_rows(&labels, &bars, "ms since the first process started", &[], false)
 }
 
-/// The diff's first chart: A's and B's median build wall time, each a stack of its phases.
+/// The diff's first chart: each phase of the build's wall time, A's median above B's.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 fn diff_phases_chart(sections: &[Section]) -> String {
     let Some(rows) = data(sections, "build").and_then(|d| d.get("rows")).and_then(Value::as_array) else {
         return String::new();
     };
-    let phases: Vec<&Value> = rows
+    let rows: Vec<&Value> = rows
         .iter()
-        .filter(|r| r.get("metric").and_then(Value::as_str).is_some_and(|m| m.starts_with("phase: ")))
+        .filter(|r| r.get("metric").and_then(Value::as_str).is_some_and(|m| m == "wall" || m.starts_with("phase: ")))
         .collect();
-    if phases.is_empty() {
+    if rows.is_empty() {
         return String::new();
     }
-    let names: Vec<&str> = phases
-        .iter()
-        .map(|r| r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: "))
-        .collect();
-    let side = |key: &str| (0.0, phases.iter().enumerate().map(|(i, r)| (num(r, key), i)).collect::<Vec<_>>());
     let side_name = |key: &str| {
         data(sections, "summary").and_then(|d| d.get(key)).and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or(key).to_owned()
     };
-    bar_rows(&[side_name("a"), side_name("b")], &[side("a_median"), side("b_median")], "µs of the build's wall time (median of each phase)", &names, false)
+    let (name_a, name_b) = (side_name("a"), side_name("b"));
+    let n = rows.len();
+    let labels: Vec<String> =
+        rows.iter().map(|r| r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: ").to_owned()).collect();
+    let max = rows.iter().map(|r| num(r, "a_median").max(num(r, "b_median"))).fold(1e-9, f64::max) * 1.18;
+    svg(980, (n as u32) * 34 + 70, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .margin(8)
+            .x_label_area_size(32)
+            .y_label_area_size(200)
+            .build_cartesian_2d(0.0..max, (0..n).into_segmented())?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .light_line_style(WHITE)
+            .y_labels(n)
+            .y_label_style(FONT)
+            .x_label_style(FONT)
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
+                _ => String::new(),
+            })
+            .x_label_formatter(&|v| format!("{:.0}", v / 1000.0))
+            .x_desc("ms: median over each side's runs")
+            .draw()?;
+        for (series, name) in [(0_usize, &name_a), (1, &name_b)] {
+            let colour = PALETTE[series];
+            chart
+                .draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<usize>)>>())?
+                .label(name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        }
+        for (row, r) in rows.iter().enumerate() {
+            let y = n - 1 - row;
+            for (half, key) in [(0_usize, "a_median"), (1, "b_median")] {
+                let value = num(r, key);
+                // A in the upper half of the row, B in the lower.
+                let (top, bottom) =
+                    if half == 0 { (SegmentValue::Exact(y + 1), SegmentValue::CenterOf(y)) } else { (SegmentValue::CenterOf(y), SegmentValue::Exact(y)) };
+                let mut bar = Rectangle::new([(0.0, top), (value.max(max * 0.002), bottom.clone())], PALETTE[half].filled());
+                bar.set_margin(if half == 0 { 3 } else { 0 }, if half == 0 { 0 } else { 3 }, 0, 0);
+                chart.draw_series(std::iter::once(bar))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{:.1} ms", value / 1000.0),
+                    (value + max * 0.005, bottom),
+                    TextStyle::from(("sans-serif", 10).into_font()).pos(Pos::new(HPos::Left, VPos::Bottom)),
+                )))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(FONT)
+            .draw()?;
+        Ok(())
+    })
 }
 
+/// How far the change chart's axis reaches, in % of A's median: larger changes are drawn at its edge.
+const CHANGE_AXIS_PCT: f64 = 200.0;
+
 /// The diff's second chart: each metric's change B − A in % of A's median, with its 95 % interval,
-/// coloured by verdict (red slower, green faster, grey no difference or no verdict).
+/// coloured by verdict (red slower, green faster, grey no difference or no verdict). Phases of less
+/// than 1 % of A's wall time are left out (their percentages are large and mean little).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 fn diff_change_chart(sections: &[Section]) -> String {
     let mut rows: Vec<(String, &Value)> = Vec::new();
     if let Some(build) = data(sections, "build").and_then(|d| d.get("rows")).and_then(Value::as_array) {
-        rows.extend(build.iter().filter(|r| r.get("unit").and_then(Value::as_str) == Some("us")).map(|r| {
-            (format!("build: {}", r.get("metric").and_then(Value::as_str).unwrap_or("")), r)
-        }));
+        let wall = build.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall")).map_or(0.0, |r| num(r, "a_median"));
+        rows.extend(
+            build
+                .iter()
+                .filter(|r| r.get("unit").and_then(Value::as_str) == Some("us"))
+                .filter(|r| num(r, "a_median").max(num(r, "b_median")) >= 0.01 * wall)
+                .map(|r| (format!("build: {}", r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: ")), r)),
+        );
     }
     if let Some(Value::Array(kinds)) = data(sections, "kinds") {
-        for kind in kinds.iter().take(12) {
+        for kind in kinds.iter().take(15) {
             let name = kind.get("kind").and_then(Value::as_str).unwrap_or("");
             if let Some(wall) = kind.get("rows").and_then(Value::as_array).and_then(|r| r.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall"))) {
-                rows.push((format!("{name}: wall"), wall));
+                rows.push((name.to_owned(), wall));
             }
         }
     }
@@ -230,17 +294,27 @@ fn diff_change_chart(sections: &[Section]) -> String {
         .flat_map(|(_, r)| [pct(r, "diff"), pct(r, "ci95_low"), pct(r, "ci95_high")])
         .flatten()
         .fold(5.0_f64, |m, v| m.max(v.abs()))
-        * 1.1;
-    let labels: Vec<String> = rows.iter().map(|(l, _)| cut(l, 52)).collect();
+        .min(CHANGE_AXIS_PCT)
+        * 1.05;
+    let clamp = |v: f64| v.clamp(-extent, extent);
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|(l, r)| {
+            let verdict = r.get("verdict").and_then(Value::as_str).unwrap_or("");
+            let verdict = if verdict.starts_with("no difference") { "noise" } else if verdict.starts_with("cannot") { "no verdict" } else { verdict };
+            format!("{}  {} {verdict}", cut(l, 44), pct(r, "diff").map_or("–".into(), |d| format!("{d:+.1}%")))
+        })
+        .collect();
     svg(980, (n as u32) * 20 + 60, |root| {
         let mut chart = ChartBuilder::on(root)
             .margin(8)
             .x_label_area_size(32)
-            .y_label_area_size(330)
+            .y_label_area_size(400)
             .build_cartesian_2d(-extent..extent, (0..n).into_segmented())?;
         chart
             .configure_mesh()
             .disable_y_mesh()
+            .light_line_style(WHITE)
             .y_labels(n)
             .y_label_style(FONT)
             .x_label_style(FONT)
@@ -249,7 +323,7 @@ fn diff_change_chart(sections: &[Section]) -> String {
                 _ => String::new(),
             })
             .x_label_formatter(&|v| format!("{v:+.0}%"))
-            .x_desc("B − A, % of A's median; bar: 95 % interval")
+            .x_desc("B − A in % of A's median; bar: its 95 % interval (beyond the axis: drawn at its edge)")
             .draw()?;
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Exact(n))],
@@ -258,22 +332,16 @@ fn diff_change_chart(sections: &[Section]) -> String {
         for (row, (_, r)) in rows.iter().enumerate() {
             let at = n - 1 - row;
             let y = || SegmentValue::CenterOf(at);
-            let verdict = r.get("verdict").and_then(Value::as_str).unwrap_or("");
-            let colour = match verdict {
+            let colour = match r.get("verdict").and_then(Value::as_str).unwrap_or("") {
                 "slower" => RGBColor(0xd7, 0x30, 0x27),
                 "faster" => RGBColor(0x1a, 0x98, 0x50),
                 _ => RGBColor(0x88, 0x88, 0x88),
             };
             if let (Some(lo), Some(hi)) = (pct(r, "ci95_low"), pct(r, "ci95_high")) {
-                chart.draw_series(std::iter::once(PathElement::new(vec![(lo, y()), (hi, y())], colour.stroke_width(3))))?;
+                chart.draw_series(std::iter::once(PathElement::new(vec![(clamp(lo), y()), (clamp(hi), y())], colour.stroke_width(3))))?;
             }
             if let Some(d) = pct(r, "diff") {
-                chart.draw_series(std::iter::once(Circle::new((d, y()), 4, colour.filled())))?;
-                chart.draw_series(std::iter::once(Text::new(
-                    format!("{d:+.1}% {verdict}"),
-                    (extent * 0.98, y()),
-                    TextStyle::from(FONT.into_font()).pos(Pos::new(HPos::Right, VPos::Center)),
-                )))?;
+                chart.draw_series(std::iter::once(Circle::new((clamp(d), y()), 4, colour.filled())))?;
             }
         }
         Ok(())

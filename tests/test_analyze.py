@@ -118,8 +118,13 @@ def test_bad_files_are_named_skipped_and_counted(build: Path, tmp_path: Path) ->
     mixed = tmp_path / "mixed"
     shutil.copytree(build, mixed)
     good = sorted(mixed.glob("*" + schema.TRACE_SUFFIX))
-    text = good[0].read_text()
-    (mixed / "1-1-truncated.lynshim.json").write_text(text[: len(text) // 2])
+    biggest = max(good, key=lambda p: p.stat().st_size)  # a Python trace
+    # Cut short, and another process (pid) than the file it was cut from: a copy would be counted once.
+    pid = Trace(biggest, load_events(biggest)).pid
+    other = biggest.read_text().replace(f'"pid":{pid},', f'"pid":{pid + 1_000_000},')
+    (mixed / "1-1-truncated.lynshim.json").write_text(other[: len(other) // 2])
+    # A copy of a whole trace: the same process, counted once, both files named.
+    shutil.copy(good[1], mixed / "6-6-copy.lynshim.json")
     (mixed / "2-2-empty.lynshim.json").write_text("")
     (mixed / "3-3-garbage.lynshim.json").write_bytes(b"\x00\xffnot json at all")
     (mixed / "4-4-shape.lynshim.json").write_text('{"traceEvents": []}')
@@ -130,8 +135,10 @@ def test_bad_files_are_named_skipped_and_counted(build: Path, tmp_path: Path) ->
     for name in ("2-2-empty", "3-3-garbage", "4-4-shape", "5-5-array"):
         assert any(name in m and m.startswith("lynanalyze: skipped") for m in messages), name
     assert any("1-1-truncated" in m and "cut short" in m for m in messages)
+    assert any(m.startswith("lynanalyze: skipped") and "6-6-copy" in m and good[1].name in m and "counted once" in m
+               for m in messages), messages
     report = json.loads(proc.stdout)
-    assert report["summary"]["processes"] == 8 and len(report["summary"]["skipped"]) == 4
+    assert report["summary"]["processes"] == 8 and len(report["summary"]["skipped"]) == 5
     # Too large: skipped with the limit named.
     big = analyze("report", good[0], "--max-file-size", "10")
     assert big.returncode == 2 and "too large" in big.stderr and "--max-file-size" in big.stderr
@@ -159,8 +166,14 @@ def test_merge_compressed_and_cut_short(build: Path, tmp_path: Path) -> None:
     assert "9-9-garbage" in proc.stderr and "cut short" in proc.stderr and first.name in proc.stderr
     merged = json.loads(gzip.decompress(out.read_bytes()))
     events = merged["traceEvents"]
-    assert len({e["pid"] for e in events if e.get("ph") == "M" and e["name"] == "process_name"}) == 7
+    # One lane per process: the seven Python processes (their exec records told twice are left out) and
+    # make, mkdir and the shells between them, from their exec records.
+    every_pid = {int(p.name.split("-")[0]) for p in build.glob("*" + schema.TRACE_SUFFIX)}
+    lanes = {e["pid"] for e in events if e.get("ph") == "M" and e["name"] == "process_name"}
+    assert lanes == every_pid and len(lanes) > 7
     assert merged["metadata"]["lynshim_runs"][0]["traced_processes"] == 7
     # One clock: every process's events are shifted by its start relative to the earliest.
+    # The earliest process is make (from its exec record); each Python process starts later, at its own time.
+    assert min(e["ts"] for e in events if "ts" in e) == 0
     starts = sorted(e["ts"] for e in events if e.get("name") == "interpreter start-up")
-    assert starts[0] == 0 and starts == sorted(set(starts)) and starts[-1] > 0
+    assert len(starts) == 7 and starts == sorted(set(starts)) and starts[0] > 0

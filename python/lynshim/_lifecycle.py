@@ -33,8 +33,9 @@ _installed = False
 
 
 def install() -> None:
-    """Open the main program span and install the GC callback (once per process)."""
+    """End lynshim's activation, open the main program span and install the GC callback (once)."""
     global _installed
+    _native.activated()
     begin_main_program()
     if _installed:
         return

@@ -145,6 +145,12 @@ fn after_fork_child(py: Python<'_>, meta: &Bound<'_, PyDict>, process_name: Stri
     });
 }
 
+/// Activation is over: record the `lynshim activation` span, up to now.
+#[pyfunction]
+fn activated() {
+    guarded((), session::activated);
+}
+
 /// Stop tracing and close the trace file (no exit event is written).
 #[pyfunction]
 fn stop() {
@@ -314,6 +320,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_function(wrap_pyfunction!(after_fork_child, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
+    m.add_function(wrap_pyfunction!(activated, m)?)?;
     m.add_function(wrap_pyfunction!(python_exiting, m)?)?;
     m.add_function(wrap_pyfunction!(killed_by_signal, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;

@@ -115,6 +115,8 @@ struct Session {
     exit_meta: Map<String, Value>,
     /// Memory moments already sampled (see [`Moments`]).
     moments: Moments,
+    /// CLOCK_MONOTONIC when lynshim's bootstrap began, until [`activated`] records the activation span.
+    activation_started_ns: Option<u64>,
 }
 
 /// The memory moments a session samples once each, as their spans begin or end (the others —
@@ -269,6 +271,7 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
         zero_mono_ns,
         exit_meta: Map::new(),
         moments: Moments::default(),
+        activation_started_ns: None,
     };
     s.announce_thread(&info.thread_name);
     s.emit(kind::PROCESS, json!({"process_name": info.process_name, "labels": labels, "args": meta}));
@@ -278,8 +281,8 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
         s.emit(kind::COMPLETE, json!({"name": event::STARTUP, "cat": category::STARTUP,
                                        "ts": -shift_us, "dur": shift_us + startup_end_us,
                                        "args": {arg::STARTUP_CPU_USER_US: cpu_user, arg::STARTUP_CPU_SYS_US: cpu_sys}}));
-        s.emit(kind::COMPLETE, json!({"name": event::SHIM_IMPORT, "cat": category::TRACER,
-                                       "ts": startup_end_us, "dur": -startup_end_us}));
+        // The activation span ends when the Python side has installed its hooks ([`activated`]).
+        s.activation_started_ns = Some(import_started);
     }
     s.sample_rss(Some(moment::BASELINE));
     s.hand_off();
@@ -636,6 +639,20 @@ pub fn emit(kind: &'static str, payload: Value, thread_name: impl FnOnce() -> St
 fn new_thread_name(thread_name: impl FnOnce() -> String) -> Option<String> {
     let current = GENERATION.load(Ordering::Relaxed);
     (current != 0 && THREAD_GENERATION.with(Cell::get) != current).then(thread_name)
+}
+
+/// Activation is over (the import hook, exit and fork handlers are installed): record lynshim's
+/// activation from the moment its bootstrap began, so that it ends where the main program begins.
+pub fn activated() {
+    let now = procinfo::monotonic_ns();
+    let mut guard = session();
+    let Some(s) = guard.as_mut() else { return };
+    if let Some(started) = s.activation_started_ns.take() {
+        #[allow(clippy::cast_precision_loss)]
+        let dur = now.saturating_sub(started) as f64 / 1000.0;
+        let ts = s.rel_us(started);
+        s.emit(kind::COMPLETE, json!({"name": event::SHIM_IMPORT, "cat": category::TRACER, "ts": ts, "dur": dur}));
+    }
 }
 
 /// Sample RSS now (a counter event), labelled with a memory moment (see [`lynschema::moment`]) or not.

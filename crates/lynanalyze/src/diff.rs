@@ -296,10 +296,15 @@ fn order(name: &str) -> (usize, &str) {
     if let Some(i) = fixed.iter().position(|m| *m == name) {
         return (i, "");
     }
-    if name.starts_with(PHASE) {
-        let phase = &name[PHASE.len()..];
-        let i = build::phase::ORDER.iter().position(|p| *p == phase).unwrap_or(build::phase::ORDER.len());
-        return (100 + i, if i == build::phase::ORDER.len() { phase } else { "" });
+    if let Some(phase) = name.strip_prefix(PHASE) {
+        // The report's order: fixed phases, other programs by name, then idle and unattributed.
+        let known = build::phase::ORDER.len();
+        return match build::phase::ORDER.iter().position(|p| *p == phase) {
+            Some(i) => (100 + i, ""),
+            None if phase == build::phase::IDLE => (100 + known + 1, ""),
+            None if phase == build::phase::UNATTRIBUTED => (100 + known + 2, ""),
+            None => (100 + known, phase),
+        };
     }
     if name.starts_with(IMPORTS_OF) {
         return (200, name);
@@ -757,6 +762,49 @@ mod tests {
         );
         assert_eq!(kind_of("gpp -I/tmp/build-98765 talk.md"), "gpp -Ibuild-# talk.md");
         assert_eq!(kind_of("python3.11 -m x 12"), "python3.11 -m x 12");
+    }
+
+    fn side(name: &str, walls: &[f64], kinds: &[(&str, f64)], calls: &[(&str, f64)]) -> Side {
+        let runs = walls
+            .iter()
+            .enumerate()
+            .map(|(i, &wall)| RunFigures {
+                run_id: format!("{name}{i}"),
+                command: "/x/bin/maketalk talk.md".into(),
+                wall_us: Some(wall),
+                build: BTreeMap::from([(metric::WALL.to_owned(), wall)]),
+                kinds: kinds
+                    .iter()
+                    .map(|(k, w)| ((*k).to_owned(), BTreeMap::from([(metric::WALL.to_owned(), w + i as f64), (metric::PROCESSES.to_owned(), 2.0)])))
+                    .collect(),
+                calls: calls.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect(),
+                dir: None,
+            })
+            .collect();
+        Side { name: name.into(), inputs: Vec::new(), runs, skipped: Vec::new(), cut_short: Vec::new() }
+    }
+
+    #[test]
+    fn compare_matches_kinds_and_lists_what_one_side_has() {
+        let a = side("A", &[100.0, 110.0, 105.0], &[("mdfield title talk.md", 50.0), ("flags talk.md", 5.0)], &[("read", 3.0), ("gone", 1.0)]);
+        let b = side("B", &[200.0, 210.0, 205.0], &[("mdfield title talk.md", 150.0), ("server", 9.0)], &[("read", 3.0), ("new", 2.0)]);
+        check(&a, &b).expect("different runs");
+        let d = compare(a, b, 5);
+        let wall = d.wall().expect("wall compared");
+        assert_eq!((wall.a_median, wall.b_median, wall.verdict), (105.0, 205.0, Verdict::Higher));
+        assert!(d.headline().starts_with("B is slower than A"), "{}", d.headline());
+        assert_eq!(d.kinds.len(), 1);
+        let (kind, rows) = &d.kinds[0];
+        assert_eq!(kind, "mdfield title talk.md");
+        assert_eq!(rows.iter().find(|r| r.metric == metric::PROCESSES).map(|r| r.verdict), Some(Verdict::Same));
+        assert_eq!(d.only_a.kinds, vec![("flags talk.md".to_owned(), 2.0)]);
+        assert_eq!(d.only_b.kinds, vec![("server".to_owned(), 2.0)]);
+        assert_eq!(d.only_a.calls, vec![("gone".to_owned(), 1.0)]);
+        assert_eq!(d.only_b.calls, vec![("new".to_owned(), 2.0)]);
+        assert_eq!(d.calls.len(), 1);
+        assert_eq!(d.calls[0].verdict, Verdict::Same);
+        let same = side("A", &[1.0], &[], &[]);
+        assert!(check(&same, &side("A", &[1.0], &[], &[])).is_err());
     }
 
     #[test]

@@ -74,6 +74,9 @@ struct DiffArgs {
     /// Imports by package shown per kind of process (the largest).
     #[arg(long, default_value_t = 8)]
     top: usize,
+    /// Kinds of Python process shown with every metric (the longest; all are in the overview and the JSON).
+    #[arg(long, default_value_t = 12, value_name = "N")]
+    kinds: usize,
     /// Skip trace files larger than this many bytes.
     #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
     max_file_size: u64,
@@ -215,7 +218,7 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             eprintln!("lynanalyze: {}: warning: {warning}", side.name);
         }
     }
-    let compared = diff::compare(side_a, side_b, args.top);
+    let compared = diff::compare(side_a, side_b, args.top, args.kinds);
     for warning in &compared.warnings {
         eprintln!("lynanalyze: warning: {warning}");
     }

@@ -416,7 +416,8 @@ pub fn read_side(name: &str, inputs: &[PathBuf], options: LoadOptions, group_by:
     }
     for program in &loaded.programs {
         let Some(figures) = runs.get_mut(&program.run_id) else { continue };
-        let kind = figures.kinds.entry(format!("[other] {}", key(program))).or_default();
+        // Other programs by name: a build runs a hundred `sed` and `sh -c …`, each a few milliseconds.
+        let kind = figures.kinds.entry(format!("[other] {}", kind_of(program.program()))).or_default();
         *kind.entry(metric::PROCESSES.to_owned()).or_default() += 1.0;
         *kind.entry(metric::WALL.to_owned()).or_default() += program.end_us();
     }
@@ -438,6 +439,8 @@ pub struct Diff {
     pub only_b: Only,
     /// Problems with the inputs that do not stop the comparison.
     pub warnings: Vec<String>,
+    /// Kinds of Python process whose every metric the tables show (the longest).
+    pub detail: usize,
 }
 
 /// What one side has that the other has not.
@@ -465,7 +468,7 @@ fn shows(row: &Row) -> bool {
 }
 
 /// Compare the sides; `top` packages of imports per kind (largest median on either side).
-pub fn compare(a: Side, b: Side, top: usize) -> Diff {
+pub fn compare(a: Side, b: Side, top: usize, detail: usize) -> Diff {
     let mut warnings = Vec::new();
     for side in [&a, &b] {
         let commands: BTreeSet<String> = side.runs.iter().map(|r| kind_of(&r.command)).filter(|c| !c.is_empty()).collect();
@@ -566,7 +569,7 @@ pub fn compare(a: Side, b: Side, top: usize) -> Diff {
         .collect();
     let only_a = Only { kinds: only_a_kinds, calls: ca.difference(&cb).map(|n| (n.clone(), call_median(&a, n))).collect() };
     let only_b = Only { kinds: only_b_kinds, calls: cb.difference(&ca).map(|n| (n.clone(), call_median(&b, n))).collect() };
-    Diff { a, b, build, kinds, calls, only_a, only_b, warnings }
+    Diff { a, b, build, kinds, calls, only_a, only_b, warnings, detail }
 }
 
 impl Diff {
@@ -657,18 +660,37 @@ impl Diff {
 
         let mut kinds = Section::new("kinds", "Per kind of process (matched by normalised command)");
         let mut data = Vec::new();
+        let mut overview = Table::new("wall time of each kind (the sum over a run's processes of that kind)", &HEADERS);
         for (kind, rows) in &self.kinds {
+            if let Some(wall) = rows.iter().find(|r| r.metric == metric::WALL) {
+                let mut cells = wall.cells();
+                cells[0] = kind.clone();
+                overview.row(cells);
+            }
+            data.push(json!({"kind": kind, "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>()}));
+        }
+        if !overview.rows.is_empty() {
+            kinds.tables.push(overview);
+        }
+        let detailed: Vec<&(String, Vec<Row>)> = self.kinds.iter().filter(|(k, _)| !k.starts_with("[other] ")).take(self.detail).collect();
+        for (kind, rows) in &detailed {
             let mut table = Table::new(&format!("`{kind}`"), &HEADERS);
             for row in rows {
                 table.row(row.cells());
             }
             kinds.tables.push(table);
-            data.push(json!({"kind": kind, "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>()}));
+        }
+        let python_kinds = self.kinds.iter().filter(|(k, _)| !k.starts_with("[other] ")).count();
+        if python_kinds > detailed.len() {
+            kinds.notes.push(format!(
+                "every metric of the {} longest kinds of Python process is shown (`--kinds N` for more); the JSON has all {python_kinds}",
+                detailed.len()
+            ));
         }
         kinds.notes.push(
             "per run, the sum over that run's processes of the kind (the build's total cost of it; `processes` is how \
              many there were), and for peak RSS the largest; imports by package are the largest few on either side; \
-             `[other]` kinds are programs seen by their exec records (make, sh, pandoc…), wall time only"
+             `[other]` kinds are programs seen by their exec records (make, sh, pandoc…), grouped by program, wall time only"
                 .into(),
         );
         kinds.data = Value::Array(data);
@@ -789,7 +811,7 @@ mod tests {
         let a = side("A", &[100.0, 110.0, 105.0], &[("mdfield title talk.md", 50.0), ("flags talk.md", 5.0)], &[("read", 3.0), ("gone", 1.0)]);
         let b = side("B", &[200.0, 210.0, 205.0], &[("mdfield title talk.md", 150.0), ("server", 9.0)], &[("read", 3.0), ("new", 2.0)]);
         check(&a, &b).expect("different runs");
-        let d = compare(a, b, 5);
+        let d = compare(a, b, 5, 10);
         let wall = d.wall().expect("wall compared");
         assert_eq!((wall.a_median, wall.b_median, wall.verdict), (105.0, 205.0, Verdict::Higher));
         assert!(d.headline().starts_with("B is slower than A"), "{}", d.headline());

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import clean_env, load_events, lynshim_run, untraced
 from lynshim._native import schema
 

@@ -260,13 +260,16 @@ fn diff_phases_chart(sections: &[Section]) -> String {
 const CHANGE_AXIS_PCT: f64 = 200.0;
 
 /// The diff's second chart: each metric's change B − A in % of A's median, with its 95 % interval,
-/// coloured by verdict (red slower, green faster, grey no difference or no verdict). Phases of less
-/// than 1 % of A's wall time are left out (their percentages are large and mean little).
+/// coloured by verdict (red slower, green faster, grey no difference or no verdict). Phases and kinds
+/// of less than 1 % of A's build wall time are left out (their percentages are large and mean little).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 fn diff_change_chart(sections: &[Section]) -> String {
     let mut rows: Vec<(String, &Value)> = Vec::new();
-    if let Some(build) = data(sections, "build").and_then(|d| d.get("rows")).and_then(Value::as_array) {
-        let wall = build.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall")).map_or(0.0, |r| num(r, "a_median"));
+    let build = data(sections, "build").and_then(|d| d.get("rows")).and_then(Value::as_array);
+    let wall = build
+        .and_then(|b| b.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall")))
+        .map_or(0.0, |r| num(r, "a_median"));
+    if let Some(build) = build {
         rows.extend(
             build
                 .iter()
@@ -278,8 +281,10 @@ fn diff_change_chart(sections: &[Section]) -> String {
     if let Some(Value::Array(kinds)) = data(sections, "kinds") {
         for kind in kinds.iter().take(15) {
             let name = kind.get("kind").and_then(Value::as_str).unwrap_or("");
-            if let Some(wall) = kind.get("rows").and_then(Value::as_array).and_then(|r| r.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall"))) {
-                rows.push((name.to_owned(), wall));
+            if let Some(row) = kind.get("rows").and_then(Value::as_array).and_then(|r| r.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall"))) {
+                if num(row, "a_median").max(num(row, "b_median")) >= 0.01 * wall {
+                    rows.push((name.to_owned(), row));
+                }
             }
         }
     }

@@ -41,9 +41,31 @@ def test_cold_runs_are_cold_and_warm_runs_warm(tmp_path: Path) -> None:
     check_phases_add_up(warm)
     assert cold["evicted_files"] > 500  # pandas, numpy, lynguine… sources, bytecode and extension modules
     # The installed packages' pages: evicted before every cold run, resident before every warm one.
-    assert cold["resident_share_site_packages"]["max"] < 0.05
+    assert cold["resident_share_site_packages"]["max"] < 0.05, (
+        f"cold runs were not cold: resident share {cold['resident_share_site_packages']['max']:.2f}; processes mapping "
+        f"the files (their pages cannot be evicted): {cold.get('held_by') or 'none found'}")
     assert warm["resident_share_site_packages"]["min"] > 0.9
     assert all(run["evict_failures"] == 0 for run in cold["runs"])
     # Every run is an ordinary traced run that lynanalyze can read.
     for run in cold["runs"] + warm["runs"]:
         assert list(Path(run["run_dir"]).glob("*.lynshim.json"))
+
+
+def test_cold_bench_names_the_processes_that_keep_pages_resident(tmp_path: Path) -> None:
+    # A process that keeps numpy's extension modules mapped, as a lynguine server left running would.
+    holder = subprocess.Popen([PY, "-c", "import numpy, sys, time; print('ready', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, env=clean_env())
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
+        out = tmp_path / "bench"
+        proc = subprocess.run([PY, "-m", "lynshim", "bench", "-n", "1", "--warmup", "0", "--cold", "-o", str(out),
+                               "--", PY, "-c", "import numpy"], env=clean_env(), capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((out / "bench.json").read_text())
+        held = [who for who in report.get("held_by", {}) if who.split()[0] == str(holder.pid)]
+        assert held, (report.get("held_by"), report.get("resident_share_site_packages"))
+        assert f"pid {holder.pid} " in proc.stdout and "other processes map the files" in proc.stdout
+    finally:
+        holder.kill()
+        holder.communicate()

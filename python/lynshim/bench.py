@@ -129,6 +129,30 @@ def evict(files: list[str]) -> int:
     return failed
 
 
+def holders(files: list[str]) -> dict[str, int]:
+    """Other processes that map any of ``files`` (from ``/proc/*/maps``), as ``"pid command"``, with how many of
+    the files each maps: the kernel keeps a mapped file's pages resident, so eviction cannot make them cold."""
+    wanted = set(files)
+    found: dict[str, int] = {}
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/maps", encoding="utf-8", errors="replace") as maps:
+                # address perms offset dev inode [path]: anonymous mappings have no path.
+                fields = (line.split(maxsplit=5) for line in maps)
+                mapped = {f[5].rstrip("\n") for f in fields if len(f) == 6}
+            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+        except OSError:
+            continue  # gone, or not ours to read
+        held = len(mapped & wanted)
+        if held:
+            found[f"{entry.name} {command}"] = held
+    return found
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
@@ -186,6 +210,11 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
         for key, field in (("resident_share", "resident_before"),
                            ("resident_share_site_packages", "resident_before_site_packages")):
             report[key] = _stats([r[field][0] / max(r[field][1], 1) for r in runs])
+    if cold and packages:
+        # Pages another process maps stay resident: name who holds them (a lynguine server left running…).
+        held = holders(packages)
+        if held:
+            report["held_by"] = held
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     print(render(report))
     print(f"lynshim bench: traces and bench.json in {out}/", file=sys.stderr)
@@ -208,6 +237,10 @@ def render(report: dict[str, Any]) -> str:
         if report["cold"] and packages > 0.5:
             lines.append("  warning: eviction did not work here (a filesystem without its own page cache, such as "
                          "tmpfs or some overlays, keeps the pages): these runs were not cold")
+    if report.get("held_by"):
+        held = "; ".join(f"pid {who} maps {n}" for who, n in sorted(report["held_by"].items(), key=lambda h: -h[1]))
+        lines.append(f"  warning: pages stayed resident because other processes map the files ({held}): these runs "
+                     "were not fully cold; stop those processes and run again")
     for name, phases in report["processes"].items():
         lines.append("")
         lines.append(f"process: {name}")

@@ -29,7 +29,7 @@ use crate::frame;
 /// How processes are matched between the sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GroupBy {
-    /// The command with its arguments, normalised ([`kind_of`]).
+    /// The command with its arguments: paths cut to base names, pids and temporary names stripped.
     Command,
     /// The lamd command, or the command's first two words (coarser: `mdfield title` and `mdfield date`
     /// are one kind).

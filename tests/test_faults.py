@@ -154,3 +154,49 @@ def test_200_concurrent_processes_into_one_directory(tmp_path: Path) -> None:
     assert report["summary"]["processes"] == count + 1
     assert report["summary"]["skipped"] == [] and report["summary"]["dropped"] == []
     assert [e for e in load_events(files[0]) if e.get("name") == schema.EVENT_PROCESS]
+
+
+def test_a_hostile_trace_directory_is_read_once_and_never_summed_as_garbage(tmp_path: Path) -> None:
+    """The issue's directory: a link back up the tree, a copied file, a timestamp of 1e308, a begin never
+    ended. Each file is read once, the copy counted once, the bad lines dropped and named, and both
+    `report` and `merge` exit 1 to say so."""
+    fixtures = Path(__file__).parent / "fixtures" / "traces"
+    traces = tmp_path / "traces"
+    shutil.copytree(fixtures, traces)
+    clean = subprocess.run([LYNANALYZE, "report", str(fixtures), "--format", "json"], capture_output=True, text=True,
+                           timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    expected = json.loads(clean.stdout)["sections"]["processes"]["data"]
+    biggest = max(traces.glob("*" + schema.TRACE_SUFFIX), key=lambda p: p.stat().st_size)
+    lines = biggest.read_text().split("\n")
+    ends = [i for i, line in enumerate(lines) if '"ph":"E"' in line and '"cat":"import"' in line]
+    lines[ends[10]] = lines[ends[10]].replace('"ts":', '"ts":1e308,"was":')  # a hostile writer's timestamp
+    lines.insert(ends[20], '{"ph":"B","name":"never ended","cat":"lamd","pid":1,"tid":1,"ts":1.0}')
+    biggest.write_text("\n".join(lines))
+    small = min(traces.glob("*" + schema.TRACE_SUFFIX), key=lambda p: p.stat().st_size)
+    shutil.copy(small, traces / "copy.lynshim.json")
+    (traces / "deeper").mkdir()
+    (traces / "deeper" / "loop").symlink_to("..")
+
+    proc = subprocess.run([LYNANALYZE, "report", str(traces), "--format", "json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    # Counted once: the same processes as the clean directory, each wall time finite and as before.
+    rows = report["sections"]["processes"]["data"]
+    assert len(rows) == len(expected) and report["summary"]["processes"] == len(expected)
+    for row, clean_row in zip(sorted(rows, key=lambda r: r["pid"]), sorted(expected, key=lambda r: r["pid"])):
+        assert row["wall_us"] == pytest.approx(clean_row["wall_us"]), row["command"]
+    [dropped] = report["summary"]["dropped"]
+    assert biggest.name in dropped and "timestamp" in dropped and "begin without an end" in dropped, dropped
+    [copy] = report["summary"]["skipped"]
+    assert "copy.lynshim.json" in copy and small.name in copy and "counted once" in copy
+    assert "loop" in proc.stderr and "not read again" in proc.stderr
+
+    merged = tmp_path / "merged.json"
+    proc = subprocess.run([LYNANALYZE, "merge", str(traces), "-o", str(merged)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and biggest.name in proc.stderr and "copy.lynshim.json" in proc.stderr, proc.stderr
+    events = json.loads(merged.read_text())["traceEvents"]
+    assert not [e for e in events if e.get("name") == "never ended" or "was" in e]
+    assert max(e.get("ts", 0) for e in events) < 3_600e6

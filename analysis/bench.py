@@ -82,6 +82,13 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     }
     out.mkdir(parents=True, exist_ok=True)
     cases = [("python -c 'import lynguine'", [PY, str(script)], tools, None)]
+    # Five Python processes under one `lynshim run` (its launcher and the preload library counted once
+    # per run and once per program, as in a build), against the same five bare.
+    five = f"for i in 1 2 3 4 5; do {PY} {script}; done"
+    cases.append(("five `import lynguine` processes (sh loop)", ["sh", "-c", five],
+                  {"lynshim run": [PY, "-m", "lynshim", "run", "-o", str(out / "five"), "--", "sh", "-c", five],
+                   "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], "sh", "-c", five]},
+                  None))
     talk_dir = CORPUS / "talks" / "_ai"
     if talk_dir.is_dir():
         corpus_copy = work / "corpus"
@@ -108,6 +115,32 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     if not talk_dir.is_dir():
         notes.append(f"the corpus talk case was not run: {CORPUS} is absent")
     return rows, notes
+
+
+def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
+    """`lynshim activation` per process, from the spans of a real multi-process build: the sample lamd-shaped
+    build of tests/sample (make, one Python process per rule), traced `runs` times."""
+    from lynshim import bench as lynshim_bench, cli
+    from lynshim._native import schema
+
+    sample = work / "sample"
+    shutil.copytree(REPO / "tests" / "sample", sample)
+    values = []
+    for i in range(runs):
+        shutil.rmtree(sample / "out", ignore_errors=True)
+        out = work / f"activation-{i}"
+        subprocess.run([PY, "-m", "lynshim", "run", "-o", str(out), "--", "make", "-s", f"PYTHON={PY}"], cwd=sample,
+                       env=clean_env(), capture_output=True, check=True)
+        for trace in sorted(out.glob("*/*.lynshim.json")):
+            if cli.trace_source(trace) == schema.SOURCE_EXEC:
+                continue
+            phases = lynshim_bench.phases_of(trace)[1]
+            if "lynshim activation" in phases:
+                values.append(phases["lynshim activation"] / 1000)
+    median = statistics.median(values)
+    verdict = "met" if median <= 5 else f"missed by {median - 5:.2f} ms"
+    row = f"| `lynshim activation`, per process of the sample build | {spread(values)} ms | ≤ 5 ms |"
+    return row, f"lynshim activation in a real multi-process build: median {median:.2f} ms per process — target ≤ 5 ms {verdict}"
 
 
 def startup_breakdown(work: Path) -> str:
@@ -203,12 +236,13 @@ def per_call(work: Path, loops: int, rounds: int) -> tuple[list[str], list[str]]
             med = {key: statistics.median(v) for key, v in results[mode][name].items()}
             extra = med["wall"] - bare["wall"]
             rows.append(f"| {label} | {mode} | {med['wall']:.0f} | {extra:+.0f} | {med['caller'] - bare['caller']:+.0f} "
-                        f"| {med['process'] - bare['process']:+.0f} | {'≤ 1000' if mode == 'lynshim' else ''} |")
+                        f"| {med['process'] - bare['process']:+.0f} | {'≤ 400 wall, ≤ 1000 process CPU' if mode == 'lynshim' else ''} |")
             if mode == "lynshim":
-                notes.append(f"lynshim on {label}: +{extra:.0f} ns per call — target ≤ 1 µs "
-                             f"{'met' if extra <= 1000 else 'missed by ' + format(extra - 1000, '.0f') + ' ns'} "
-                             f"(CPU of the whole process, background threads included: "
-                             f"+{med['process'] - bare['process']:.0f} ns per call)")
+                cpu = med["process"] - bare["process"]
+                notes.append(f"lynshim on {label}: +{extra:.0f} ns per call — target ≤ 400 ns "
+                             f"{'met' if extra <= 400 else 'missed by ' + format(extra - 400, '.0f') + ' ns'}; "
+                             f"CPU of the whole process, background threads included: +{cpu:.0f} ns per call — "
+                             f"target ≤ 1 µs {'met' if cpu <= 1000 else 'missed by ' + format(cpu - 1000, '.0f') + ' ns'}")
     return rows, notes
 
 
@@ -407,14 +441,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for trying the script)")
     args = parser.parse_args()
-    pairs, rounds, loops = (3, 1, 20_000) if args.quick else (10, 5, 200_000)
+    pairs, rounds, loops = (3, 1, 20_000) if args.quick else (20, 5, 200_000)
     sizes = [100, 1000] if args.quick else [100, 1000, 10_000]
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()
+    study_running = subprocess.run(["pgrep", "-f", "analysis.study"], capture_output=True).returncode == 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("start-up…", file=sys.stderr)
         s_rows, s_notes = startup(pairs, work)
         s_profile = startup_breakdown(work)
+        a_row, a_note = activation_in_build(work, 2 if args.quick else 5)
         print("per call…", file=sys.stderr)
         c_rows, c_notes = per_call(work, loops, rounds)
         c_profile = per_call_profile(work, loops)
@@ -427,12 +464,15 @@ def main() -> None:
 
 Measured {started:%Y-%m-%d %H:%M} UTC on this machine ({machine}) by `make bench`
 (`{Path(PY).relative_to(REPO) if Path(PY).is_relative_to(REPO) else PY} analysis/bench.py{' --quick' if args.quick else ''}`).
+Load average (1/5/15 min) at the start {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, at the end
+{os.getloadavg()[0]:.2f}/{os.getloadavg()[1]:.2f}/{os.getloadavg()[2]:.2f}; the study (`analysis.study`) {'was' if study_running else 'was not'} running at the start;
+PYTHONDONTWRITEBYTECODE {'set' if os.environ.get('PYTHONDONTWRITEBYTECODE') else 'unset'}.
 Every figure is measured side by side in this one run; ratios are per alternating pair. Re-run `make bench`
 to reproduce; expect other numbers on another machine or under other load.
 
 ## Summary against the targets
 
-{chr(10).join('- ' + n for n in s_notes + c_notes + [i_note] + t_notes)}
+{chr(10).join('- ' + n for n in [a_note] + s_notes + c_notes + [i_note] + t_notes)}
 
 ## Why the missed targets are missed (from the figures below)
 
@@ -464,6 +504,10 @@ to reproduce; expect other numbers on another machine or under other load.
 {chr(10).join(s_rows)}
 
 Where the time goes: {s_profile}
+
+| measure | median (IQR, n) | target |
+| --- | --- | --- |
+{a_row}
 
 ## 2. Per-call overhead (ns per call, best of 5 loops of {loops}, median over {rounds} processes)
 

@@ -363,3 +363,36 @@ def test_trace_files_are_private_and_never_clobbered(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     pid, start, nonce = path.name.removesuffix(schema.TRACE_SUFFIX).split("-")
     assert int(pid) == run.traces[0].pid and int(start) > 0 and len(nonce) == 8
+
+
+def test_import_lynshim_with_tracing_off_loads_no_native_module() -> None:
+    code = ("import sys, lynshim; loaded = [m for m in ('lynshim._native', '__future__') if m in sys.modules]; "
+            "print(loaded); print(lynshim.schema.ENV_DIR == lynshim._ENV_DIR, lynshim.__version__ != '', "
+            "lynshim.is_active())")
+    proc = subprocess.run([PY, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines() == ["[]", "True True False"]
+
+
+def test_lynshim_bytecode_is_written_whatever_pythondontwritebytecode_says(tmp_path: Path) -> None:
+    # A copy of the package, so that its __pycache__ starts empty; only lynshim's own modules get bytecode.
+    package = Path(__import__("lynshim").__file__).parent
+    copy = tmp_path / "pkg"
+    shutil.copytree(package, copy / "lynshim", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**clean_env(), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": f"{copy / 'lynshim' / '_bootstrap'}:{copy}",
+           schema.ENV_DIR: str(tmp_path / "t")}
+    script = tmp_path / "prog.py"
+    (tmp_path / "helper.py").write_text("X = 1\n")
+    script.write_text("import sys; sys.path.insert(0, sys.argv[1]); import helper; import lynshim; print(lynshim.is_active())\n")
+    proc = subprocess.run([PY, str(script), str(tmp_path)], env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "True"
+    cached = {p.name.split(".")[0] for p in (copy / "lynshim" / "__pycache__").glob("*.pyc")}
+    assert {"__init__", "_activate", "_imports", "_patch", "targets"} <= cached
+    assert not (tmp_path / "__pycache__").exists()  # the program's own modules: as the variable says
+
+
+def test_bootstrap_leaves_sys_path_as_an_untraced_run_has_it(tmp_path: Path) -> None:
+    code = "import sys, json; print(json.dumps(sys.path))"
+    bare = subprocess.run([PY, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == 0
+    assert json.loads(run.proc.stdout) == json.loads(bare.stdout)

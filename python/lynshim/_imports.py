@@ -40,6 +40,8 @@ def _called_by_import_system() -> bool:
 class _TracingLoader:
     """Stands in for a module's loader between finding and executing it."""
 
+    __slots__ = ("_loader", "_spec", "_token")
+
     def __init__(self, loader: Any, spec: Any, token: int) -> None:
         self._loader = loader
         self._spec = spec
@@ -69,7 +71,9 @@ class _TracingLoader:
             self._close(err)
             raise
         self._close(None)
-        _patch.module_loaded(module)
+        # Most modules have no targets and are none of the few _patch watches for: one dict lookup.
+        if _patch.interesting(module):
+            _patch.module_loaded(module)
 
     def _close(self, err: BaseException | None) -> None:
         self._spec.loader = self._loader

@@ -79,6 +79,16 @@ def _patch_main_then(serve: Callable[..., Any]) -> Callable[..., Any]:
     return _look_like(serve_forever, serve)
 
 
+#: Modules that are not targets' own but that module_loaded acts on.
+_WATCHED = frozenset(("threading", "socketserver"))
+
+
+def interesting(module: ModuleType) -> bool:
+    """Might :func:`module_loaded` do anything for ``module``? (The import hook's fast path.)"""
+    name = getattr(module, "__name__", None)
+    return name in _WATCHED or name in (_by_module if _by_module is not None else _targets_by_module())
+
+
 def module_loaded(module: ModuleType) -> None:
     """Patch the targets defined in ``module``, which has just finished executing."""
     name = getattr(module, "__name__", None) or ""

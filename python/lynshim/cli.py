@@ -43,11 +43,31 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
+def cache_bootstrap_bytecode() -> None:
+    """Write the bootstrap's ``.pyc`` when it is missing or stale, once per run, here in the launcher.
+
+    ``site`` imports the bootstrap before lynshim can do anything about ``PYTHONDONTWRITEBYTECODE``
+    (which lynshim's own modules ignore, see the bootstrap), so under that variable every traced
+    process would compile it again. Nothing is lost when the directory cannot be written.
+    """
+    import importlib.util
+    import py_compile
+
+    source = BOOTSTRAP_DIR / "sitecustomize.py"
+    try:
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        if not cached.is_file() or cached.stat().st_mtime < source.stat().st_mtime:
+            py_compile.compile(str(source), cfile=str(cached), doraise=True)
+    except (OSError, py_compile.PyCompileError, ValueError):
+        pass
+
+
 def traced_environment(run_dir: Path, run_id: str, label: str | None, cwd: Path,
                        preload: Path | None = None) -> dict[str, str]:
     """The environment CMD runs in: bootstrap on PYTHONPATH, the preload library first in LD_PRELOAD
     (when given; any existing value is kept after it), where to write, which targets."""
     env = dict(os.environ)
+    cache_bootstrap_bytecode()
     paths = [str(BOOTSTRAP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     if preload is not None:

@@ -70,7 +70,7 @@ def test_report_json_agrees_with_a_brute_force_count(build: Path) -> None:
     # Per process: the phases add up to the wall time (one thread: no span overlaps another), at most 2 % of
     # it unattributed, and lynguine's import dominates.
     phases = ("startup_us", "activation_us", "import_us", "work_us", "program_us", "gc_us", "atexit_us",
-              "shim_write_us", "teardown_us", "unattributed_us")
+              "shim_write_us", "teardown_us", "waiting_us", "unattributed_us")
     for row in report["sections"]["processes"]["data"]:
         assert sum(row[p] for p in phases) == pytest.approx(row["wall_us"], rel=1e-9), row
         assert row["unattributed_us"] <= 0.02 * row["wall_us"], row

@@ -87,6 +87,24 @@ def test_the_critical_path_runs_through_make(attributed) -> None:
     assert last["start_us"] >= sleep["end_us"] - 1_000
 
 
+def test_a_process_waiting_for_its_children_is_not_working(tmp_path: Path) -> None:
+    # A Python process that runs make (as maketalk does) and waits 0.3 s for it: waiting, not work.
+    work = tmp_path / "sample"
+    shutil.copytree(SAMPLE, work)
+    (work / "Makefile.wait").write_text("all:\n\tsleep 0.3\n")
+    (work / "runner.py").write_text(
+        "import subprocess\nfrom lynguine.util.talk import talk_field\n"
+        "talk_field('title', 'talk.md')\nsubprocess.run(['make', '-s', '-f', 'Makefile.wait'], check=True)\n")
+    run = lynshim_run(tmp_path / "t", [PY, "runner.py"], cwd=work, env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    report = json.loads(subprocess.run([LYNANALYZE, "report", str(run.run_dir), "--format", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    (row,) = report["sections"]["processes"]["data"]
+    assert row["waiting_us"] >= 290_000 and row["program_us"] < 100_000, row
+    (build,) = report["sections"]["build"]["data"]["runs"]
+    assert build["attribution_us"]["other: sleep"] >= 290_000
+
+
 def test_no_exec_trace_leaves_the_programs_to_idle(tmp_path: Path) -> None:
     work = tmp_path / "sample"
     shutil.copytree(SAMPLE, work)

@@ -118,7 +118,7 @@ def test_lynanalyze_leaves_at_most_two_percent_unattributed(tmp_path: Path) -> N
                                        capture_output=True, text=True, check=True).stdout)
     (row,) = report["sections"]["processes"]["data"]
     parts = ("startup_us", "activation_us", "import_us", "work_us", "program_us", "gc_us", "atexit_us",
-             "shim_write_us", "teardown_us", "unattributed_us")
+             "shim_write_us", "teardown_us", "waiting_us", "unattributed_us")
     assert abs(sum(row[p] for p in parts) - row["wall_us"]) <= 1.0, row
     assert row["unattributed_us"] <= 0.02 * row["wall_us"], row
     assert row["gc_us"] > 0 and row["gc_collections"] >= 1 and row["atexit_us"] >= 50_000

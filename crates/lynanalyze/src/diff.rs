@@ -355,7 +355,7 @@ pub fn read_side(name: &str, inputs: &[PathBuf], options: LoadOptions, group_by:
     run_ids.extend(loaded.processes.iter().chain(&loaded.programs).map(|p| p.run_id.clone()));
     let (spans, dictionary) = frame::spans(&loaded.processes)?;
     let columns = frame::SpanColumns::new(&spans, &loaded.processes, &dictionary)?;
-    let per_process = processes::compute(&loaded.processes, &columns, &dictionary);
+    let per_process = processes::compute(&loaded, &columns, &dictionary);
     let mut runs: BTreeMap<String, RunFigures> = run_ids
         .iter()
         .map(|id| (id.clone(), RunFigures { run_id: id.clone(), dir: run_dir(&loaded, id), ..RunFigures::default() }))

@@ -165,7 +165,7 @@ pub fn export(inputs: &[PathBuf], out: &Path, options: LoadOptions) -> anyhow::R
     prepare(out)?;
     let (spans, dictionary) = frame::spans(&loaded.processes)?;
     let columns = frame::SpanColumns::new(&spans, &loaded.processes, &dictionary)?;
-    let per_process = processes::compute(&loaded.processes, &columns, &dictionary);
+    let per_process = processes::compute(&loaded, &columns, &dictionary);
     let processes_df = processes_frame(&loaded, &per_process)?;
     // The span table, with what tells a process apart within its run beside each span.
     let mut keys = frame::processes(&loaded.processes)?;

@@ -72,8 +72,8 @@ struct Node<'a> {
     trace: &'a ProcessTrace,
     start: f64,
     end: f64,
-    /// For a Python process: its main thread's innermost spans, `(start, end, phase)`, in order.
-    timeline: Option<Vec<(f64, f64, &'static str)>>,
+    /// For a Python process: its main thread's innermost spans, `(start, end, category)`, in order.
+    timeline: Option<Vec<(f64, f64, &'a str)>>,
     children: Vec<usize>,
 }
 
@@ -82,8 +82,9 @@ fn wall_us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-/// The innermost span at each moment of a Python process's main thread, as consecutive pieces.
-fn timeline(trace: &ProcessTrace, origin: f64) -> Vec<(f64, f64, &'static str)> {
+/// The innermost span at each moment of a Python process's main thread, as pieces `(start, end,
+/// category)` in order, on a clock whose zero is `origin` microseconds before the trace's.
+pub fn timeline(trace: &ProcessTrace, origin: f64) -> Vec<(f64, f64, &str)> {
     let main_tid = trace.pid;
     let spans = &trace.spans;
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
@@ -104,7 +105,7 @@ fn timeline(trace: &ProcessTrace, origin: f64) -> Vec<(f64, f64, &'static str)> 
         let mut stack = vec![(root, 0_usize, spans[root].start_us)];
         while let Some((span, next, cursor)) = stack.pop() {
             let s = &spans[span];
-            let here = phase_of(&s.cat);
+            let here: &str = &s.cat;
             if let Some(&child) = children[span].get(next) {
                 let c = &spans[child];
                 if c.start_us > cursor {
@@ -134,6 +135,8 @@ pub struct RunAttribution {
 
 struct Walk<'a, 'n> {
     nodes: &'n [Node<'a>],
+    /// Processes whose parent is not in the run: the children of "outside every process".
+    roots: Vec<usize>,
     phases: BTreeMap<String, f64>,
     own: Vec<f64>,
 }
@@ -141,9 +144,9 @@ struct Walk<'a, 'n> {
 impl Walk<'_, '_> {
     /// Give `[from, to]` of `node` (None: outside every process) to the children it waited on and
     /// to itself.
-    fn walk(&mut self, node: Option<usize>, from: f64, to: f64, roots: &[usize]) {
-        let kids = node.map_or(roots, |n| &self.nodes[n].children);
-        let mut kids: Vec<usize> = kids.to_vec();
+    fn walk(&mut self, node: Option<usize>, from: f64, to: f64) {
+        let nodes = self.nodes;
+        let mut kids: Vec<usize> = node.map_or(&self.roots, |n| &nodes[n].children).clone();
         kids.sort_by(|&a, &b| self.nodes[b].end.total_cmp(&self.nodes[a].end));
         let mut t = to;
         for k in kids {
@@ -157,7 +160,7 @@ impl Walk<'_, '_> {
             let end = end.min(t);
             self.own(node, end, t);
             let start = start.max(from);
-            self.walk(Some(k), start, end, roots);
+            self.walk(Some(k), start, end);
             t = start;
         }
         self.own(node, from, t);
@@ -197,7 +200,7 @@ impl Walk<'_, '_> {
                 continue;
             }
             self.add(phase::UNATTRIBUTED, start - cursor);
-            self.add(phase, end - start);
+            self.add(phase_of(phase), end - start);
             cursor = end;
         }
         // After the last span the process is exiting (lynshim's exit handler, the C runtime, unmapping).
@@ -237,8 +240,8 @@ pub fn attribute(run: &RunRecord, loaded: &Loaded) -> RunAttribution {
             None => roots.push(child),
         }
     }
-    let mut walk = Walk { nodes: &nodes, phases: BTreeMap::new(), own: vec![0.0; nodes.len()] };
-    walk.walk(None, run_start, run_end.max(run_start), &roots);
+    let mut walk = Walk { nodes: &nodes, roots, phases: BTreeMap::new(), own: vec![0.0; nodes.len()] };
+    walk.walk(None, run_start, run_end.max(run_start));
     let mut path: Vec<(i64, String, f64, f64, f64)> = nodes
         .iter()
         .zip(&walk.own)

@@ -49,7 +49,7 @@ pub fn all(
         clock = std::time::Instant::now();
     };
     let columns = SpanColumns::new(spans, &loaded.processes, dictionary)?;
-    let per_process = processes::compute(&loaded.processes, &columns, dictionary);
+    let per_process = processes::compute(loaded, &columns, dictionary);
     tick("processes (accounting)");
     let mut sections = vec![build::section(loaded), processes::section(&per_process, dictionary)];
     tick("build, processes");

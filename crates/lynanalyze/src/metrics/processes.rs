@@ -7,6 +7,10 @@
 //! time is the script's own code; then come the `atexit` handlers, lynshim writing its trace, and the
 //! interpreter's teardown up to the process's real exit (from its exec record, when there is one).
 //! Unattributed time is what no span covers (other threads' idle time is not counted twice).
+//!
+//! A process that starts others and waits for them (`maketalk` running make, `subprocess.run`) spends
+//! that time inside a call or its main program: it is counted as waiting on children, not as that
+//! call's work, so that the build's work is not counted once in the parent and again in the children.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +20,7 @@ use rustc_hash::FxHashMap;
 use serde_json::{json, Value};
 
 use crate::frame::{Dictionary, SpanColumns};
-use crate::load::ProcessTrace;
+use crate::load::{Loaded, ProcessTrace};
 use crate::report::{ms, Section, Table};
 
 /// Time accounting of one process, in microseconds.
@@ -41,6 +45,8 @@ pub struct ProcessTimes {
     pub shim_write_us: f64,
     /// From the last `atexit` handler to the process's exit.
     pub teardown_us: f64,
+    /// In a call or the main program while a process it started (Python or not) was running.
+    pub waiting_us: f64,
     /// Import self time by top-level package: its number in the [`Dictionary`] (so in name order).
     pub imports_by_package: Vec<(u32, f64)>,
     pub unattributed_us: f64,
@@ -63,7 +69,9 @@ impl ProcessTimes {
 
 /// The time accounting of every process, walking the span frame's columns (numbers, in process order)
 /// rather than the spans themselves: a build's million spans are read at a few bytes each.
-pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary: &Dictionary) -> Vec<ProcessTimes> {
+pub fn compute(loaded: &Loaded, columns: &SpanColumns<'_>, dictionary: &Dictionary) -> Vec<ProcessTimes> {
+    let processes = &loaded.processes;
+    let children = children_by_parent(loaded);
     let [startup_cat, tracer_cat, import_cat, program_cat, gc_cat, atexit_cat, teardown_cat] = [
         category::STARTUP,
         category::TRACER,
@@ -108,12 +116,13 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
                     calls += 1;
                 }
             }
+            let waiting = take_waiting(p, children.get(&(p.run_id.as_str(), p.pid)), &mut by_cat, &mut program);
             let work: f64 = by_cat.values().sum();
             // After lynshim's exit event the process still runs the C exit handlers and unmaps itself:
             // its exec record, when linked, saw the real end.
             let wall = p.end_us();
             teardown += (wall - p.end_us).max(0.0);
-            let accounted = startup + activation + import + work + program + gc + atexit + write + teardown;
+            let accounted = startup + activation + import + work + program + gc + atexit + write + teardown + waiting;
             let exit = match (p.exit_status, p.exit_signal) {
                 (Some(code), _) => code.to_string(),
                 (None, Some(signal)) => format!("signal {signal}"),
@@ -136,6 +145,7 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
                 atexit_us: atexit,
                 shim_write_us: write,
                 teardown_us: teardown,
+                waiting_us: waiting,
                 unattributed_us: (wall - accounted).max(0.0),
                 work_by_category: by_cat.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 imports_by_package: {
@@ -151,6 +161,59 @@ pub fn compute(processes: &[ProcessTrace], columns: &SpanColumns<'_>, dictionary
         .collect()
 }
 
+/// The processes and programs of each run by their parent's pid: `(run id, ppid)` → `(start, end)` on
+/// the wall clock, microseconds.
+fn children_by_parent(loaded: &Loaded) -> FxHashMap<(&str, i64), Vec<(f64, f64)>> {
+    let mut out: FxHashMap<(&str, i64), Vec<(f64, f64)>> = FxHashMap::default();
+    for p in loaded.processes.iter().chain(&loaded.programs) {
+        #[allow(clippy::cast_precision_loss)]
+        let start = p.wall_zero_ns as f64 / 1000.0;
+        out.entry((p.run_id.as_str(), p.ppid)).or_default().push((start, start + p.end_us()));
+    }
+    out
+}
+
+/// Take the time `p` spent in a call or its main program while one of its children ran out of those
+/// sums (`by_cat`, `program`) and return it: waiting, not work.
+fn take_waiting(p: &ProcessTrace, children: Option<&Vec<(f64, f64)>>, by_cat: &mut BTreeMap<&str, f64>, program: &mut f64) -> f64 {
+    let Some(children) = children else { return 0.0 };
+    #[allow(clippy::cast_precision_loss)]
+    let zero = p.wall_zero_ns as f64 / 1000.0;
+    let end = p.end_us();
+    // Children started during this process's life (a reused pid's other children are not its own).
+    let mut alive: Vec<(f64, f64)> = children
+        .iter()
+        .map(|&(s, e)| (s - zero, e - zero))
+        .filter(|&(s, _)| (0.0..=end).contains(&s))
+        .map(|(s, e)| (s, e.min(end)))
+        .collect();
+    if alive.is_empty() {
+        return 0.0;
+    }
+    alive.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut union: Vec<(f64, f64)> = Vec::with_capacity(alive.len());
+    for (s, e) in alive {
+        match union.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => union.push((s, e)),
+        }
+    }
+    let mut waiting = 0.0;
+    for (start, stop, cat) in crate::metrics::build::timeline(p, 0.0) {
+        let overlap: f64 = union.iter().map(|&(s, e)| (stop.min(e) - start.max(s)).max(0.0)).sum();
+        if overlap <= 0.0 {
+            continue;
+        }
+        let sum = if cat == category::PROGRAM { Some(&mut *program) } else { by_cat.get_mut(cat) };
+        if let Some(sum) = sum {
+            let taken = overlap.min(*sum);
+            *sum -= taken;
+            waiting += taken;
+        }
+    }
+    waiting
+}
+
 /// A JSON object of sums, built in one go: serialising the map would insert its keys one by one, and a
 /// build has a hundred packages per process.
 fn object<'k>(sums: impl IntoIterator<Item = (&'k str, f64)>) -> Value {
@@ -162,7 +225,7 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
     let mut table = Table::new(
         "",
         &["pid", "command", "wall ms", "start-up ms", "imports ms", "top imports (ms)", "work ms", "work by category (ms)",
-          "main program ms", "gc ms", "exit ms", "unattributed ms", "overhead : work", "peak RSS MiB", "exit"],
+          "main program ms", "gc ms", "exit ms", "waiting on children ms", "unattributed ms", "overhead : work", "peak RSS MiB", "exit"],
     );
     // Built in parallel: a big build has thousands of processes with a hundred packages each.
     let cells: Vec<Vec<String>> = rows
@@ -195,6 +258,7 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
                 ms(r.program_us),
                 ms(r.gc_us),
                 ms(r.exit_us()),
+                ms(r.waiting_us),
                 ms(r.unattributed_us),
                 ratio,
                 r.peak_rss.map_or("–".into(), crate::report::mib),
@@ -209,7 +273,9 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
     section.notes.push(
         "start-up = interpreter start-up before lynshim activated + lynshim's own activation; main program = the \
          script's own code outside imports and calls; exit = atexit handlers + lynshim writing its trace + \
-         interpreter teardown up to the real exit; time is split by each span's self time"
+         interpreter teardown up to the real exit; waiting on children = in a call or the main program while a \
+         process it started ran (maketalk waiting for make), not counted as work; time is split by each span's \
+         self time"
             .into(),
     );
     // Built as values, not through `json!` on values, which would copy each one again by serialising it.
@@ -221,7 +287,7 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
                     "wall_us": r.wall_us, "startup_us": r.startup_us, "activation_us": r.activation_us,
                     "import_us": r.import_us, "work_us": r.work_us, "program_us": r.program_us, "gc_us": r.gc_us,
                     "gc_collections": r.gc_collections, "atexit_us": r.atexit_us, "shim_write_us": r.shim_write_us,
-                    "teardown_us": r.teardown_us, "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
+                    "teardown_us": r.teardown_us, "waiting_us": r.waiting_us, "unattributed_us": r.unattributed_us, "peak_rss_bytes": r.peak_rss, "exit": r.exit, "calls": r.calls,
                 });
                 row["imports_by_package_us"] =
                     object(r.imports_by_package.iter().map(|(p, us)| (dictionary.packages[*p as usize].as_str(), *us)));

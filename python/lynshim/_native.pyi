@@ -2,8 +2,38 @@
 
 from os import PathLike
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, final
 
+__all__ = [
+    "Probe",
+    "__version__",
+    "activated",
+    "after_fork_child",
+    "call",
+    "children_cpu_s",
+    "complete",
+    "enter",
+    "evict_from_page_cache",
+    "exit",
+    "flow_in",
+    "flow_out",
+    "flush",
+    "instant",
+    "is_active",
+    "killed_by_signal",
+    "monotonic_ns",
+    "page_residency",
+    "probe_begin",
+    "probe_end",
+    "python_exiting",
+    "sample_rss",
+    "schema",
+    "set_exit_meta",
+    "start",
+    "stop",
+    "trace_path",
+    "write_run_record",
+]
 __version__: str
 
 def start(
@@ -20,11 +50,12 @@ def enter(name: str, cat: str, args: dict[str, Any] | None = None) -> int: ...
 def exit(token: int, args: dict[str, Any] | None = None) -> None: ...
 def instant(name: str, cat: str, args: dict[str, Any] | None = None) -> None: ...
 
+@final
 class Probe:
     """One wrapped function: its span's name and category, and how its calls are described."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         cat: str,
         function: Callable[..., Any],
@@ -32,7 +63,7 @@ class Probe:
         defaults: dict[str, Any],
         takes_field: bool,
         describe_value: Callable[[Any], Any],
-    ) -> None: ...
+    ) -> Probe: ...
     def describe(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> str: ...
     def describe_end(
         self,
@@ -63,51 +94,84 @@ def children_cpu_s() -> tuple[float, float]: ...
 def write_run_record(path: str | PathLike[str], record: dict[str, Any]) -> None: ...
 
 class _Schema(ModuleType):
-    FORMAT_VERSION: int
-    WORK_CATEGORIES: list[str]
-    OPERATION_CATEGORIES: list[str]
-    CREDENTIAL_WORDS: list[str]
-    MAX_ARG_CHARS: int
-    EVENT_PROCESS: str
-    EVENT_EXIT: str
-    EVENT_STARTUP: str
-    EVENT_SHIM_IMPORT: str
-    EVENT_RSS: str
-    EVENT_REQUEST_FLOW: str
-    CAT_STARTUP: str
-    CAT_IMPORT: str
-    CAT_TRACER: str
-    CAT_LAMD: str
-    CAT_CONFIG: str
-    CAT_FIELD: str
-    CAT_READ: str
-    CAT_WRITE: str
-    CAT_DATAFRAME: str
-    CAT_COMPUTE: str
-    CAT_TEMPLATE: str
-    CAT_SERVER_CLIENT: str
-    CAT_SERVER: str
-    CAT_USER: str
-    ARG_MODULE: str
-    ARG_ERROR: str
-    ARG_FOUND: str
-    ARG_ROWS: str
-    ARG_RESULT: str
-    ARG_REQUEST_ID: str
-    ARG_LYNGUINE_VERSION: str
-    ARG_LAMD_VERSION: str
+    """``lynshim._native.schema``: the constants of crates/lynschema (tests/test_stub.py keeps this list whole)."""
+
+    ARG_ARGV: str
     ARG_AT: str
-    REDACTED: str
-    TRACE_SUFFIX: str
-    RUN_RECORD: str
-    ENV_DIR: str
-    ENV_RUN_ID: str
-    ENV_LABEL: str
-    ENV_TARGETS: str
-    ENV_IMPORTS: str
-    ENV_BOOTSTRAP: str
-    ENV_RECORD_FILES: str
+    ARG_COLLECTED: str
+    ARG_COMMAND: str
+    ARG_CWD: str
+    ARG_ERROR: str
+    ARG_EXECUTABLE: str
+    ARG_FOUND: str
+    ARG_GENERATION: str
+    ARG_LABEL: str
+    ARG_LAMD_COMMAND: str
+    ARG_LAMD_VERSION: str
+    ARG_LYNGUINE_VERSION: str
+    ARG_MODULE: str
     ARG_OPENED_FILES: str
+    ARG_PYTHON_VERSION: str
+    ARG_REQUEST_ID: str
+    ARG_RESULT: str
+    ARG_ROWS: str
+    ARG_RUN_ID: str
+    ARG_SOURCE: str
+    ARG_START_TICKS: str
+    ARG_UNCOLLECTABLE: str
+    CAT_ATEXIT: str
+    CAT_COMPUTE: str
+    CAT_CONFIG: str
+    CAT_DATAFRAME: str
+    CAT_FIELD: str
+    CAT_GC: str
+    CAT_IMPORT: str
+    CAT_LAMD: str
+    CAT_PROCESS: str
+    CAT_PROGRAM: str
+    CAT_READ: str
+    CAT_SERVER: str
+    CAT_SERVER_CLIENT: str
+    CAT_STARTUP: str
+    CAT_TEARDOWN: str
+    CAT_TEMPLATE: str
+    CAT_TRACER: str
+    CAT_USER: str
+    CAT_WRITE: str
+    CREDENTIAL_WORDS: list[str]
+    ENV_BOOTSTRAP: str
+    ENV_DIR: str
+    ENV_IMPORTS: str
+    ENV_LABEL: str
+    ENV_RECORD_FILES: str
+    ENV_RUN_ID: str
+    ENV_TARGETS: str
+    EVENT_ATEXIT: str
+    EVENT_EXIT: str
+    EVENT_GC: str
+    EVENT_MAIN_PROGRAM: str
+    EVENT_PROCESS: str
+    EVENT_REQUEST_FLOW: str
+    EVENT_RSS: str
+    EVENT_SHIM_IMPORT: str
+    EVENT_SHIM_WRITE: str
+    EVENT_STARTUP: str
+    EVENT_TEARDOWN: str
+    FORMAT_VERSION: int
+    MAX_ARG_CHARS: int
+    MOMENT_AFTER_CONFIG: str
+    MOMENT_AFTER_DATA: str
+    MOMENT_AFTER_IMPORTS: str
+    MOMENT_AFTER_OPERATIONS: str
+    MOMENT_BASELINE: str
+    MOMENT_EXIT: str
+    OPERATION_CATEGORIES: list[str]
+    REDACTED: str
+    RUN_RECORD: str
+    SOURCE_EXEC: str
+    SOURCE_PYTHON: str
+    TRACE_SUFFIX: str
+    WORK_CATEGORIES: list[str]
 
 schema: _Schema
 

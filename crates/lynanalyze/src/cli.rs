@@ -255,14 +255,14 @@ fn export_command(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     for problem in &outcome.skipped {
         eprintln!("lynanalyze: skipped {problem}");
     }
-    for warning in &outcome.cut_short {
+    for warning in outcome.cut_short.iter().chain(&outcome.damaged) {
         eprintln!("lynanalyze: warning: {warning}");
     }
     eprintln!(
         "lynanalyze: exported {} run(s), {} Python processes, {} other programs and {} spans to {}",
         outcome.runs, outcome.processes, outcome.programs, outcome.spans, args.output.display()
     );
-    Ok(if outcome.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if outcome.skipped.is_empty() && outcome.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {

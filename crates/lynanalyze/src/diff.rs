@@ -422,7 +422,9 @@ pub fn read_side(name: &str, inputs: &[PathBuf], options: LoadOptions, group_by:
         *kind.entry(metric::WALL.to_owned()).or_default() += program.end_us();
     }
     let runs: Vec<RunFigures> = runs.into_values().collect();
-    Ok(Side { name: name.to_owned(), inputs: inputs.to_vec(), runs, skipped: loaded.skipped, cut_short: loaded.warnings })
+    Ok(Side { name: name.to_owned(), inputs: inputs.to_vec(), runs, skipped: loaded.skipped,
+              // Files read in part: cut short, or with lines dropped as untrustworthy; each is warned about.
+              cut_short: loaded.warnings.into_iter().chain(loaded.damaged).collect() })
 }
 
 /// The comparison.

@@ -41,6 +41,8 @@ pub struct Outcome {
     pub spans: usize,
     pub skipped: Vec<Problem>,
     pub cut_short: Vec<Problem>,
+    /// Files some of whose lines were dropped as untrustworthy (see `lynload`'s checks).
+    pub damaged: Vec<Problem>,
 }
 
 /// A run id as a directory name: anything but letters, digits, `.`, `_` and `-` becomes `_`.
@@ -220,6 +222,7 @@ pub fn export(inputs: &[PathBuf], out: &Path, options: LoadOptions) -> anyhow::R
         spans: spans_df.height(),
         skipped: loaded.skipped,
         cut_short: loaded.warnings,
+        damaged: loaded.damaged,
     })
 }
 

@@ -37,6 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=c.REPO / "build" / "study")
     p.add_argument("--report-dir", type=Path, default=c.REPO / "analysis")
     p.add_argument("--steps", default=",".join(STEPS))
+    p.add_argument("--lazy-candidates", type=int, default=6,
+                   help="how many of lynanalyze's lazy-import candidates to probe for the lazy-imports quick win")
     p.add_argument("--jobs-talk", default=None, help="talk for the make -j comparison (default: the largest)")
     return p.parse_args(argv)
 

@@ -40,9 +40,24 @@ def summarise_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         (Path(rec["run_dir"]).parent / (Path(rec["run_dir"]).name + ".lynanalyze.json")).write_text(json.dumps(report))
         rec = dict(rec)
         rec["outputs_digest"] = digest(rec["outputs"])
-        rec["analysis"] = an.trim(report, rec)
+        rec["analysis"] = compact(an.trim(report, rec))
         out.append(rec)
     return out
+
+
+def compact(analysis: dict[str, Any]) -> dict[str, Any]:
+    """Keep the committed summaries small: the per-process rows of Python processes only (the exec-traced
+    programs — make, sh, sed, pandoc… — are counted, and their time is in the attribution)."""
+    procs = analysis.get("processes") or []
+    analysis["processes"] = [p for p in procs if p.get("source") != "exec"]
+    analysis["exec_processes"] = sum(1 for p in procs if p.get("source") == "exec")
+    lb = analysis.get("lynanalyze_build")
+    if lb and lb.get("critical_path"):
+        path = lb["critical_path"]
+        lb["critical_path_length"] = len(path)
+        lb["critical_path"] = [dict(p, command=(p.get("command") or "")[:60]) for p in path
+                               if (p.get("own_us") or 0) >= 20_000]
+    return analysis
 
 
 def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
@@ -87,7 +102,7 @@ def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
         small = min(talks, key=lambda t: sizes[t]["includes"])
         fmt = variant_formats[0] if variant_formats else study.formats[0]
         rec = build(study, small, fmt, mode="probe:direct", run_no=1)
-        candidates = an.lazy_candidates({"records": summarise_records([rec])})[:6]
+        candidates = an.lazy_candidates({"records": summarise_records([rec])})[:args.lazy_candidates]
         lazy, probes = quickwins.probe_lazy(study, candidates, small, fmt, reference=rec["outputs"])
         return candidates, lazy, probes
 
@@ -121,8 +136,9 @@ def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
     if {"builds", "server", "quickwins"} & set(steps):
         step("builds", builds_step)
     step("memory", lambda: memory.summarise(load(args, "builds"), load(args, "operations")))
-    meta["finished_unix"] = time.time()
-    c.write_json(data_path(args, "meta"), meta)
+    if set(steps) - {"report"}:
+        meta["finished_unix"] = time.time()
+        c.write_json(data_path(args, "meta"), meta)
     if "report" in steps:
         from . import report
         report.write(args.report_dir)
@@ -134,7 +150,7 @@ def merge_example(args: argparse.Namespace, records: list[dict[str, Any]]) -> st
     direct = [r for r in records if r["mode"] == "direct"]
     if not direct:
         return None
-    pick = max(direct, key=lambda r: (r["format"] == "notes", r["traced_processes"] or 0, -r["run"]))
+    pick = max(direct, key=lambda r: (r["mode"] == "direct", r["format"] == "notes", r["wall_us"]))
     name = f"build-{Path(pick['talk']).stem}-{pick['format']}.json.gz"
     dest = args.report_dir / "study-data" / name
     for old in dest.parent.glob("build-*.json.gz"):

@@ -13,7 +13,8 @@ installs, once per process:
   dies of the same signal, so the exit status seen by the parent is unchanged.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the __future__ module into every traced process
+# (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import atexit
 import os
@@ -85,7 +86,7 @@ def _process_meta() -> dict:
 
 
 def activate(
-    directory: str | os.PathLike[str],
+    directory: "str | os.PathLike[str]",
     *,
     run_id: str | None = None,
     label: str | None = None,

@@ -7,7 +7,8 @@ objects, lists of paths, data frames, other objects — comes here, to :func:`de
 opened with :func:`lynshim.span` describe their keyword arguments here too.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the __future__ module into every traced process
+# (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import os
 TYPE_CHECKING = False
@@ -42,7 +43,7 @@ def _path_or_text(text: str) -> str:
 _SCALARS = (bool, int, float, type(None))
 
 
-def describe_value(value: Any) -> Any:
+def describe_value(value: "Any") -> "Any":
     """One argument as a short JSON scalar."""
     kind = type(value)
     if kind is str:

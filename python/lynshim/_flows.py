@@ -7,7 +7,8 @@ headers it does not know; its traced handler (``LynguineHandler.do_POST``/``do_G
 and emits the flow's end inside its own span, so Perfetto draws the arrow between the two processes.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the __future__ module into every traced process
+# (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import os
 
@@ -22,7 +23,7 @@ HEADER = "X-Lynshim-Flow"
 _next = [0]
 
 
-def client_request(args: tuple[Any, ...]) -> Callable[[], None] | None:
+def client_request(args: "tuple[Any, ...]") -> "Callable[[], None] | None":
     """Inside a client span: start a flow and tag the client's HTTP session; returns the undo."""
     session = getattr(args[0], "_session", None) if args else None
     headers = getattr(session, "headers", None)
@@ -43,12 +44,12 @@ def client_request(args: tuple[Any, ...]) -> Callable[[], None] | None:
     return restore
 
 
-def server_request(args: tuple[Any, ...]) -> dict[str, Any]:
+def server_request(args: "tuple[Any, ...]") -> "dict[str, Any]":
     """Inside a server span: end the flow the request carries; returns args for the span."""
     handler = args[0] if args else None
     headers = getattr(handler, "headers", None)
     value = headers.get(HEADER) if headers is not None else None
-    out: dict[str, Any] = {"path": str(getattr(handler, "path", ""))[:200]}
+    out: "dict[str, Any]" = {"path": str(getattr(handler, "path", ""))[:200]}
     if value and value.isdigit():
         _native.flow_in(int(value))
         out[schema.ARG_REQUEST_ID] = int(value)

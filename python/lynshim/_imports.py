@@ -12,7 +12,8 @@ Spans cover finding, creating (where extension modules do their work) and execut
 ``python -X importtime`` does, and nest as the imports nest.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the __future__ module into every traced process
+# (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import sys
 TYPE_CHECKING = False
@@ -24,7 +25,7 @@ from lynshim._native import schema
 
 _CAT_IMPORT = schema.CAT_IMPORT
 _ARG_ERROR = schema.ARG_ERROR
-_installed: ImportTracer | None = None
+_installed: "ImportTracer | None" = None
 
 
 def _called_by_import_system() -> bool:
@@ -42,15 +43,15 @@ class _TracingLoader:
 
     __slots__ = ("_loader", "_spec", "_token")
 
-    def __init__(self, loader: Any, spec: Any, token: int) -> None:
+    def __init__(self, loader: "Any", spec: "Any", token: int) -> None:
         self._loader = loader
         self._spec = spec
         self._token = token
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> "Any":
         return getattr(self._loader, name)
 
-    def create_module(self, spec: Any) -> Any:
+    def create_module(self, spec: "Any") -> "Any":
         create = getattr(self._loader, "create_module", None)
         if create is None:
             return None
@@ -60,7 +61,7 @@ class _TracingLoader:
             self._close(err)
             raise
 
-    def exec_module(self, module: Any) -> None:
+    def exec_module(self, module: "Any") -> None:
         loader = self._loader
         self._spec.loader = loader
         if getattr(module, "__loader__", None) is self:
@@ -88,7 +89,7 @@ class ImportTracer:
     def __init__(self, record_imports: bool) -> None:
         self.record_imports = record_imports
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(self, fullname: str, path: "Any" = None, target: "Any" = None) -> "Any":
         if not _called_by_import_system():
             return None
         token = _native.enter(fullname, _CAT_IMPORT) if (self.record_imports and _state.active) else 0

@@ -18,7 +18,8 @@ handlers and the interpreter's teardown — was one "unattributed" lump, a fifth
   the end of finalisation).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the __future__ module into every traced process
+# (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import gc
 import sys

@@ -11,7 +11,8 @@ aliases are traced, once. A class target wraps the class's own ``__init__``.
 When tracing is off a wrapper costs one native call that calls straight through.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the __future__ module into every traced process
+# (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import os
 import sys
@@ -31,14 +32,14 @@ _FunctionType = type(lambda: None)  # types.FunctionType, without importing type
 _WRAPPER_ASSIGNMENTS = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__")
 
 _MARK = "__lynshim_target__"
-_by_module: dict[str, list[targets.Target]] | None = None
+_by_module: "dict[str, list[targets.Target]] | None" = None
 _missing: list[str] = []
 
 
-def _targets_by_module() -> dict[str, list[targets.Target]]:
+def _targets_by_module() -> "dict[str, list[targets.Target]]":
     global _by_module
     if _by_module is None:
-        table: dict[str, list[targets.Target]] = {}
+        table: "dict[str, list[targets.Target]]" = {}
         try:
             rows = targets.active_targets()
         except ValueError as err:
@@ -61,7 +62,7 @@ def _main_module_name() -> str | None:
     return None
 
 
-def _patch_main_then(serve: Callable[..., Any]) -> Callable[..., Any]:
+def _patch_main_then(serve: "Callable[..., Any]") -> "Callable[..., Any]":
     """``socketserver.BaseServer.serve_forever``, patching ``__main__``'s targets first.
 
     A module run with ``python -m`` executes as ``__main__``, from top to bottom, without an import
@@ -69,7 +70,7 @@ def _patch_main_then(serve: Callable[..., Any]) -> Callable[..., Any]:
     after the class exists and before any request, so the targets of the module are patched there.
     """
 
-    def serve_forever(*args: Any, **kwargs: Any) -> Any:
+    def serve_forever(*args: "Any", **kwargs: "Any") -> "Any":
         main = sys.modules.get("__main__")
         name = _main_module_name()
         if main is not None and name:
@@ -83,13 +84,13 @@ def _patch_main_then(serve: Callable[..., Any]) -> Callable[..., Any]:
 _WATCHED = frozenset(("threading", "socketserver"))
 
 
-def interesting(module: ModuleType) -> bool:
+def interesting(module: "ModuleType") -> bool:
     """Might :func:`module_loaded` do anything for ``module``? (The import hook's fast path.)"""
     name = getattr(module, "__name__", None)
     return name in _WATCHED or name in (_by_module if _by_module is not None else _targets_by_module())
 
 
-def module_loaded(module: ModuleType) -> None:
+def module_loaded(module: "ModuleType") -> None:
     """Patch the targets defined in ``module``, which has just finished executing."""
     name = getattr(module, "__name__", None) or ""
     if name == "threading":
@@ -101,7 +102,7 @@ def module_loaded(module: ModuleType) -> None:
     _patch_module(module, _targets_by_module().get(name))
 
 
-def _patch_module(module: ModuleType, rows: list[targets.Target] | None) -> None:
+def _patch_module(module: "ModuleType", rows: "list[targets.Target] | None") -> None:
     if not rows:
         return
     for target in rows:
@@ -132,7 +133,7 @@ def _report_missing() -> None:
     print(f"lynshim: not in the installed version, not traced: {', '.join(missing)}", file=sys.stderr)
 
 
-def _patch_target(module: ModuleType, target: targets.Target) -> bool:
+def _patch_target(module: "ModuleType", target: "targets.Target") -> bool:
     parts = target.qualname.split(".")
     if len(parts) == 1 and parts[0].endswith("*"):
         prefix = parts[0][:-1]
@@ -144,7 +145,7 @@ def _patch_target(module: ModuleType, target: targets.Target) -> bool:
             ):
                 _patch_attribute(module, attr, f"{target.module}.{attr}", target.category)
         return True
-    owner: Any = module
+    owner: "Any" = module
     for part in parts[:-1]:
         owner = getattr(owner, part, None)
         if owner is None:
@@ -164,7 +165,7 @@ def _patch_target(module: ModuleType, target: targets.Target) -> bool:
     return _patch_attribute(owner, attr, target.span_name, target.category)
 
 
-def _patch_attribute(owner: Any, attr: str, span_name: str, category: str) -> bool:
+def _patch_attribute(owner: "Any", attr: str, span_name: str, category: str) -> bool:
     raw = vars(owner)[attr]
     if isinstance(raw, classmethod):
         inner = raw.__func__
@@ -183,12 +184,12 @@ def _patch_attribute(owner: Any, attr: str, span_name: str, category: str) -> bo
     return False
 
 
-def _signature_facts(fn: Callable[..., Any]) -> tuple[tuple[str, ...], dict[str, Any], bool]:
+def _signature_facts(fn: "Callable[..., Any]") -> "tuple[tuple[str, ...], dict[str, Any], bool]":
     code = getattr(fn, "__code__", None)
     if code is None:
         return (), {}, False
     positional = tuple(code.co_varnames[: code.co_argcount])
-    defaults: dict[str, Any] = {}
+    defaults: "dict[str, Any]" = {}
     if fn.__defaults__:
         defaults.update(zip(positional[-len(fn.__defaults__) :], fn.__defaults__))
     if fn.__kwdefaults__:
@@ -197,7 +198,7 @@ def _signature_facts(fn: Callable[..., Any]) -> tuple[tuple[str, ...], dict[str,
     return positional, defaults, "field" in all_params
 
 
-def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[..., Any]:
+def wrap(fn: "Callable[..., Any]", span_name: str, category: str) -> "Callable[..., Any]":
     """A transparent wrapper that records each call of ``fn`` as a span.
 
     The wrapper only packs the call's arguments and hands them to the native probe, which describes
@@ -212,7 +213,7 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
     else:
         call = _native.call
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: "Any", **kwargs: "Any") -> "Any":
             return call(probe, args, kwargs)
 
     _look_like(wrapper, fn)
@@ -220,14 +221,14 @@ def wrap(fn: Callable[..., Any], span_name: str, category: str) -> Callable[...,
     return wrapper
 
 
-def _request_wrapper(fn: Callable[..., Any], probe: Any, is_client: bool) -> Callable[..., Any]:
+def _request_wrapper(fn: "Callable[..., Any]", probe: "Any", is_client: bool) -> "Callable[..., Any]":
     """A wrapper for either end of a server request: the client span starts a flow and sends its id with
     the request; the server span records the id it received and ends the flow."""
     begin = _native.probe_begin
     end = _native.probe_end
     state = _state
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: "Any", **kwargs: "Any") -> "Any":
         if not state.active:
             return fn(*args, **kwargs)
         token, asks_for_field = begin(probe, args, kwargs)
@@ -248,7 +249,7 @@ def _request_wrapper(fn: Callable[..., Any], probe: Any, is_client: bool) -> Cal
     return wrapper
 
 
-def _look_like(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., Any]:
+def _look_like(wrapper: "Callable[..., Any]", fn: "Callable[..., Any]") -> "Callable[..., Any]":
     """What :func:`functools.update_wrapper` does: the wrapper takes the original's names, doc and dict."""
     for attr in _WRAPPER_ASSIGNMENTS:
         try:

@@ -18,7 +18,8 @@ Users add or drop rows without editing code:
   processes never parse TOML.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the __future__ module into every traced process
+# (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import os
 
@@ -80,7 +81,7 @@ LAMD_COMMANDS = (
 _T = Target
 
 #: What lamd reaches in lynguine (checked against lynguine 0.1.2), and lamd's own commands.
-DEFAULT_TARGETS: tuple[Target, ...] = (
+DEFAULT_TARGETS: "tuple[Target, ...]" = (
     # config
     _T("lynguine.config.interface", "Interface.from_file", CONFIG),
     _T("lynguine.config.interface", "Interface.from_cwd_file", CONFIG),
@@ -137,9 +138,9 @@ def lamd_command_of(script: str) -> str | None:
     return name if name in LAMD_COMMANDS else None
 
 
-def parse_env(text: str) -> tuple[list[Target], set[str]]:
+def parse_env(text: str) -> "tuple[list[Target], set[str]]":
     """Parse ``LYNSHIM_TARGETS``: returns (targets to add, keys to drop)."""
-    added: list[Target] = []
+    added: "list[Target]" = []
     dropped: set[str] = set()
     for item in (part.strip() for part in text.split(";")):
         if not item:
@@ -155,13 +156,13 @@ def parse_env(text: str) -> tuple[list[Target], set[str]]:
     return added, dropped
 
 
-def to_env(added: list[Target], dropped: set[str]) -> str:
+def to_env(added: "list[Target]", dropped: set[str]) -> str:
     """Inverse of :func:`parse_env`."""
     parts = [f"{t.key}={t.category}" for t in added] + [f"-{key}" for key in sorted(dropped)]
     return ";".join(parts)
 
 
-def from_pyproject(path: str) -> tuple[list[Target], set[str]]:
+def from_pyproject(path: str) -> "tuple[list[Target], set[str]]":
     """Read ``[tool.lynshim]`` from a ``pyproject.toml`` (empty when there is none)."""
     import tomllib
 
@@ -177,7 +178,7 @@ def from_pyproject(path: str) -> tuple[list[Target], set[str]]:
     return added, set(table.get("skip", []))
 
 
-def active_targets(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[Target, ...]:
+def active_targets(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> "tuple[Target, ...]":
     """The default table with the environment's additions and removals applied."""
     added, dropped = parse_env(environ.get(schema.ENV_TARGETS, ""))
     rows = [t for t in DEFAULT_TARGETS if t.key not in dropped] + [t for t in added if t.key not in dropped]

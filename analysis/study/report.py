@@ -644,18 +644,23 @@ class Report:
         fmt = vf[0]
         med = {m: {phase_group(k): v for k, v in median_attr([r for r in groups[m] if r["talk"] == talk and r["format"] == fmt]).items()}
                for m in modes if any(r["talk"] == talk and r["format"] == fmt for r in groups[m])}
-        phases = sorted({k for v in med.values() for k in v})
-        fig, ax = plt.subplots(figsize=(9, 4.8))
+        order = ["python start-up", "lynshim", "imports", "main program", "lamd work", "lynguine work",
+                 "lynguine via server", "server", "gc", "atexit", "teardown",
+                 "other programs (make, gpp, pandoc) / waiting", "idle / untraced", "outside Python", "unattributed", "rest"]
+        seen = {k for v in med.values() for k in v}
+        phases = [p for p in order if p in seen] + sorted(seen - set(order))
+        fig, ax = plt.subplots(figsize=(11, 4.8))
         left = [0.0] * len(med)
         names = list(med)
-        for ph in phases:
+        colours = plt.get_cmap("tab20").colors
+        for i, ph in enumerate(phases):
             vals = [med[m].get(ph, 0) / 1e6 for m in names]
-            ax.barh(range(len(names)), vals, left=left, label=ph)
+            ax.barh(range(len(names)), vals, left=left, label=ph, color=colours[i % len(colours)])
             left = [a + b for a, b in zip(left, vals)]
         ax.set_yticks(range(len(names)), [VARIANT_NAMES[m] for m in names], fontsize=8)
         ax.set_xlabel("seconds of build wall time (median over runs)")
         ax.set_title(f"Where the time goes: {Path(talk).stem}, {fmt}")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         self.save(fig, "build-phases.png", f"Build wall time by phase, `{Path(talk).stem}` {fmt}, direct against the variants")
 
@@ -670,7 +675,7 @@ class Report:
         modes = [m for m in VARIANT_ORDER if any((m, t, fmt) in self.walls for t in talks)]
         if not talks or not modes:
             return
-        fig, ax = plt.subplots(figsize=(10, 4.8))
+        fig, ax = plt.subplots(figsize=(11, 5.6))
         width = 0.8 / len(modes)
         for j, m in enumerate(modes):
             xs, meds, lo, hi = [], [], [], []
@@ -685,7 +690,7 @@ class Report:
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(talks))], [Path(t).stem for t in talks], fontsize=7, rotation=10)
         ax.set_ylabel(f"build wall time, s ({fmt}; median, min–max)")
         ax.set_title("Direct against server mode and the quick wins")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4)
         fig.tight_layout()
         self.save(fig, "build-walls.png", "Build wall time per talk: direct, server mode, quick wins")
 

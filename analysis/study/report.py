@@ -481,6 +481,19 @@ class Report:
         same, total, stable = self.identical("server-warm")
         self.w(f"Outputs: {same} of {total} warm-server builds produced files byte-identical to a direct build "
                f"(direct builds {'agree' if stable else 'do not all agree'} among themselves).", "")
+        unstable: dict[tuple[str, str], set[str]] = defaultdict(set)
+        groups: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+        for r in self.records:
+            if r["mode"] in ("direct", "untraced"):
+                groups[(r["talk"], r["format"])].append(r.get("outputs") or {})
+        for key, outs in groups.items():
+            for f in set().union(*outs):
+                if len({o.get(f) for o in outs}) > 1:
+                    unstable[key].add(f)
+        if unstable:
+            self.w("Direct builds that differ from one run to the next (so no variant can be byte-identical to them): "
+                   + "; ".join(f"`{Path(t).stem}` {fmt}: " + ", ".join(f"`{Path(f).name}`" for f in sorted(fs)[:4])
+                               for (t, fmt), fs in sorted(unstable.items())) + ".", "")
         for mode in ("server-cold", "server-warm"):
             diff = self.differing_files(mode)
             if diff:

@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 DEMO := build/demo
 
-.PHONY: all install demo test test-rust test-python perfetto-deps bench study study-deps clean
+.PHONY: all install demo test lint test-rust test-python perfetto-deps bench study study-deps clean
 
 all: install
 
@@ -44,7 +44,15 @@ demo: install
 	  echo; echo "traces: $$run (open any *.lynshim.json in https://ui.perfetto.dev)"; \
 	  echo "report: $(DEMO)/report.md"
 
-test: install perfetto-deps test-rust test-python
+test: install perfetto-deps lint test-rust test-python
+
+# The style the workspace configures, enforced: rustfmt (rustfmt.toml), clippy with the workspace lints
+# and warnings as errors, ruff's linter and formatter ([tool.ruff] in pyproject.toml).
+lint: $(VENV)/.created
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests analysis
+	$(VENV)/bin/ruff format --check python tests analysis
 
 # The Perfetto conformance tests need a browser; Playwright cannot download one here, so the system's
 # Chromium is used. Installing it needs root: elsewhere those tests skip and say why (CI does not skip).

@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -26,7 +27,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +60,7 @@ def spread(values: list[float]) -> str:
 
 # --- 1. start-up ------------------------------------------------------------------------------------
 
+
 def in_process_env(out: Path) -> dict[str, str]:
     """What `lynshim run` sets for the traced process, without the launcher process in front of it."""
     from lynshim import cli
@@ -85,17 +86,26 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     # Five Python processes under one `lynshim run` (its launcher and the preload library counted once
     # per run and once per program, as in a build), against the same five bare.
     five = f"for i in 1 2 3 4 5; do {PY} {script}; done"
-    cases.append(("five `import lynguine` processes (sh loop)", ["sh", "-c", five],
-                  {"lynshim run": [PY, "-m", "lynshim", "run", "-o", str(out / "five"), "--", "sh", "-c", five],
-                   "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], "sh", "-c", five]},
-                  None))
+    cases.append(
+        (
+            "five `import lynguine` processes (sh loop)",
+            ["sh", "-c", five],
+            {
+                "lynshim run": [PY, "-m", "lynshim", "run", "-o", str(out / "five"), "--", "sh", "-c", five],
+                "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], "sh", "-c", five],
+            },
+            None,
+        )
+    )
     talk_dir = CORPUS / "talks" / "_ai"
     if talk_dir.is_dir():
         corpus_copy = work / "corpus"
         shutil.copytree(CORPUS, corpus_copy)
         field = work / "field.py"
-        field.write_text("from lynguine.util.talk import talk_field\n"
-                         "print(talk_field('title', 'the-atomic-human-google.md', user_file=['_lamd.yml', '_config.yml']))\n")
+        field.write_text(
+            "from lynguine.util.talk import talk_field\n"
+            "print(talk_field('title', 'the-atomic-human-google.md', user_file=['_lamd.yml', '_config.yml']))\n"
+        )
         field_tools = {name: [*cmd[:-1], str(field)] for name, cmd in tools.items()}
         cases.append(("talk_field on a corpus talk", [PY, str(field)], field_tools, corpus_copy / "talks" / "_ai"))
     rows, notes = [], []
@@ -110,8 +120,10 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             rows.append(f"| {label} | {name} | {spread(ratios)} | {'≤ 1.02' if name.startswith('lynshim') else ''} |")
             if name.startswith("lynshim"):
                 met = statistics.median(ratios) <= 1.02
-                notes.append(f"{name} on {label}: median ratio {statistics.median(ratios):.3f} — "
-                             f"target ≤ 1.02 {'met' if met else 'missed by ' + format(statistics.median(ratios) - 1.02, '.3f')}")
+                notes.append(
+                    f"{name} on {label}: median ratio {statistics.median(ratios):.3f} — "
+                    f"target ≤ 1.02 {'met' if met else 'missed by ' + format(statistics.median(ratios) - 1.02, '.3f')}"
+                )
     if not talk_dir.is_dir():
         notes.append(f"the corpus talk case was not run: {CORPUS} is absent")
     return rows, notes
@@ -120,7 +132,8 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
 def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
     """`lynshim activation` per process, from the spans of a real multi-process build: the sample lamd-shaped
     build of tests/sample (make, one Python process per rule), traced `runs` times."""
-    from lynshim import bench as lynshim_bench, cli
+    from lynshim import bench as lynshim_bench
+    from lynshim import cli
     from lynshim._native import schema
 
     sample = work / "sample"
@@ -129,8 +142,13 @@ def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
     for i in range(runs):
         shutil.rmtree(sample / "out", ignore_errors=True)
         out = work / f"activation-{i}"
-        subprocess.run([PY, "-m", "lynshim", "run", "-o", str(out), "--", "make", "-s", f"PYTHON={PY}"], cwd=sample,
-                       env=clean_env(), capture_output=True, check=True)
+        subprocess.run(
+            [PY, "-m", "lynshim", "run", "-o", str(out), "--", "make", "-s", f"PYTHON={PY}"],
+            cwd=sample,
+            env=clean_env(),
+            capture_output=True,
+            check=True,
+        )
         for trace in sorted(out.glob("*/*.lynshim.json")):
             if cli.trace_source(trace) == schema.SOURCE_EXEC:
                 continue
@@ -140,21 +158,30 @@ def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
     median = statistics.median(values)
     verdict = "met" if median <= 5 else f"missed by {median - 5:.2f} ms"
     row = f"| `lynshim activation`, per process of the sample build | {spread(values)} ms | ≤ 5 ms |"
-    return row, f"lynshim activation in a real multi-process build: median {median:.2f} ms per process — target ≤ 5 ms {verdict}"
+    return (
+        row,
+        f"lynshim activation in a real multi-process build: median {median:.2f} ms per process — target ≤ 5 ms {verdict}",
+    )
 
 
 def startup_breakdown(work: Path) -> str:
     """What the shim's start-up cost consists of, from its own traces (the 'profile' of a miss)."""
     out = work / "breakdown"
-    subprocess.run([PY, "-m", "lynshim", "bench", "-n", "5", "--warmup", "1", "-o", str(out), "--", PY, "-c",
-                    "import lynguine"], env=clean_env(), capture_output=True, check=True)
+    subprocess.run(
+        [PY, "-m", "lynshim", "bench", "-n", "5", "--warmup", "1", "-o", str(out), "--", PY, "-c", "import lynguine"],
+        env=clean_env(),
+        capture_output=True,
+        check=True,
+    )
     report = json.loads((out / "bench.json").read_text())
     phases = next(iter(report["processes"].values()))
     act = phases["lynshim activation"]["median"] / 1000
     total = phases["total (traced wall)"]["median"] / 1000
-    return (f"`lynshim bench -n 5 -- python -c 'import lynguine'`: lynshim's own activation (importing lynshim, "
-            f"opening the trace, installing the hooks) takes a median {act:.1f} ms of {total:.0f} ms traced; the rest "
-            "of the overhead is the import hook's per-module bookkeeping and the writer thread sharing the CPU.")
+    return (
+        f"`lynshim bench -n 5 -- python -c 'import lynguine'`: lynshim's own activation (importing lynshim, "
+        f"opening the trace, installing the hooks) takes a median {act:.1f} ms of {total:.0f} ms traced; the rest "
+        "of the overhead is the import hook's per-module bookkeeping and the writer thread sharing the CPU."
+    )
 
 
 # --- 2. per call ------------------------------------------------------------------------------------
@@ -224,8 +251,13 @@ def per_call(work: Path, loops: int, rounds: int) -> tuple[list[str], list[str]]
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in range(rounds):
         for mode in CALL_MODES:
-            proc = subprocess.run([PY, str(script), mode, str(loops), str(work / f"pc{r}")], env=clean_env(),
-                                  capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [PY, str(script), mode, str(loops), str(work / f"pc{r}")],
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             for name, figures in json.loads(proc.stdout.strip().splitlines()[-1]).items():
                 for key, ns in figures.items():
                     results.setdefault(mode, {}).setdefault(name, {}).setdefault(key, []).append(ns)
@@ -235,14 +267,18 @@ def per_call(work: Path, loops: int, rounds: int) -> tuple[list[str], list[str]]
         for mode in CALL_MODES:
             med = {key: statistics.median(v) for key, v in results[mode][name].items()}
             extra = med["wall"] - bare["wall"]
-            rows.append(f"| {label} | {mode} | {med['wall']:.0f} | {extra:+.0f} | {med['caller'] - bare['caller']:+.0f} "
-                        f"| {med['process'] - bare['process']:+.0f} | {'≤ 400 wall, ≤ 1000 process CPU' if mode == 'lynshim' else ''} |")
+            rows.append(
+                f"| {label} | {mode} | {med['wall']:.0f} | {extra:+.0f} | {med['caller'] - bare['caller']:+.0f} "
+                f"| {med['process'] - bare['process']:+.0f} | {'≤ 400 wall, ≤ 1000 process CPU' if mode == 'lynshim' else ''} |"
+            )
             if mode == "lynshim":
                 cpu = med["process"] - bare["process"]
-                notes.append(f"lynshim on {label}: +{extra:.0f} ns per call — target ≤ 400 ns "
-                             f"{'met' if extra <= 400 else 'missed by ' + format(extra - 400, '.0f') + ' ns'}; "
-                             f"CPU of the whole process, background threads included: +{cpu:.0f} ns per call — "
-                             f"target ≤ 1 µs {'met' if cpu <= 1000 else 'missed by ' + format(cpu - 1000, '.0f') + ' ns'}")
+                notes.append(
+                    f"lynshim on {label}: +{extra:.0f} ns per call — target ≤ 400 ns "
+                    f"{'met' if extra <= 400 else 'missed by ' + format(extra - 400, '.0f') + ' ns'}; "
+                    f"CPU of the whole process, background threads included: +{cpu:.0f} ns per call — "
+                    f"target ≤ 1 µs {'met' if cpu <= 1000 else 'missed by ' + format(cpu - 1000, '.0f') + ' ns'}"
+                )
     return rows, notes
 
 
@@ -284,16 +320,19 @@ BREAKDOWN = textwrap.dedent(
 def per_call_profile(work: Path, loops: int) -> list[str]:
     script = work / "breakdown.py"
     script.write_text(BREAKDOWN)
-    proc = subprocess.run([PY, str(script), str(work / "bd"), str(loops)], env=clean_env(), capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [PY, str(script), str(work / "bd"), str(loops)], env=clean_env(), capture_output=True, text=True, check=True
+    )
     return [f"| {k} | {v:.0f} |" for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()]
 
 
 # --- 3. import lynshim, tracing off ------------------------------------------------------------------
 
+
 def _importtime(module: str) -> float:
-    proc = subprocess.run([PY, "-X", "importtime", "-c", f"import {module}"], env=clean_env(),
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [PY, "-X", "importtime", "-c", f"import {module}"], env=clean_env(), capture_output=True, text=True, check=True
+    )
     line = [l for l in proc.stderr.splitlines() if l.rstrip().endswith(f"| {module}")][-1]
     return int(line.split("|")[1]) / 1000
 
@@ -304,12 +343,16 @@ def import_cost(runs: int) -> tuple[list[str], str]:
         ours.append(_importtime("lynshim"))
         json_.append(_importtime("json"))  # a yardstick for this machine's speed, measured alternately
     median, yardstick = statistics.median(ours), statistics.median(json_)
-    rows = [f"| `import lynshim`, LYNSHIM_DIR unset | {spread(ours)} ms | ≤ 2 ms |",
-            f"| `import json` (yardstick, same run) | {spread(json_)} ms | |"]
+    rows = [
+        f"| `import lynshim`, LYNSHIM_DIR unset | {spread(ours)} ms | ≤ 2 ms |",
+        f"| `import json` (yardstick, same run) | {spread(json_)} ms | |",
+    ]
     verdict = "met" if median <= 2 else f"missed by {median - 2:.2f} ms"
-    return rows, (f"import lynshim with tracing off: median {median:.2f} ms — target ≤ 2 ms {verdict}; "
-                  f"`import json` took {yardstick:.2f} ms in the same run, so lynshim costs "
-                  f"{median / yardstick:.2f}× a stdlib json import here")
+    return rows, (
+        f"import lynshim with tracing off: median {median:.2f} ms — target ≤ 2 ms {verdict}; "
+        f"`import json` took {yardstick:.2f} ms in the same run, so lynshim costs "
+        f"{median / yardstick:.2f}× a stdlib json import here"
+    )
 
 
 # --- 4. analyzer throughput --------------------------------------------------------------------------
@@ -367,7 +410,12 @@ def replicate(dest: Path, count: int) -> int:
         new_pid = 100_000 + i
         body = text.replace(f'"pid":{old_pid},', f'"pid":{new_pid},').replace(f'"tid":{old_pid}', f'"tid":{new_pid}')
         # Each copy starts 2 s after the previous one, as a serial build would.
-        body = re.sub(r'"wall_zero_ns":(\d+)', lambda m: f'"wall_zero_ns":{int(m.group(1)) + i * 2_000_000_000}', body, count=1)
+        body = re.sub(
+            r'"wall_zero_ns":(\d+)',
+            lambda m, i=i: f'"wall_zero_ns":{int(m.group(1)) + i * 2_000_000_000}',
+            body,
+            count=1,
+        )
         path = dest / f"{new_pid}-{i}-{i:08x}.lynshim.json"
         path.write_text(body)
         total += len(body)
@@ -399,8 +447,12 @@ def throughput(work: Path, sizes: list[int], pandas_up_to: int) -> tuple[list[st
         t_rust, rss_rust, out = run_measured([LYNANALYZE, "report", str(dest), "--format", "json"])
         if count == 1000:
             # Where lynanalyze's time goes, from its own phase timings (a second run).
-            proc = subprocess.run([LYNANALYZE, "report", str(dest), "--format", "json"], capture_output=True,
-                                  text=True, env={**os.environ, "LYNANALYZE_TIMINGS": "1"})
+            proc = subprocess.run(
+                [LYNANALYZE, "report", str(dest), "--format", "json"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "LYNANALYZE_TIMINGS": "1"},
+            )
             phases = [l.removeprefix("lynanalyze:").strip() for l in proc.stderr.splitlines()]
             notes.append(f"where lynanalyze's time goes on {count} files ({mb:.0f} MB): " + "; ".join(phases))
         report = json.loads(out)
@@ -417,8 +469,10 @@ def throughput(work: Path, sizes: list[int], pandas_up_to: int) -> tuple[list[st
         row += f" {rss_rust:.0f} MB (max so far) |"
         rows.append(row)
         if count == max(sizes):
-            notes.append(f"lynanalyze on {count} files: {mb / t_rust:.0f} MB/s — target ≥ 300 MB/s "
-                         f"{'met' if mb / t_rust >= 300 else 'missed'}")
+            notes.append(
+                f"lynanalyze on {count} files: {mb / t_rust:.0f} MB/s — target ≥ 300 MB/s "
+                f"{'met' if mb / t_rust >= 300 else 'missed'}"
+            )
         shutil.rmtree(dest)
     return rows, notes
 
@@ -432,8 +486,10 @@ def criterion_summary() -> str:
     out = []
     for i, line in enumerate(lines):
         if line.startswith("loader/") and i + 2 < len(lines) and "thrpt" in lines[i + 2]:
-            out.append(f"`{line.strip()}`: time {lines[i + 1].split('[', 1)[1].strip(' ]')}, "
-                       f"throughput {lines[i + 2].split('[', 1)[1].strip(' ]')}")
+            out.append(
+                f"`{line.strip()}`: time {lines[i + 1].split('[', 1)[1].strip(' ]')}, "
+                f"throughput {lines[i + 2].split('[', 1)[1].strip(' ]')}"
+            )
     return "; ".join(out) or "no results found in build/criterion.txt"
 
 
@@ -443,7 +499,7 @@ def main() -> None:
     args = parser.parse_args()
     pairs, rounds, loops = (3, 1, 20_000) if args.quick else (20, 5, 200_000)
     sizes = [100, 1000] if args.quick else [100, 1000, 10_000]
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_before = os.getloadavg()
     study_running = subprocess.run(["pgrep", "-f", "analysis.study"], capture_output=True).returncode == 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -463,16 +519,16 @@ def main() -> None:
     doc = f"""# Benchmarks
 
 Measured {started:%Y-%m-%d %H:%M} UTC on this machine ({machine}) by `make bench`
-(`{Path(PY).relative_to(REPO) if Path(PY).is_relative_to(REPO) else PY} analysis/bench.py{' --quick' if args.quick else ''}`).
+(`{Path(PY).relative_to(REPO) if Path(PY).is_relative_to(REPO) else PY} analysis/bench.py{" --quick" if args.quick else ""}`).
 Load average (1/5/15 min) at the start {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, at the end
-{os.getloadavg()[0]:.2f}/{os.getloadavg()[1]:.2f}/{os.getloadavg()[2]:.2f}; the study (`analysis.study`) {'was' if study_running else 'was not'} running at the start;
-PYTHONDONTWRITEBYTECODE {'set' if os.environ.get('PYTHONDONTWRITEBYTECODE') else 'unset'}.
+{os.getloadavg()[0]:.2f}/{os.getloadavg()[1]:.2f}/{os.getloadavg()[2]:.2f}; the study (`analysis.study`) {"was" if study_running else "was not"} running at the start;
+PYTHONDONTWRITEBYTECODE {"set" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "unset"}.
 Every figure is measured side by side in this one run; ratios are per alternating pair. Re-run `make bench`
 to reproduce; expect other numbers on another machine or under other load.
 
 ## Summary against the targets
 
-{chr(10).join('- ' + n for n in [a_note] + s_notes + c_notes + [i_note] + t_notes)}
+{chr(10).join("- " + n for n in [a_note] + s_notes + c_notes + [i_note] + t_notes)}
 
 ## Why the missed targets are missed (from the figures below)
 

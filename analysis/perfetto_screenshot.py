@@ -1,8 +1,8 @@
 """Screenshot of a merged build in the real Perfetto UI (the picture README shows).
 
-    make demo
-    .venv/bin/lynanalyze merge build/demo/traces -o build/demo/build.json
-    .venv/bin/python analysis/perfetto_screenshot.py build/demo/build.json analysis/perfetto-merged-build.png
+make demo
+.venv/bin/lynanalyze merge build/demo/traces -o build/demo/build.json
+.venv/bin/python analysis/perfetto_screenshot.py build/demo/build.json analysis/perfetto-merged-build.png
 """
 
 import sys

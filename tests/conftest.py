@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from lynshim._native import schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,12 +68,17 @@ class Trace:
             ph = e.get("ph")
             if ph == "B":
                 stack = stacks.setdefault(e["tid"], [])
-                span = {"name": e["name"], "cat": e["cat"], "ts": e["ts"], "tid": e["tid"],
-                        # Depth below the main program, which encloses everything the program does.
-                        "depth": sum(1 for o in stack if o["cat"] != schema.CAT_PROGRAM),
-                        "args": dict(e.get("args", {})),
-                        "parent": stack[-1]["name"] if stack else None,
-                        "parent_span": stack[-1] if stack else None}
+                span = {
+                    "name": e["name"],
+                    "cat": e["cat"],
+                    "ts": e["ts"],
+                    "tid": e["tid"],
+                    # Depth below the main program, which encloses everything the program does.
+                    "depth": sum(1 for o in stack if o["cat"] != schema.CAT_PROGRAM),
+                    "args": dict(e.get("args", {})),
+                    "parent": stack[-1]["name"] if stack else None,
+                    "parent_span": stack[-1] if stack else None,
+                }
                 stack.append(span)
                 out.append(span)
             elif ph == "E":
@@ -84,8 +88,19 @@ class Trace:
                     span["dur"] = e["ts"] - span["ts"]
                     span["args"].update(e.get("args", {}))
             elif ph == "X":
-                out.append({"name": e["name"], "cat": e["cat"], "ts": e["ts"], "dur": e["dur"], "tid": e["tid"],
-                            "depth": None, "args": e.get("args", {}), "parent": None, "parent_span": None})
+                out.append(
+                    {
+                        "name": e["name"],
+                        "cat": e["cat"],
+                        "ts": e["ts"],
+                        "dur": e["dur"],
+                        "tid": e["tid"],
+                        "depth": None,
+                        "args": e.get("args", {}),
+                        "parent": None,
+                        "parent_span": None,
+                    }
+                )
         return [s for s in out if cat is None or s["cat"] == cat]
 
     def counters(self, name: str) -> list[float]:
@@ -107,8 +122,16 @@ class Run:
         return found[0]
 
 
-def lynshim_run(out: Path, command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-                input: bytes | None = None, label: str | None = None, timeout: float = 300) -> Run:
+def lynshim_run(
+    out: Path,
+    command: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    label: str | None = None,
+    timeout: float = 300,
+) -> Run:
     """Run ``lynshim run -o out -- command`` and load the traces it wrote."""
     # lynguine writes lynguine.log into the working directory: never the repository's.
     if cwd is None:
@@ -116,16 +139,21 @@ def lynshim_run(out: Path, command: list[str], *, cwd: Path | None = None, env: 
     args = [sys.executable, "-m", "lynshim", "run", "-o", str(out)]
     if label:
         args += ["--label", label]
-    proc = subprocess.run(args + ["--", *command], cwd=cwd, env=env, input=input,
-                          capture_output=True, timeout=timeout)
+    proc = subprocess.run(args + ["--", *command], cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout)
     runs = sorted(p for p in out.iterdir() if p.is_dir()) if out.exists() else []
     run_dir = runs[-1] if runs else None
     every = [Trace(p, load_events(p)) for p in sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))] if run_dir else []
     return Run(proc, run_dir, [t for t in every if not t.is_exec_record], [t for t in every if t.is_exec_record])
 
 
-def untraced(command: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-             input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+def untraced(
+    command: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(command, cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout)
 
 

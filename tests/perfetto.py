@@ -17,10 +17,11 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -84,8 +85,9 @@ class Perfetto:
         try:
             page = self._browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function("() => window.app && window.app.trace && window.app.trace.engine",
-                                   timeout=timeout_s * 1000)
+            page.wait_for_function(
+                "() => window.app && window.app.trace && window.app.trace.engine", timeout=timeout_s * 1000
+            )
 
             def query(sql: str) -> list[dict[str, Any]]:
                 return page.evaluate(_QUERY_JS, sql)

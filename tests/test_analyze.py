@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE, Trace, clean_env, load_events, lynshim_run
 from lynshim._native import schema
 
@@ -69,18 +68,35 @@ def test_report_json_agrees_with_a_brute_force_count(build: Path) -> None:
     assert sum(r["share_of_calls"] for r in report["sections"]["operation_mix"]["data"]) == pytest.approx(1.0)
     # Per process: the phases add up to the wall time (one thread: no span overlaps another), at most 2 % of
     # it unattributed, and lynguine's import dominates.
-    phases = ("startup_us", "activation_us", "import_us", "work_us", "program_us", "gc_us", "atexit_us",
-              "shim_write_us", "teardown_us", "waiting_us", "unattributed_us")
+    phases = (
+        "startup_us",
+        "activation_us",
+        "import_us",
+        "work_us",
+        "program_us",
+        "gc_us",
+        "atexit_us",
+        "shim_write_us",
+        "teardown_us",
+        "waiting_us",
+        "unattributed_us",
+    )
     for row in report["sections"]["processes"]["data"]:
         assert sum(row[p] for p in phases) == pytest.approx(row["wall_us"], rel=1e-9), row
         assert row["unattributed_us"] <= 0.02 * row["wall_us"], row
         assert row["import_us"] > row["work_us"] and row["exit"] == "0"
     imports = {m["module"]: m for m in report["sections"]["imports"]["data"]["modules"]}
-    assert imports["pandas"]["processes"] == 7 and imports["lynguine"]["cumulative_us"] > imports["pandas"]["cumulative_us"]
+    assert (
+        imports["pandas"]["processes"] == 7
+        and imports["lynguine"]["cumulative_us"] > imports["pandas"]["cumulative_us"]
+    )
     configs = {c["file"]: c for c in report["sections"]["config_files"]["data"]}
     expected_reads = sum(
-        1 for path in build.glob("*" + schema.TRACE_SUFFIX) for span in Trace(path, load_events(path)).spans()
-        if span["cat"] == schema.CAT_CONFIG and "_lamd.yml" in str(span["args"].get("user_file", "")).split(","))
+        1
+        for path in build.glob("*" + schema.TRACE_SUFFIX)
+        for span in Trace(path, load_events(path)).spans()
+        if span["cat"] == schema.CAT_CONFIG and "_lamd.yml" in str(span["args"].get("user_file", "")).split(",")
+    )
     assert configs["_lamd.yml"]["reads"] == expected_reads > 0
     concurrency = report["sections"]["concurrency"]["data"]
     assert concurrency["processes"] == 7 and concurrency["max_alive"] == 1  # make -j1: one at a time
@@ -93,8 +109,16 @@ def test_report_json_agrees_with_a_brute_force_count(build: Path) -> None:
 def test_text_and_markdown_reports(build: Path, tmp_path: Path) -> None:
     text = analyze(build)  # `report` is the default command
     assert text.returncode == 0, text.stderr
-    for title in ("Call frequency", "Operation mix", "Start-up against work", "Imports", "Memory", "Concurrency",
-                  "Config files", "CIP-0008"):
+    for title in (
+        "Call frequency",
+        "Operation mix",
+        "Start-up against work",
+        "Imports",
+        "Memory",
+        "Concurrency",
+        "Config files",
+        "CIP-0008",
+    ):
         assert title in text.stdout, title
     out = tmp_path / "report.md"
     md = analyze("report", build, "--format", "md", "-o", out)
@@ -135,8 +159,10 @@ def test_bad_files_are_named_skipped_and_counted(build: Path, tmp_path: Path) ->
     for name in ("2-2-empty", "3-3-garbage", "4-4-shape", "5-5-array"):
         assert any(name in m and m.startswith("lynanalyze: skipped") for m in messages), name
     assert any("1-1-truncated" in m and "cut short" in m for m in messages)
-    assert any(m.startswith("lynanalyze: skipped") and "6-6-copy" in m and good[1].name in m and "counted once" in m
-               for m in messages), messages
+    assert any(
+        m.startswith("lynanalyze: skipped") and "6-6-copy" in m and good[1].name in m and "counted once" in m
+        for m in messages
+    ), messages
     report = json.loads(proc.stdout)
     assert report["summary"]["processes"] == 8 and len(report["summary"]["skipped"]) == 5
     # Too large: skipped with the limit named.

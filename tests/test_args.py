@@ -8,15 +8,14 @@ these tests pin them down call by call, without a trace file in between.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
 from conftest import clean_env
 from lynshim import _args, _native, _patch
 from lynshim._native import schema
@@ -49,7 +48,10 @@ def header_field(field, fields, user_file=["_config.yml"]):  # noqa: B006 - lyng
 
 def test_positional_args_keyword_args_and_defaults_in_call_order() -> None:
     assert described(header_field, "title", {"title": "t"}) == {
-        "field": "title", "fields": "dict[1]", "user_file": "_config.yml"}
+        "field": "title",
+        "fields": "dict[1]",
+        "user_file": "_config.yml",
+    }
     assert list(described(header_field, "title", {}, user_file="_lamd.yml")) == ["field", "fields", "user_file"]
     assert described(header_field, "title", {}, user_file="_lamd.yml")["user_file"] == "_lamd.yml"
 
@@ -64,8 +66,13 @@ def test_credentials_are_redacted_whatever_their_value() -> None:
         return host
 
     got = described(connect, "example.org", "k3y", auth_token="t0k")
-    assert got == {"host": "example.org", "api_key": schema.REDACTED, "auth_token": schema.REDACTED,
-                   "password": schema.REDACTED, "timeout": 3}
+    assert got == {
+        "host": "example.org",
+        "api_key": schema.REDACTED,
+        "auth_token": schema.REDACTED,
+        "password": schema.REDACTED,
+        "timeout": 3,
+    }
     assert "k3y" not in json.dumps(got) and "default-secret" not in json.dumps(got)
 
 
@@ -129,7 +136,7 @@ def test_values_are_short_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     long = described(f, "x" * 500)["value"]
     assert len(long) == schema.MAX_ARG_CHARS and long.endswith("…")
     assert described(f, 2**80) == {"value": str(2**80)}
-    assert described(f, "tab\tand \"quotes\" and é") == {"value": "tab\tand \"quotes\" and é"}
+    assert described(f, 'tab\tand "quotes" and é') == {"value": 'tab\tand "quotes" and é'}
 
 
 def test_a_value_that_cannot_be_described_never_breaks_the_call(tmp_path: Path) -> None:
@@ -165,7 +172,10 @@ def test_results_exceptions_and_whether_the_field_was_found() -> None:
 
     assert ended(header_field, "title", {}, result="t") == {"found": True}
     assert ended(header_field, None, {}, result="t") == {}
-    assert ended(header_field, "nope", {}, error=FileFormatError("missing")) == {"error": "FileFormatError", "found": False}
+    assert ended(header_field, "nope", {}, error=FileFormatError("missing")) == {
+        "error": "FileFormatError",
+        "found": False,
+    }
     assert ended(header_field, "nope", {}, error=KeyError("nope")) == {"error": "KeyError"}
 
     def read(filename):

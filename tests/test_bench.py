@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import clean_env
 
 PY = sys.executable
@@ -18,9 +17,30 @@ PY = sys.executable
 def bench(tmp_path: Path, *flags: str) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "bench"
-    proc = subprocess.run([PY, "-m", "lynshim", "bench", "-n", "2", "--warmup", "0", *flags, "-o", str(out),
-                           "--", PY, "-c", "import lynguine"], env=clean_env(), capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            PY,
+            "-m",
+            "lynshim",
+            "bench",
+            "-n",
+            "2",
+            "--warmup",
+            "0",
+            *flags,
+            "-o",
+            str(out),
+            "--",
+            PY,
+            "-c",
+            "import lynguine",
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "interpreter start-up" in proc.stdout and "imports: pandas" in proc.stdout
     return json.loads((out / "bench.json").read_text())
@@ -43,7 +63,8 @@ def test_cold_runs_are_cold_and_warm_runs_warm(tmp_path: Path) -> None:
     # The installed packages' pages: evicted before every cold run, resident before every warm one.
     assert cold["resident_share_site_packages"]["max"] < 0.05, (
         f"cold runs were not cold: resident share {cold['resident_share_site_packages']['max']:.2f}; processes mapping "
-        f"the files (their pages cannot be evicted): {cold.get('held_by') or 'none found'}")
+        f"the files (their pages cannot be evicted): {cold.get('held_by') or 'none found'}"
+    )
     assert warm["resident_share_site_packages"]["min"] > 0.9
     assert all(run["evict_failures"] == 0 for run in cold["runs"])
     # Every run is an ordinary traced run that lynanalyze can read.
@@ -53,14 +74,38 @@ def test_cold_runs_are_cold_and_warm_runs_warm(tmp_path: Path) -> None:
 
 def test_cold_bench_names_the_processes_that_keep_pages_resident(tmp_path: Path) -> None:
     # A process that keeps numpy's extension modules mapped, as a lynguine server left running would.
-    holder = subprocess.Popen([PY, "-c", "import numpy, sys, time; print('ready', flush=True); time.sleep(120)"],
-                              stdout=subprocess.PIPE, env=clean_env())
+    holder = subprocess.Popen(
+        [PY, "-c", "import numpy, sys, time; print('ready', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+        env=clean_env(),
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
         out = tmp_path / "bench"
-        proc = subprocess.run([PY, "-m", "lynshim", "bench", "-n", "1", "--warmup", "0", "--cold", "-o", str(out),
-                               "--", PY, "-c", "import numpy"], env=clean_env(), capture_output=True, text=True,
-                              timeout=600, cwd=tmp_path)
+        proc = subprocess.run(
+            [
+                PY,
+                "-m",
+                "lynshim",
+                "bench",
+                "-n",
+                "1",
+                "--warmup",
+                "0",
+                "--cold",
+                "-o",
+                str(out),
+                "--",
+                PY,
+                "-c",
+                "import numpy",
+            ],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
         report = json.loads((out / "bench.json").read_text())
         held = [who for who in report.get("held_by", {}) if who.split()[0] == str(holder.pid)]

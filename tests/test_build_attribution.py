@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SAMPLE, clean_env, lynshim_run
 from test_analyze import LYNANALYZE
 
@@ -94,11 +93,15 @@ def test_a_process_waiting_for_its_children_is_not_working(tmp_path: Path) -> No
     (work / "Makefile.wait").write_text("all:\n\tsleep 0.3\n")
     (work / "runner.py").write_text(
         "import subprocess\nfrom lynguine.util.talk import talk_field\n"
-        "talk_field('title', 'talk.md')\nsubprocess.run(['make', '-s', '-f', 'Makefile.wait'], check=True)\n")
+        "talk_field('title', 'talk.md')\nsubprocess.run(['make', '-s', '-f', 'Makefile.wait'], check=True)\n"
+    )
     run = lynshim_run(tmp_path / "t", [PY, "runner.py"], cwd=work, env=clean_env())
     assert run.proc.returncode == 0, run.proc.stderr
-    report = json.loads(subprocess.run([LYNANALYZE, "report", str(run.run_dir), "--format", "json"],
-                                       capture_output=True, text=True, check=True).stdout)
+    report = json.loads(
+        subprocess.run(
+            [LYNANALYZE, "report", str(run.run_dir), "--format", "json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     (row,) = report["sections"]["processes"]["data"]
     assert row["waiting_us"] >= 290_000 and row["program_us"] < 100_000, row
     (build,) = report["sections"]["build"]["data"]["runs"]
@@ -108,13 +111,27 @@ def test_a_process_waiting_for_its_children_is_not_working(tmp_path: Path) -> No
 def test_no_exec_trace_leaves_the_programs_to_idle(tmp_path: Path) -> None:
     work = tmp_path / "sample"
     shutil.copytree(SAMPLE, work)
-    args = [PY, "-m", "lynshim", "run", "--no-exec-trace", "-o", str(tmp_path / "t"), "--", "make", "-s",
-            f"PYTHON={PY}"]
+    args = [
+        PY,
+        "-m",
+        "lynshim",
+        "run",
+        "--no-exec-trace",
+        "-o",
+        str(tmp_path / "t"),
+        "--",
+        "make",
+        "-s",
+        f"PYTHON={PY}",
+    ]
     proc = subprocess.run(args, cwd=work, env=clean_env(), capture_output=True)
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "t").iterdir()
-    report = json.loads(subprocess.run([LYNANALYZE, "report", str(run_dir), "--format", "json"],
-                                       capture_output=True, text=True, check=True).stdout)
+    report = json.loads(
+        subprocess.run(
+            [LYNANALYZE, "report", str(run_dir), "--format", "json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     (build,) = report["sections"]["build"]["data"]["runs"]
     assert build["other_processes"] == 0 and build["python_processes"] == 7
     assert build["attribution_us"]["idle / untraced"] > 0

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import clean_env, lynshim_run
 
-LYNANALYZE = os.environ.get("LYNANALYZE") or shutil.which("lynanalyze", path=str(Path(sys.executable).parent)) or "lynanalyze"
+LYNANALYZE = (
+    os.environ.get("LYNANALYZE") or shutil.which("lynanalyze", path=str(Path(sys.executable).parent)) or "lynanalyze"
+)
 
 YAML = [sys.executable, "-c", "import yaml"]
 LYNGUINE = [sys.executable, "-c", "import lynguine"]

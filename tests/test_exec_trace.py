@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE, Trace, clean_env, load_events, untraced
 from lynshim import cli
 from lynshim._native import schema
@@ -72,11 +71,17 @@ class Traced:
         return self.proc.stderr.decode().splitlines()[-1]
 
 
-def traced(out: Path, command: list[str], *, cwd: Path, env: dict[str, str] | None = None,
-           options: tuple[str, ...] = ()) -> Traced:
+def traced(
+    out: Path, command: list[str], *, cwd: Path, env: dict[str, str] | None = None, options: tuple[str, ...] = ()
+) -> Traced:
     """``lynshim run -o out [options] -- command``, its traces and records apart (told by their source)."""
-    proc = subprocess.run([PY, "-m", "lynshim", "run", "-o", str(out), *options, "--", *command], cwd=cwd,
-                          env=clean_env() if env is None else env, capture_output=True, timeout=600)
+    proc = subprocess.run(
+        [PY, "-m", "lynshim", "run", "-o", str(out), *options, "--", *command],
+        cwd=cwd,
+        env=clean_env() if env is None else env,
+        capture_output=True,
+        timeout=600,
+    )
     run_dir = next(out.iterdir())
     every = [Trace(p, load_events(p)) for p in sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))]
     records = [t for t in every if t.meta.get(schema.ARG_SOURCE) == schema.SOURCE_EXEC]
@@ -166,13 +171,17 @@ def test_no_exec_trace_leaves_the_library_out(tmp_path: Path) -> None:
     run = traced(tmp_path / "n", command, cwd=tmp_path, options=("--no-exec-trace",))
     assert run.proc.returncode == 0 and run.proc.stdout == b"hi\n"
     assert list(run.run_dir.glob("*" + schema.TRACE_SUFFIX)) == []
-    assert run.proc.stderr.decode().splitlines() == [f"lynshim: traced 0 Python processes; traces in n/{run.run_dir.name}/"]
+    assert run.proc.stderr.decode().splitlines() == [
+        f"lynshim: traced 0 Python processes; traces in n/{run.run_dir.name}/"
+    ]
 
 
 def test_without_the_library_one_line_says_so(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from lynshim import cli; "
-            "cli.PRELOAD_LIBRARY = Path('/nonexistent/liblynexec.so'); "
-            "sys.exit(cli.main(['run', '-o', sys.argv[1], '--', 'sh', '-c', 'echo err >&2; ls / >/dev/null; exit 3']))")
+    code = (
+        "import sys; from pathlib import Path; from lynshim import cli; "
+        "cli.PRELOAD_LIBRARY = Path('/nonexistent/liblynexec.so'); "
+        "sys.exit(cli.main(['run', '-o', sys.argv[1], '--', 'sh', '-c', 'echo err >&2; ls / >/dev/null; exit 3']))"
+    )
     proc = subprocess.run([PY, "-c", code, str(tmp_path / "t")], env=clean_env(), capture_output=True, cwd=tmp_path)
     assert proc.returncode == 3
     lines = proc.stderr.decode().splitlines()
@@ -189,8 +198,10 @@ def test_existing_ld_preload_is_kept(tmp_path: Path, preload_library: Path, monk
     monkeypatch.setenv("LD_PRELOAD", "/some/other.so")
     env = cli.traced_environment(tmp_path, "r", None, tmp_path, preload_library)
     assert env["LD_PRELOAD"] == f"{preload_library}:/some/other.so"
-    assert "LD_PRELOAD" not in cli.traced_environment(tmp_path, "r", None, tmp_path) or \
-        cli.traced_environment(tmp_path, "r", None, tmp_path)["LD_PRELOAD"] == "/some/other.so"
+    assert (
+        "LD_PRELOAD" not in cli.traced_environment(tmp_path, "r", None, tmp_path)
+        or cli.traced_environment(tmp_path, "r", None, tmp_path)["LD_PRELOAD"] == "/some/other.so"
+    )
 
 
 def test_python_fork_child_has_both_kinds(tmp_path: Path) -> None:
@@ -210,9 +221,13 @@ def test_python_fork_child_has_both_kinds(tmp_path: Path) -> None:
 
 def test_bench_ignores_exec_records(tmp_path: Path) -> None:
     out = tmp_path / "b"
-    proc = subprocess.run([PY, "-m", "lynshim", "bench", "-n", "1", "--warmup", "0", "-o", str(out), "--",
-                           "sh", "-c", f"{PY} -c pass"], env=clean_env(), capture_output=True, cwd=tmp_path,
-                          timeout=300)
+    proc = subprocess.run(
+        [PY, "-m", "lynshim", "bench", "-n", "1", "--warmup", "0", "-o", str(out), "--", "sh", "-c", f"{PY} -c pass"],
+        env=clean_env(),
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "bench.json").read_text())
     # One Python process, named as lynshim names it; sh's and python's exec records are not processes here.

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE, clean_env, lynshim_run
 
 duckdb = pytest.importorskip("duckdb", reason="the export tests read the dataset with DuckDB (pip install duckdb)")
 
-LYNANALYZE = os.environ.get("LYNANALYZE") or shutil.which("lynanalyze", path=str(Path(sys.executable).parent)) or "lynanalyze"
+LYNANALYZE = (
+    os.environ.get("LYNANALYZE") or shutil.which("lynanalyze", path=str(Path(sys.executable).parent)) or "lynanalyze"
+)
 
 
 def analyze(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -76,26 +77,43 @@ def test_layout_is_hive_partitioned_by_run(dataset: Path, traces: Path) -> None:
 def test_duckdb_gives_the_reports_call_counts_and_phases(dataset: Path, traces: Path) -> None:
     expected = report(traces)
     # Call counts per entry point (README shows this query).
-    calls = dict(query(f"""
-        SELECT name, count(*) AS calls FROM {table(dataset, 'spans')}
-        WHERE is_call GROUP BY name"""))
+    calls = dict(
+        query(f"""
+        SELECT name, count(*) AS calls FROM {table(dataset, "spans")}
+        WHERE is_call GROUP BY name""")
+    )
     entry_points = expected["sections"]["call_frequency"]["data"]["entry_points"]
     assert calls == {row["name"]: row["calls"] for row in entry_points} and sum(calls.values()) > 10
     # Per-process phases, Python processes: the report's figures, to the microsecond.
-    phases = ("wall_us", "startup_us", "activation_us", "import_us", "work_us", "program_us", "gc_us", "atexit_us",
-              "shim_write_us", "teardown_us", "unattributed_us", "calls")
+    phases = (
+        "wall_us",
+        "startup_us",
+        "activation_us",
+        "import_us",
+        "work_us",
+        "program_us",
+        "gc_us",
+        "atexit_us",
+        "shim_write_us",
+        "teardown_us",
+        "unattributed_us",
+        "calls",
+    )
     rows = query(f"""
-        SELECT run_id, pid, {', '.join(phases)} FROM {table(dataset, 'processes')}
+        SELECT run_id, pid, {", ".join(phases)} FROM {table(dataset, "processes")}
         WHERE source = 'python' ORDER BY run_id, pid""")
-    got = {(r[0], r[1]): dict(zip(phases, r[2:])) for r in rows}
+    got = {(r[0], r[1]): dict(zip(phases, r[2:], strict=False)) for r in rows}
     want = {(p["pid"]): p for p in expected["sections"]["processes"]["data"]}
     assert len(got) == len(want) == 8
-    for (run_id, pid), figures in got.items():
+    for (_run_id, pid), figures in got.items():
         for phase in phases:
             assert figures[phase] == pytest.approx(want[pid][phase], abs=1e-6), (pid, phase)
     # The same import time from the spans themselves.
-    imports = dict(((r[0], r[1]), r[2]) for r in query(f"""
-        SELECT run_id, pid, sum(self_us) FROM {table(dataset, 'spans')} WHERE cat = 'import' GROUP BY ALL"""))
+    imports = dict(
+        ((r[0], r[1]), r[2])
+        for r in query(f"""
+        SELECT run_id, pid, sum(self_us) FROM {table(dataset, "spans")} WHERE cat = 'import' GROUP BY ALL""")
+    )
     for key, figures in got.items():
         assert imports.get(key, 0.0) == pytest.approx(figures["import_us"], rel=1e-9, abs=1e-6)
     # Runs: the wall time of the build section, and its phases adding up to it.
@@ -121,7 +139,9 @@ def test_more_runs_later_and_a_run_again(traces: Path, dataset: Path, tmp_path: 
     assert analyze("export", extra, "-o", dataset).returncode == 0
     # Exported again: replaced, not doubled.
     assert analyze("export", traces, "-o", dataset).returncode == 0
-    counts = query(f"SELECT count(*), count(DISTINCT run_id) FROM {table(dataset, 'processes')} WHERE source = 'python'")
+    counts = query(
+        f"SELECT count(*), count(DISTINCT run_id) FROM {table(dataset, 'processes')} WHERE source = 'python'"
+    )
     assert counts == [(9, 3)]
 
 

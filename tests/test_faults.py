@@ -43,8 +43,9 @@ def split_stderr(stderr: bytes) -> tuple[list[bytes], list[bytes]]:
     return own, shim
 
 
-def assert_unchanged(bare: subprocess.CompletedProcess[bytes], traced: subprocess.CompletedProcess[bytes],
-                     processes: int) -> list[bytes]:
+def assert_unchanged(
+    bare: subprocess.CompletedProcess[bytes], traced: subprocess.CompletedProcess[bytes], processes: int
+) -> list[bytes]:
     assert traced.returncode == bare.returncode, traced.stderr
     assert traced.stdout == bare.stdout
     own, shim = split_stderr(traced.stderr)
@@ -55,8 +56,9 @@ def assert_unchanged(bare: subprocess.CompletedProcess[bytes], traced: subproces
 
 def assert_analysable(directory: Path) -> None:
     """lynanalyze reads whatever was left: a report or a reason, never a crash."""
-    proc = subprocess.run([LYNANALYZE, "report", str(directory), "--format", "json"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [LYNANALYZE, "report", str(directory), "--format", "json"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode in (0, 1, 2), proc.stderr
     assert "panicked" not in proc.stderr
     if proc.returncode != 2:
@@ -84,8 +86,13 @@ def test_full_disk_while_tracing(tmp_path: Path, full_disk: Path) -> None:
     bare = untraced([PY, str(script)], env=clean_env(), cwd=tmp_path)
     assert bare.returncode == 3 and bare.stdout == b"out 45\n"
     # Not conftest's lynshim_run: what is left on a full disk may end in half a line, which it cannot load.
-    proc = subprocess.run([PY, "-m", "lynshim", "run", "-o", str(full_disk / "traces"), "--", PY, str(script)],
-                          env=clean_env(), cwd=tmp_path, capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [PY, "-m", "lynshim", "run", "-o", str(full_disk / "traces"), "--", PY, str(script)],
+        env=clean_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
     # One Python process (and `lynshim run` itself, which may say it could not write its run record).
     assert_unchanged(bare, proc, processes=2)
     assert shutil.disk_usage(full_disk).free < 4096, "the disk did fill"
@@ -147,8 +154,9 @@ def test_200_concurrent_processes_into_one_directory(tmp_path: Path) -> None:
     summary = run.proc.stderr.splitlines()[-1].decode()
     assert f"traced {count + 1} Python processes" in summary, summary
     # …and lynanalyze counts each once, with nothing skipped or dropped.
-    proc = subprocess.run([LYNANALYZE, "report", str(run.run_dir), "--format", "json"], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [LYNANALYZE, "report", str(run.run_dir), "--format", "json"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["summary"]["processes"] == count + 1
@@ -163,8 +171,9 @@ def test_a_hostile_trace_directory_is_read_once_and_never_summed_as_garbage(tmp_
     fixtures = Path(__file__).parent / "fixtures" / "traces"
     traces = tmp_path / "traces"
     shutil.copytree(fixtures, traces)
-    clean = subprocess.run([LYNANALYZE, "report", str(fixtures), "--format", "json"], capture_output=True, text=True,
-                           timeout=120)
+    clean = subprocess.run(
+        [LYNANALYZE, "report", str(fixtures), "--format", "json"], capture_output=True, text=True, timeout=120
+    )
     assert clean.returncode == 0, clean.stderr
     expected = json.loads(clean.stdout)["sections"]["processes"]["data"]
     biggest = max(traces.glob("*" + schema.TRACE_SUFFIX), key=lambda p: p.stat().st_size)
@@ -178,14 +187,17 @@ def test_a_hostile_trace_directory_is_read_once_and_never_summed_as_garbage(tmp_
     (traces / "deeper").mkdir()
     (traces / "deeper" / "loop").symlink_to("..")
 
-    proc = subprocess.run([LYNANALYZE, "report", str(traces), "--format", "json"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [LYNANALYZE, "report", str(traces), "--format", "json"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     # Counted once: the same processes as the clean directory, each wall time finite and as before.
     rows = report["sections"]["processes"]["data"]
     assert len(rows) == len(expected) and report["summary"]["processes"] == len(expected)
-    for row, clean_row in zip(sorted(rows, key=lambda r: r["pid"]), sorted(expected, key=lambda r: r["pid"])):
+    for row, clean_row in zip(
+        sorted(rows, key=lambda r: r["pid"]), sorted(expected, key=lambda r: r["pid"]), strict=False
+    ):
         assert row["wall_us"] == pytest.approx(clean_row["wall_us"]), row["command"]
     [dropped] = report["summary"]["dropped"]
     assert biggest.name in dropped and "timestamp" in dropped and "begin without an end" in dropped, dropped
@@ -194,8 +206,9 @@ def test_a_hostile_trace_directory_is_read_once_and_never_summed_as_garbage(tmp_
     assert "loop" in proc.stderr and "not read again" in proc.stderr
 
     merged = tmp_path / "merged.json"
-    proc = subprocess.run([LYNANALYZE, "merge", str(traces), "-o", str(merged)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [LYNANALYZE, "merge", str(traces), "-o", str(merged)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1 and biggest.name in proc.stderr and "copy.lynshim.json" in proc.stderr, proc.stderr
     events = json.loads(merged.read_text())["traceEvents"]
     assert not [e for e in events if e.get("name") == "never ended" or "was" in e]

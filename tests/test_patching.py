@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE, clean_env, lynshim_run
 from lynshim import _patch, _state, targets
 from lynshim._native import schema
@@ -56,6 +55,7 @@ def test_env_targets_parse_and_round_trip() -> None:
 
 # --- wrapper mechanics on a fixture module ------------------------------------------------------
 
+
 class Base:
     calls: list[str] = []
 
@@ -89,7 +89,13 @@ def failing(field: str) -> None:
 def patched(monkeypatch: pytest.MonkeyPatch) -> None:
     module = sys.modules[__name__]
     monkeypatch.setattr(_state, "active", True)
-    for owner, attr in ((Base, "method"), (Base, "build"), (Base, "helper"), (module, "recursive"), (module, "failing")):
+    for owner, attr in (
+        (Base, "method"),
+        (Base, "build"),
+        (Base, "helper"),
+        (module, "recursive"),
+        (module, "failing"),
+    ):
         monkeypatch.setattr(owner, attr, vars(owner)[attr])
         assert _patch._patch_attribute(owner, attr, f"fixture.{attr}", schema.CAT_COMPUTE)
 
@@ -138,6 +144,7 @@ def test_patching_twice_does_not_double_wrap(patched: None) -> None:
 
 
 # --- real lynguine in traced processes ----------------------------------------------------------
+
 
 def _names(trace) -> list[str]:
     return [s["name"] for s in trace.spans() if s["cat"] in schema.WORK_CATEGORIES]
@@ -211,12 +218,17 @@ def test_lynguine_results_are_unchanged_and_calls_traced(tmp_path: Path) -> None
     missing = [s for s in by_name["lynguine.util.yaml.header_field"] if s["args"].get("field") == "nope"]
     assert missing[0]["args"]["error"] == "FileFormatError" and missing[0]["args"]["found"] is False
     # The classmethod called through a subclass is traced once, with its args.
-    sub_calls = [s for s in by_name["lynguine.config.interface.Interface.from_file"]
-                 if s["args"].get("user_file") == "_lamd.yml" and s["depth"] == 0]
+    sub_calls = [
+        s
+        for s in by_name["lynguine.config.interface.Interface.from_file"]
+        if s["args"].get("user_file") == "_lamd.yml" and s["depth"] == 0
+    ]
     assert len(sub_calls) == 1 and sub_calls[0]["args"]["directory"] == "."
     # The directory reader io creates with setattr at import is traced, with a row count.
     reader = by_name["lynguine.access.io.read_yaml_directory"][0]
-    assert reader["cat"] == schema.CAT_READ and reader["args"]["rows"] == 2 and reader["args"]["type"] == "yaml_directory"
+    assert (
+        reader["cat"] == schema.CAT_READ and reader["args"]["rows"] == 2 and reader["args"]["type"] == "yaml_directory"
+    )
 
 
 def test_targets_added_by_environment_and_missing_ones_warn_once(tmp_path: Path) -> None:
@@ -251,8 +263,14 @@ def test_corpus_talk_called_the_way_lamd_calls_it(tmp_path: Path, corpus: Path) 
     assert run.proc.returncode == bare.returncode == 0, bare.stderr
     assert run.proc.stdout == bare.stdout
     trace = run.traces[0]
-    work_spans = [s for s in trace.spans() if s["cat"] in schema.WORK_CATEGORIES and s["depth"] == 0
-                  and s["cat"] != schema.CAT_CONFIG or (s["cat"] == schema.CAT_CONFIG and s["args"].get("user_file"))]
+    work_spans = [
+        s
+        for s in trace.spans()
+        if s["cat"] in schema.WORK_CATEGORIES
+        and s["depth"] == 0
+        and s["cat"] != schema.CAT_CONFIG
+        or (s["cat"] == schema.CAT_CONFIG and s["args"].get("user_file"))
+    ]
     top = [s["name"].rsplit(".", 1)[-1] for s in work_spans if s["depth"] == 0]
     assert top[-4:] == ["talk_field", "extract_inputs", "extract_all", "from_file"]
     inputs = next(s for s in work_spans if s["name"].endswith("talk.extract_inputs"))
@@ -352,8 +370,14 @@ def test_every_category_is_transparent_and_traced(tmp_path: Path) -> None:
     assert json.loads(bare.stdout)["error"][0] == "FileNotFoundError"
     spans = run.traces[0].spans()
     cats = {s["cat"] for s in spans if s["ts"] > 0}
-    for cat in (schema.CAT_CONFIG, schema.CAT_DATAFRAME, schema.CAT_COMPUTE, schema.CAT_TEMPLATE, schema.CAT_WRITE,
-                schema.CAT_READ):
+    for cat in (
+        schema.CAT_CONFIG,
+        schema.CAT_DATAFRAME,
+        schema.CAT_COMPUTE,
+        schema.CAT_TEMPLATE,
+        schema.CAT_WRITE,
+        schema.CAT_READ,
+    ):
         assert cat in cats, cat
     failed = [s for s in spans if s["name"] == "lynguine.access.io.read_yaml_file" and "error" in s["args"]]
     assert failed and failed[0]["args"]["error"] == "FileNotFoundError"
@@ -369,11 +393,19 @@ def test_lamd_style_build_on_the_corpus_in_several_processes(tmp_path: Path, cor
     talks = work / "talks" / "_ai"
     shutil.copy(SAMPLE / "lamd_calls.py", talks)
     talk = "the-atomic-human-google.md"
-    rules = {"title.txt": f"mdfield title {talk}", "venue.txt": f"mdfield venue {talk}",
-             "flags.txt": f"flags {talk}", "inputs.txt": f"dependencies inputs {talk}",
-             "all.txt": f"dependencies all {talk}"}
-    makefile = "all: " + " ".join(rules) + "\n" + "".join(
-        f"{target}:\n\t{PY} lamd_calls.py {command} > $@\n" for target, command in rules.items())
+    rules = {
+        "title.txt": f"mdfield title {talk}",
+        "venue.txt": f"mdfield venue {talk}",
+        "flags.txt": f"flags {talk}",
+        "inputs.txt": f"dependencies inputs {talk}",
+        "all.txt": f"dependencies all {talk}",
+    }
+    makefile = (
+        "all: "
+        + " ".join(rules)
+        + "\n"
+        + "".join(f"{target}:\n\t{PY} lamd_calls.py {command} > $@\n" for target, command in rules.items())
+    )
     (talks / "Makefile.lamd").write_text(makefile)
     bare = subprocess.run(["make", "-s", "-f", "Makefile.lamd"], cwd=talks, env=clean_env(), capture_output=True)
     assert bare.returncode == 0, bare.stderr
@@ -385,9 +417,11 @@ def test_lamd_style_build_on_the_corpus_in_several_processes(tmp_path: Path, cor
     assert {target: (talks / target).read_text() for target in rules} == expected  # results unchanged
     assert len(run.traces) == len(rules)
     top_calls = {
-        "mdfield title": ["talk_field"], "mdfield venue": ["talk_field"],
+        "mdfield title": ["talk_field"],
+        "mdfield venue": ["talk_field"],
         "flags": ["header_fields", "header_field", "header_field"],
-        "dependencies inputs": ["extract_inputs"], "dependencies all": ["extract_all"],
+        "dependencies inputs": ["extract_inputs"],
+        "dependencies all": ["extract_all"],
     }
     for command, calls in top_calls.items():
         trace = run.trace_for(f"lamd_calls.py {command} ")

@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE, clean_env, lynshim_run
 from lynshim._native import schema
 from perfetto import Perfetto, must_run, unavailable_reason
@@ -24,8 +23,15 @@ from test_patching import SERVER_ROUND_TRIP
 
 PY = sys.executable
 # lynshim's own category is left out: Perfetto counts its instant events (process, exit) as slices too.
-COMPARED = [schema.CAT_STARTUP, schema.CAT_IMPORT, *schema.WORK_CATEGORIES, schema.CAT_PROGRAM, schema.CAT_GC,
-            schema.CAT_ATEXIT, schema.CAT_TEARDOWN]
+COMPARED = [
+    schema.CAT_STARTUP,
+    schema.CAT_IMPORT,
+    *schema.WORK_CATEGORIES,
+    schema.CAT_PROGRAM,
+    schema.CAT_GC,
+    schema.CAT_ATEXIT,
+    schema.CAT_TEARDOWN,
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,11 @@ def perfetto():
 def lynanalyze_by_category(traces: list[Path], tmp_path: Path) -> dict[str, tuple[int, float]]:
     """Slices per category and their total duration (µs), as lynanalyze parses them."""
     out = tmp_path / "spans.csv"
-    proc = subprocess.run([LYNANALYZE, "report", *map(str, traces), "--format", "json", "--spans", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [LYNANALYZE, "report", *map(str, traces), "--format", "json", "--spans", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode in (0, 1), proc.stderr
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     with out.open() as handle:
@@ -58,8 +67,10 @@ def check_against_lynanalyze(query, traces: list[Path], tmp_path: Path) -> None:
     errors = query("select name, severity, value from stats where value > 0 and severity in ('error', 'data_loss')")
     assert errors == [], errors
     ours = lynanalyze_by_category(traces, tmp_path)
-    rows = query("select category, count(*) as n, sum(case when dur > 0 then dur else 0 end) as dur_ns "
-                 "from slice where category is not null group by category")
+    rows = query(
+        "select category, count(*) as n, sum(case when dur > 0 then dur else 0 end) as dur_ns "
+        "from slice where category is not null group by category"
+    )
     theirs = {r["category"]: (r["n"], r["dur_ns"] / 1000.0) for r in rows}
     for cat in COMPARED:
         if cat not in ours and cat not in theirs:
@@ -78,10 +89,12 @@ def test_single_process_trace(perfetto: Perfetto, tmp_path: Path) -> None:
         check_against_lynanalyze(query, [trace.path], tmp_path)
         processes = query("select pid, name from process where pid > 0")
         assert processes == [{"pid": trace.pid, "name": trace.process_name}]
-        threads = query("select tid, name from thread where tid = %d" % trace.pid)
+        threads = query(f"select tid, name from thread where tid = {trace.pid}")
         assert threads and threads[0]["name"] == "MainThread"
-        counters = query("select t.name as name, min(c.value) as lo, max(c.value) as hi from counter c "
-                         "join process_counter_track t on c.track_id = t.id group by t.name")
+        counters = query(
+            "select t.name as name, min(c.value) as lo, max(c.value) as hi from counter c "
+            "join process_counter_track t on c.track_id = t.id group by t.name"
+        )
         rss = [c for c in counters if c["name"].startswith("rss")]
         assert rss and 5e6 < rss[0]["lo"] <= rss[0]["hi"] < 5e9, counters
 
@@ -117,8 +130,9 @@ def test_merged_build_with_spawn_and_server_flows(perfetto: Perfetto, tmp_path: 
     env["PATH"] = str(Path(PY).parent) + os.pathsep + env["PATH"]
     # A make build of several Python processes, one of which talks to an auto-started lynguine server.
     (work / "Makefile.flows").write_text(
-        f"all:\n\t{PY} lamd_calls.py mdfield title talk.md\n\t{PY} client.py\n\t{PY} -c \"import subprocess, sys; "
-        f"subprocess.run([sys.executable, 'lamd_calls.py', 'config'], check=True)\"\n")
+        f'all:\n\t{PY} lamd_calls.py mdfield title talk.md\n\t{PY} client.py\n\t{PY} -c "import subprocess, sys; '
+        f"subprocess.run([sys.executable, 'lamd_calls.py', 'config'], check=True)\"\n"
+    )
     run = lynshim_run(tmp_path / "t", ["make", "-s", "-f", "Makefile.flows"], cwd=work, env=env, timeout=180)
     assert run.proc.returncode == 0, run.proc.stderr
     assert len(run.traces) == 5
@@ -137,18 +151,26 @@ def test_merged_build_with_spawn_and_server_flows(perfetto: Perfetto, tmp_path: 
         python_ids = {(t.pid, t.meta["start_ticks"]) for t in run.traces}
         others = [p for p in run.programs if p.exit is not None and (p.pid, p.meta["start_ticks"]) not in python_ids]
         assert others and all(names.get(p.pid) == p.process_name for p in others), (names, others)
-        lives = query("select count(*) as n from slice where category = '%s'" % schema.CAT_PROCESS)
+        lives = query(f"select count(*) as n from slice where category = '{schema.CAT_PROCESS}'")
         assert lives[0]["n"] == len(others)
-        flows = query("select s1.category as out_cat, s2.category as in_cat, t1.upid != t2.upid as cross_process "
-                      "from flow f join slice s1 on f.slice_out = s1.id join slice s2 on f.slice_in = s2.id "
-                      "join thread_track tt1 on s1.track_id = tt1.id join thread t1 using(utid) "
-                      "join thread_track tt2 on s2.track_id = tt2.id join thread t2 on tt2.utid = t2.utid")
-        assert sum(1 for f in flows if f["out_cat"] == schema.CAT_SERVER_CLIENT and f["in_cat"] == schema.CAT_SERVER) >= 2
+        flows = query(
+            "select s1.category as out_cat, s2.category as in_cat, t1.upid != t2.upid as cross_process "
+            "from flow f join slice s1 on f.slice_out = s1.id join slice s2 on f.slice_in = s2.id "
+            "join thread_track tt1 on s1.track_id = tt1.id join thread t1 using(utid) "
+            "join thread_track tt2 on s2.track_id = tt2.id join thread t2 on tt2.utid = t2.utid"
+        )
+        assert (
+            sum(1 for f in flows if f["out_cat"] == schema.CAT_SERVER_CLIENT and f["in_cat"] == schema.CAT_SERVER) >= 2
+        )
         spawn = [f for f in flows if f["out_cat"] == schema.CAT_TRACER]
         assert spawn and all(f["cross_process"] for f in spawn)
         # Every Python process has its arrow from the process that started it (make, sh, python).
-        arrows_in = {r["pid"] for r in query(
-            "select p.pid as pid from flow f join slice s1 on f.slice_out = s1.id join slice s2 on f.slice_in = s2.id "
-            "join thread_track tt on s2.track_id = tt.id join thread t using(utid) join process p using(upid) "
-            "where s1.category = '%s'" % schema.CAT_TRACER)}
+        arrows_in = {
+            r["pid"]
+            for r in query(
+                "select p.pid as pid from flow f join slice s1 on f.slice_out = s1.id join slice s2 on f.slice_in = s2.id "
+                "join thread_track tt on s2.track_id = tt.id join thread t using(utid) join process p using(upid) "
+                f"where s1.category = '{schema.CAT_TRACER}'"
+            )
+        }
         assert {t.pid for t in run.traces} <= arrows_in, (arrows_in, python)

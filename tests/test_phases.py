@@ -76,8 +76,9 @@ def test_a_process_is_phased_from_start_to_exit(tmp_path: Path) -> None:
     collections = trace.spans(schema.CAT_GC)
     assert collections and all(s["name"] == schema.EVENT_GC for s in collections)
     assert any(s["args"][schema.ARG_GENERATION] == 2 and s["args"][schema.ARG_COLLECTED] >= 0 for s in collections)
-    assert all(set(s["args"]) >= {schema.ARG_GENERATION, schema.ARG_COLLECTED, schema.ARG_UNCOLLECTABLE}
-               for s in collections)
+    assert all(
+        set(s["args"]) >= {schema.ARG_GENERATION, schema.ARG_COLLECTED, schema.ARG_UNCOLLECTABLE} for s in collections
+    )
     # atexit handlers (the program's 50 ms sleep), after the main program; then lynshim writing and teardown.
     (atexit,) = trace.spans(schema.CAT_ATEXIT)
     assert atexit["ts"] >= main["ts"] + main["dur"] - 1e-3 and atexit["dur"] >= 50_000
@@ -93,11 +94,20 @@ def test_a_process_is_phased_from_start_to_exit(tmp_path: Path) -> None:
 def test_memory_moments_are_labelled(tmp_path: Path) -> None:
     run = run_program(tmp_path)
     trace = run.traces[0]
-    samples = [(e["at"], e["args"]["bytes"], e["ts"]) for e in trace.events
-               if e.get("ph") == "C" and e["name"] == schema.EVENT_RSS and "at" in e]
+    samples = [
+        (e["at"], e["args"]["bytes"], e["ts"])
+        for e in trace.events
+        if e.get("ph") == "C" and e["name"] == schema.EVENT_RSS and "at" in e
+    ]
     labels = [at for at, _, _ in samples]
-    assert labels == [schema.MOMENT_BASELINE, schema.MOMENT_AFTER_IMPORTS, schema.MOMENT_AFTER_CONFIG,
-                      schema.MOMENT_AFTER_DATA, schema.MOMENT_AFTER_OPERATIONS, schema.MOMENT_EXIT], labels
+    assert labels == [
+        schema.MOMENT_BASELINE,
+        schema.MOMENT_AFTER_IMPORTS,
+        schema.MOMENT_AFTER_CONFIG,
+        schema.MOMENT_AFTER_DATA,
+        schema.MOMENT_AFTER_OPERATIONS,
+        schema.MOMENT_EXIT,
+    ], labels
     at = {label: (rss, ts) for label, rss, ts in samples}
     # "After imports" is sampled once `import lynguine` is done (lynguine calls itself while it loads).
     lynguine_import = next(s for s in trace.spans(schema.CAT_IMPORT) if s["name"] == "lynguine")
@@ -106,19 +116,36 @@ def test_memory_moments_are_labelled(tmp_path: Path) -> None:
     # The program's 200 000 lists are alive after the operations.
     assert at[schema.MOMENT_AFTER_OPERATIONS][0] > at[schema.MOMENT_AFTER_DATA][0]
 
-    report = json.loads(subprocess.run([LYNANALYZE, "report", str(run.run_dir), "--format", "json"],
-                                       capture_output=True, text=True, check=True).stdout)
+    report = json.loads(
+        subprocess.run(
+            [LYNANALYZE, "report", str(run.run_dir), "--format", "json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     (row,) = report["sections"]["memory"]["data"]["processes"]
     assert row["moments_bytes"] == {label: float(rss) for label, rss, _ in samples}
 
 
 def test_lynanalyze_leaves_at_most_two_percent_unattributed(tmp_path: Path) -> None:
     run = run_program(tmp_path)
-    report = json.loads(subprocess.run([LYNANALYZE, "report", str(run.run_dir), "--format", "json"],
-                                       capture_output=True, text=True, check=True).stdout)
+    report = json.loads(
+        subprocess.run(
+            [LYNANALYZE, "report", str(run.run_dir), "--format", "json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     (row,) = report["sections"]["processes"]["data"]
-    parts = ("startup_us", "activation_us", "import_us", "work_us", "program_us", "gc_us", "atexit_us",
-             "shim_write_us", "teardown_us", "waiting_us", "unattributed_us")
+    parts = (
+        "startup_us",
+        "activation_us",
+        "import_us",
+        "work_us",
+        "program_us",
+        "gc_us",
+        "atexit_us",
+        "shim_write_us",
+        "teardown_us",
+        "waiting_us",
+        "unattributed_us",
+    )
     assert abs(sum(row[p] for p in parts) - row["wall_us"]) <= 1.0, row
     assert row["unattributed_us"] <= 0.02 * row["wall_us"], row
     assert row["gc_us"] > 0 and row["gc_collections"] >= 1 and row["atexit_us"] >= 50_000

@@ -19,8 +19,9 @@ STUB = Path(__file__).resolve().parent.parent / "python" / "lynshim" / "_native.
 
 def test_stubtest_finds_the_stub_faithful(tmp_path: Path) -> None:
     # Run outside the repository so that the installed package, not a source tree, is what is checked.
-    proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "lynshim._native"], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "lynshim._native"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

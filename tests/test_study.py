@@ -16,7 +16,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import CORPUS, REPO
 
 LAMD_SRC = REPO.parent / "shared" / "lamd"
@@ -24,8 +23,9 @@ TALK = "_ai/the-atomic-human-google.md"
 
 
 def study(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "analysis.study", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "analysis.study", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def servers() -> list[int]:
@@ -48,9 +48,26 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for args in (["--no-deps", str(LAMD_SRC)], deps):
             subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *args], check=True, timeout=600)
     tmp = tmp_path_factory.mktemp("study")
-    res = study("--out", str(tmp / "out"), "--report-dir", str(tmp / "rep"), "--runs", "1", "-n", "1",
-                "--study-talks", TALK, "--formats", "notes", "--variant-formats", "notes", "--modules", "yaml",
-                "--lazy-candidates", "2")
+    res = study(
+        "--out",
+        str(tmp / "out"),
+        "--report-dir",
+        str(tmp / "rep"),
+        "--runs",
+        "1",
+        "-n",
+        "1",
+        "--study-talks",
+        TALK,
+        "--formats",
+        "notes",
+        "--variant-formats",
+        "notes",
+        "--modules",
+        "yaml",
+        "--lazy-candidates",
+        "2",
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     return tmp / "rep"
 
@@ -63,9 +80,17 @@ def test_missing_inputs_stop_with_a_message(tmp_path: Path) -> None:
 
 def test_report_has_its_sections_and_stamp(small_study: Path) -> None:
     text = (small_study / "REPORT.md").read_text()
-    for heading in ("## Executive summary", "## 1. Start-up breakdown", "## 2. Operation costs",
-                    "## 3. Usage patterns", "## 4. Memory profile", "## 5. Server mode, measured",
-                    "## 6. Quick wins, measured", "## 7. Recommendations", "## Acceptance checklist"):
+    for heading in (
+        "## Executive summary",
+        "## 1. Start-up breakdown",
+        "## 2. Operation costs",
+        "## 3. Usage patterns",
+        "## 4. Memory profile",
+        "## 5. Server mode, measured",
+        "## 6. Quick wins, measured",
+        "## 7. Recommendations",
+        "## Acceptance checklist",
+    ):
         assert heading in text, heading
     meta = json.loads((small_study / "study-data" / "meta.json").read_text())
     for key in ("python", "lynguine", "lamd", "machine", "date_utc"):
@@ -106,7 +131,9 @@ def test_servers_are_ended(small_study: Path) -> None:
     cold = [r for r in server["records"] if r["mode"] == "server-cold"]
     assert cold and all(r["servers_started"] for r in cold), "a cold build should start lamd's server"
     assert server["servers_left_running"] == []
-    started = {p for r in cold for p in r["servers_started"]} | {p for s in server["warm_server_starts"] for p in s["pids"]}
+    started = {p for r in cold for p in r["servers_started"]} | {
+        p for s in server["warm_server_starts"] for p in s["pids"]
+    }
     assert not started & set(servers())
     assert servers() == []
     # the server's trace is complete (SIGTERM, not SIGKILL): its exit event is there

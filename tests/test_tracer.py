@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE, Trace, clean_env, load_events, lynshim_run, untraced
 from lynshim._native import schema
 
@@ -36,8 +35,9 @@ def test_import_lynguine_process_is_traced(tmp_path: Path) -> None:
         assert key in meta, key
     assert meta["run_id"] == run.run_dir.name
     assert trace.process_name.startswith("python") and "import lynguine" in trace.process_name
-    assert any(e.get("ph") == "M" and e["name"] == "thread_name" and e["args"]["name"] == "MainThread"
-               for e in trace.events)
+    assert any(
+        e.get("ph") == "M" and e["name"] == "thread_name" and e["args"]["name"] == "MainThread" for e in trace.events
+    )
     # Start-up: one span from the process's start (ts 0) to activation, with CPU so far.
     startup = trace.spans(schema.CAT_STARTUP)
     assert len(startup) == 1 and startup[0]["ts"] == 0 and startup[0]["dur"] > 0
@@ -57,7 +57,10 @@ def test_import_lynguine_process_is_traced(tmp_path: Path) -> None:
     assert len(nested) > 100
     for s in nested:
         parent = s["parent_span"]
-        assert parent["ts"] <= s["ts"] and s["ts"] + s["dur"] <= parent["ts"] + parent["dur"], (s["name"], parent["name"])
+        assert parent["ts"] <= s["ts"] and s["ts"] + s["dur"] <= parent["ts"] + parent["dur"], (
+            s["name"],
+            parent["name"],
+        )
     # Memory: RSS at activation, after imports and at exit; peak at exit.
     rss = trace.counters(schema.EVENT_RSS)
     assert len(rss) >= 2 and rss[0] < rss[-1]
@@ -292,8 +295,9 @@ def test_in_code_activation_and_api(tmp_path: Path) -> None:
     ).replace("DIR", repr(str(tmp_path / "api")))
     env = clean_env()
     env["SECRET"] = "s3cret"
-    proc = subprocess.run([PY, "-c", code, "--password", "hunter2", "--api-key=k3y"], env=env, capture_output=True,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [PY, "-c", code, "--password", "hunter2", "--api-key=k3y"], env=env, capture_output=True, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.decode().strip())
     trace = Trace(path, json.loads(path.read_text()))
@@ -309,8 +313,9 @@ def test_in_code_activation_and_api(tmp_path: Path) -> None:
 
 
 def test_import_lynshim_without_environment_does_nothing(tmp_path: Path) -> None:
-    proc = subprocess.run([PY, "-c", "import lynshim, os; print(lynshim.is_active())"], cwd=tmp_path,
-                          env=clean_env(), capture_output=True)
+    proc = subprocess.run(
+        [PY, "-c", "import lynshim, os; print(lynshim.is_active())"], cwd=tmp_path, env=clean_env(), capture_output=True
+    )
     assert proc.stdout == b"False\n" and proc.stderr == b""
     assert list(tmp_path.iterdir()) == []
 
@@ -318,8 +323,9 @@ def test_import_lynshim_without_environment_does_nothing(tmp_path: Path) -> None
 def test_import_lynshim_with_environment_activates(tmp_path: Path) -> None:
     env = clean_env()
     env[schema.ENV_DIR] = str(tmp_path / "env")
-    proc = subprocess.run([PY, "-c", "import lynshim; print(lynshim.is_active())"], env=env, capture_output=True,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [PY, "-c", "import lynshim; print(lynshim.is_active())"], env=env, capture_output=True, cwd=tmp_path
+    )
     assert proc.stdout == b"True\n"
     files = list((tmp_path / "env").glob("*" + schema.TRACE_SUFFIX))
     assert len(files) == 1
@@ -366,9 +372,11 @@ def test_trace_files_are_private_and_never_clobbered(tmp_path: Path) -> None:
 
 
 def test_import_lynshim_with_tracing_off_loads_no_native_module() -> None:
-    code = ("import sys, lynshim; loaded = [m for m in ('lynshim._native', '__future__') if m in sys.modules]; "
-            "print(loaded); print(lynshim.schema.ENV_DIR == lynshim._ENV_DIR, lynshim.__version__ != '', "
-            "lynshim.is_active())")
+    code = (
+        "import sys, lynshim; loaded = [m for m in ('lynshim._native', '__future__') if m in sys.modules]; "
+        "print(loaded); print(lynshim.schema.ENV_DIR == lynshim._ENV_DIR, lynshim.__version__ != '', "
+        "lynshim.is_active())"
+    )
     proc = subprocess.run([PY, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines() == ["[]", "True True False"]
 
@@ -378,11 +386,17 @@ def test_lynshim_bytecode_is_written_whatever_pythondontwritebytecode_says(tmp_p
     package = Path(__import__("lynshim").__file__).parent
     copy = tmp_path / "pkg"
     shutil.copytree(package, copy / "lynshim", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**clean_env(), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": f"{copy / 'lynshim' / '_bootstrap'}:{copy}",
-           schema.ENV_DIR: str(tmp_path / "t")}
+    env = {
+        **clean_env(),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": f"{copy / 'lynshim' / '_bootstrap'}:{copy}",
+        schema.ENV_DIR: str(tmp_path / "t"),
+    }
     script = tmp_path / "prog.py"
     (tmp_path / "helper.py").write_text("X = 1\n")
-    script.write_text("import sys; sys.path.insert(0, sys.argv[1]); import helper; import lynshim; print(lynshim.is_active())\n")
+    script.write_text(
+        "import sys; sys.path.insert(0, sys.argv[1]); import helper; import lynshim; print(lynshim.is_active())\n"
+    )
     proc = subprocess.run([PY, str(script), str(tmp_path)], env=env, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "True"
     cached = {p.name.split(".")[0] for p in (copy / "lynshim" / "__pycache__").glob("*.pyc")}

@@ -96,12 +96,21 @@ def process_facts(trace: Path) -> dict[str, Any]:
     if end > cursor:
         segs.append((cursor, end, current()))
     return {
-        "pid": meta.get("pid"), "ppid": meta.get("ppid"), "command": meta.get("command") or trace.name,
-        "lamd_command": meta.get("lamd_command"), "source": meta.get("source", "python"),
-        "start_us": zero_us, "end_us": zero_us + end, "wall_us": end,
+        "pid": meta.get("pid"),
+        "ppid": meta.get("ppid"),
+        "command": meta.get("command") or trace.name,
+        "lamd_command": meta.get("lamd_command"),
+        "source": meta.get("source", "python"),
+        "start_us": zero_us,
+        "end_us": zero_us + end,
+        "wall_us": end,
         "segments": [(zero_us + a, zero_us + b, l) for a, b, l in segs if b > a],
-        "calls": dict(calls), "call_categories": dict(cats), "config_reads": dict(config_reads),
-        "rss_samples": [b for _, b in rss], "peak_rss_bytes": peak, "exit_status": exit_args.get("exit_status"),
+        "calls": dict(calls),
+        "call_categories": dict(cats),
+        "config_reads": dict(config_reads),
+        "rss_samples": [b for _, b in rss],
+        "peak_rss_bytes": peak,
+        "exit_status": exit_args.get("exit_status"),
     }
 
 
@@ -120,7 +129,7 @@ def attribute(run_dir: Path, procs: list[dict[str, Any]]) -> dict[str, Any]:
     points = sorted(bounds)
     index = [([s[0] for s in p["segments"]], p) for p in python]
     out: dict[str, float] = defaultdict(float)
-    for a, b in zip(points, points[1:]):
+    for a, b in zip(points, points[1:], strict=False):
         if b <= a:
             continue
         m = (a + b) / 2
@@ -136,7 +145,9 @@ def attribute(run_dir: Path, procs: list[dict[str, Any]]) -> dict[str, Any]:
                 out[l] += share
         elif active:
             l = active[0][1]
-            out["other programs (make, gpp, pandoc) / waiting" if l in ("lamd work", "main program", "rest") else l] += b - a
+            out[
+                "other programs (make, gpp, pandoc) / waiting" if l in ("lamd work", "main program", "rest") else l
+            ] += b - a
         else:
             out["outside Python"] += b - a
     return {"wall_us": t1 - t0, "attribution_us": dict(out)}
@@ -151,15 +162,22 @@ def trim(report: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
     build = (sections.get("build") or {}).get("data")
     runs = build.get("runs") if isinstance(build, dict) else None
     a = attribute(run_dir, procs)
-    study_attr = {"attribution_us": a["attribution_us"], "build_wall_us": a["wall_us"],
-                  "python_processes": sum(1 for p in procs if p.get("source", "python") != "exec"),
-                  "other_processes": sum(1 for p in procs if p.get("source") == "exec")}
+    study_attr = {
+        "attribution_us": a["attribution_us"],
+        "build_wall_us": a["wall_us"],
+        "python_processes": sum(1 for p in procs if p.get("source", "python") != "exec"),
+        "other_processes": sum(1 for p in procs if p.get("source") == "exec"),
+    }
     if runs:
         r = runs[0]
-        out["lynanalyze_build"] = {"attribution_us": r.get("attribution_us", {}), "critical_path": r.get("critical_path", []),
-                                   "wall_us": r.get("wall_us"), "python_processes": r.get("python_processes"),
-                                   "other_processes": r.get("other_processes"),
-                                   "unattributed_share": r.get("unattributed_share")}
+        out["lynanalyze_build"] = {
+            "attribution_us": r.get("attribution_us", {}),
+            "critical_path": r.get("critical_path", []),
+            "wall_us": r.get("wall_us"),
+            "python_processes": r.get("python_processes"),
+            "other_processes": r.get("other_processes"),
+            "unattributed_share": r.get("unattributed_share"),
+        }
     if runs and (runs[0].get("other_processes") or 0) > 0:
         # make, sh, gpp and pandoc are traced (the exec preload): lynanalyze's critical path can follow the
         # build from maketalk through make to every command, and is the better account.
@@ -169,13 +187,33 @@ def trim(report: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
         out["python_processes"] = runs[0].get("python_processes")
         out["other_processes"] = runs[0].get("other_processes")
     else:
-        out["attribution_source"] = ("study sweep of the traces on the build's clock (make, sh, gpp and pandoc "
-                                     "are not traced, so lynanalyze's critical path cannot pass from maketalk "
-                                     "to the commands make runs)")
+        out["attribution_source"] = (
+            "study sweep of the traces on the build's clock (make, sh, gpp and pandoc "
+            "are not traced, so lynanalyze's critical path cannot pass from maketalk "
+            "to the commands make runs)"
+        )
         out.update(study_attr)
-    out["processes"] = [{k: p[k] for k in ("pid", "ppid", "command", "lamd_command", "source", "wall_us", "calls",
-                                           "call_categories", "config_reads", "rss_samples", "peak_rss_bytes",
-                                           "exit_status")} | {"phases_us": phase_totals(p)} for p in procs]
+    out["processes"] = [
+        {
+            k: p[k]
+            for k in (
+                "pid",
+                "ppid",
+                "command",
+                "lamd_command",
+                "source",
+                "wall_us",
+                "calls",
+                "call_categories",
+                "config_reads",
+                "rss_samples",
+                "peak_rss_bytes",
+                "exit_status",
+            )
+        }
+        | {"phases_us": phase_totals(p)}
+        for p in procs
+    ]
     out["sections"] = small_sections(sections)
     return out
 
@@ -192,16 +230,21 @@ def small_sections(sections: dict[str, Any]) -> dict[str, Any]:
         out["concurrency"] = {k: v for k, v in conc.items() if k != "timeline"}
     imp = data.get("imports")
     if isinstance(imp, dict):
-        out["imports"] = {"lazy_import_candidates": (imp.get("lazy_import_candidates") or [])[:15],
-                          "total_import_self_us": imp.get("total_import_self_us")}
+        out["imports"] = {
+            "lazy_import_candidates": (imp.get("lazy_import_candidates") or [])[:15],
+            "total_import_self_us": imp.get("total_import_self_us"),
+        }
     mem = data.get("memory")
     if isinstance(mem, dict):
         out["memory"] = mem
     cf = data.get("call_frequency")
     if isinstance(cf, dict):
-        out["call_frequency"] = {"entry_points": [{k: e.get(k) for k in ("name", "category", "calls", "processes",
-                                                                       "total_us", "p50_us")}
-                                                  for e in (cf.get("entry_points") or [])[:12]]}
+        out["call_frequency"] = {
+            "entry_points": [
+                {k: e.get(k) for k in ("name", "category", "calls", "processes", "total_us", "p50_us")}
+                for e in (cf.get("entry_points") or [])[:12]
+            ]
+        }
     return out
 
 

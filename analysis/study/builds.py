@@ -29,13 +29,14 @@ SKIP_OUTPUTS = {"lynguine.log", "makefile"}
 @dataclass
 class Study:
     """Where things are and the knobs, shared by every step."""
-    out: Path            # raw output (traces) — never committed
+
+    out: Path  # raw output (traces) — never committed
     corpus_src: Path
     lamd_src: Path
-    talks: list[str]     # "subject/talk.md", relative to corpus/talks
+    talks: list[str]  # "subject/talk.md", relative to corpus/talks
     formats: list[str]
     runs: int
-    n: int               # repeats for benches and operations
+    n: int  # repeats for benches and operations
 
     _corpus: c.Corpus | None = None
 
@@ -54,16 +55,38 @@ def build_untraced(study: Study, talk: str, fmt: str, *, run_no: int) -> dict[st
     """The same build without lynshim (wall time from this process's clock): what tracing costs."""
     corpus = study.corpus
     corpus.reset()
-    res = c.run([c.tool("maketalk"), Path(talk).name, *FORMATS[fmt]], cwd=study.subject_dir(talk),
-                env=c.env_with_venv(), timeout=1200)
+    res = c.run(
+        [c.tool("maketalk"), Path(talk).name, *FORMATS[fmt]],
+        cwd=study.subject_dir(talk),
+        env=c.env_with_venv(),
+        timeout=1200,
+    )
     failed = [l for l in (res.stdout + res.stderr).splitlines() if MAKE_FAILED.search(l)]
-    return {"mode": "untraced", "talk": talk, "format": fmt, "run": run_no, "wall_us": res.wall_s * 1e6,
-            "command": "maketalk " + " ".join([Path(talk).name, *FORMATS[fmt]]),
-            "make_ok": not failed and res.returncode == 0, "make_errors": failed[:5], "outputs": output_hashes(corpus)}
+    return {
+        "mode": "untraced",
+        "talk": talk,
+        "format": fmt,
+        "run": run_no,
+        "wall_us": res.wall_s * 1e6,
+        "command": "maketalk " + " ".join([Path(talk).name, *FORMATS[fmt]]),
+        "make_ok": not failed and res.returncode == 0,
+        "make_errors": failed[:5],
+        "outputs": output_hashes(corpus),
+    }
 
 
-def build(study: Study, talk: str, fmt: str, *, mode: str, run_no: int, extra_env: dict[str, str] | None = None,
-          path_prefix: Path | None = None, make_args: str | None = None, keep_servers: bool = False) -> dict[str, Any]:
+def build(
+    study: Study,
+    talk: str,
+    fmt: str,
+    *,
+    mode: str,
+    run_no: int,
+    extra_env: dict[str, str] | None = None,
+    path_prefix: Path | None = None,
+    make_args: str | None = None,
+    keep_servers: bool = False,
+) -> dict[str, Any]:
     """One traced build of ``talk`` in ``fmt`` in a fresh corpus copy; returns its record."""
     corpus = study.corpus
     corpus.reset()
@@ -77,10 +100,28 @@ def build(study: Study, talk: str, fmt: str, *, mode: str, run_no: int, extra_en
     traces.mkdir(parents=True, exist_ok=True)
     servers_before = set(c.lynguine_servers())
     label = f"{mode}|{talk}|{fmt}|{run_no}"
-    res = c.run([c.tool("lynshim"), "run", "-o", str(traces), "--label", label, "--",
-                 c.tool("maketalk"), Path(talk).name, *FORMATS[fmt]], cwd=subject, env=env, timeout=1200)
-    run_dir = Path(res.stderr.rsplit("traces in ", 1)[-1].strip().rstrip("/")) if "traces in " in res.stderr \
+    res = c.run(
+        [
+            c.tool("lynshim"),
+            "run",
+            "-o",
+            str(traces),
+            "--label",
+            label,
+            "--",
+            c.tool("maketalk"),
+            Path(talk).name,
+            *FORMATS[fmt],
+        ],
+        cwd=subject,
+        env=env,
+        timeout=1200,
+    )
+    run_dir = (
+        Path(res.stderr.rsplit("traces in ", 1)[-1].strip().rstrip("/"))
+        if "traces in " in res.stderr
         else c.latest_run_dir(traces)
+    )
     started_servers = sorted(set(c.lynguine_servers()) - servers_before)
     if started_servers and not keep_servers:
         # The build left a server behind (lamd's is kept alive 300 s): end it so its trace is complete.
@@ -89,11 +130,17 @@ def build(study: Study, talk: str, fmt: str, *, mode: str, run_no: int, extra_en
     output = res.stdout + res.stderr
     failed = [l for l in output.splitlines() if MAKE_FAILED.search(l)]
     return {
-        "mode": mode, "talk": talk, "format": fmt, "run": run_no, "run_dir": str(run_dir),
+        "mode": mode,
+        "talk": talk,
+        "format": fmt,
+        "run": run_no,
+        "run_dir": str(run_dir),
         "command": "maketalk " + " ".join([Path(talk).name, *FORMATS[fmt]]),
         "wall_us": (record["end_unix_ns"] - record["start_unix_ns"]) / 1e3,
-        "exit_status": record.get("exit_status"), "make_ok": not failed and res.returncode == 0,
-        "make_errors": failed[:5], "traced_processes": record.get("traced_processes"),
+        "exit_status": record.get("exit_status"),
+        "make_ok": not failed and res.returncode == 0,
+        "make_errors": failed[:5],
+        "traced_processes": record.get("traced_processes"),
         "servers_started": started_servers,
         "outputs": output_hashes(corpus),
         "corpus_fixes": [f for f in corpus.fixes if f["talk"] == talk],

@@ -34,8 +34,13 @@ def stats(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
     med = statistics.median(values)
-    return {"n": len(values), "min": min(values), "median": med, "max": max(values),
-            "spread": (max(values) - min(values)) / med if med else 0.0}
+    return {
+        "n": len(values),
+        "min": min(values),
+        "median": med,
+        "max": max(values),
+        "spread": (max(values) - min(values)) / med if med else 0.0,
+    }
 
 
 def tool(name: str) -> str:
@@ -64,11 +69,16 @@ class Result:
     wall_s: float
 
 
-def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 900, check: bool = False) -> Result:
+def run(
+    args: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    check: bool = False,
+) -> Result:
     started = time.perf_counter()
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          errors="replace")
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, errors="replace")
     res = Result(args, proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - started)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -76,6 +86,7 @@ def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None 
 
 
 # --- lynanalyze ---------------------------------------------------------------------------------------------
+
 
 def analyze(run_dir: Path) -> dict[str, Any]:
     """lynanalyze's JSON report on one directory of traces."""
@@ -91,6 +102,7 @@ def latest_run_dir(out: Path) -> Path:
 
 
 # --- lynguine servers ---------------------------------------------------------------------------------------
+
 
 def lynguine_servers() -> list[int]:
     """Pids of running lynguine servers (``python -m lynguine.server``), from /proc/*/cmdline."""
@@ -141,12 +153,13 @@ def _zombie(pid: int) -> bool:
 
 # --- the corpus copy ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Corpus:
-    root: Path                     # the copy
+    root: Path  # the copy
     fixes: list[dict[str, str]] = field(default_factory=list)
-    manifest: dict[str, tuple[int, int]] = field(default_factory=dict)   # path -> (size, mtime_ns)
-    originals: dict[str, bytes] = field(default_factory=dict)            # as prepared, for files lamd rewrites
+    manifest: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
+    originals: dict[str, bytes] = field(default_factory=dict)  # as prepared, for files lamd rewrites
 
     def reset(self) -> None:
         """Back to the prepared state, in place (the same directories, so a running server's working
@@ -208,8 +221,9 @@ def prepare_corpus(src: Path, dest: Path, talks: list[str]) -> Corpus:
                 target = snippets / missing
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(found[0], target)
-                corpus.fixes.append({"talk": talk, "included_as": missing,
-                                     "copied_from": str(found[0].relative_to(snippets))})
+                corpus.fixes.append(
+                    {"talk": talk, "included_as": missing, "copied_from": str(found[0].relative_to(snippets))}
+                )
     corpus.snapshot()
     return corpus
 
@@ -247,23 +261,27 @@ def count_includes(talk: Path, snippets: Path) -> int:
 
 # --- stamps ---------------------------------------------------------------------------------------------------
 
+
 def stamp(lamd_src: Path) -> dict[str, Any]:
     """Machine, Python, lynguine, lamd (commit from SNAPSHOT.md or git), lynshim's own commit, the date."""
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     mem = ""
     try:
-        kb = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
-                      if l.startswith("MemTotal")))
+        kb = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")))
         mem = f"{kb / 1024 / 1024:.1f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
-    versions = run([sys.executable, "-c",
-                    "import importlib.metadata as m; print(m.version('lynguine')); print(m.version('lamd'))"])
+    versions = run(
+        [sys.executable, "-c", "import importlib.metadata as m; print(m.version('lynguine')); print(m.version('lamd'))"]
+    )
     lyn_v, lamd_v = (versions.stdout.split() + ["?", "?"])[:2]
     lamd_commit = "unknown"
     snap = lamd_src / "SNAPSHOT.md"
@@ -301,6 +319,7 @@ def write_json(path: Path, data: Any, compact: bool = False) -> None:
 
 # --- reading traces -------------------------------------------------------------------------------------------
 
+
 def load_events(path: Path) -> list[dict[str, Any]]:
     """A trace's events; a file cut short (a killed process) is read as far as it goes."""
     text = path.read_text(errors="replace")
@@ -327,8 +346,17 @@ def spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ph = e.get("ph")
         if ph == "B":
             stack = stacks.setdefault(e["tid"], [])
-            out.append({"name": e["name"], "cat": e.get("cat"), "ts": e["ts"], "dur": None, "tid": e["tid"],
-                        "parent": stack[-1] if stack else None, "args": e.get("args", {})})
+            out.append(
+                {
+                    "name": e["name"],
+                    "cat": e.get("cat"),
+                    "ts": e["ts"],
+                    "dur": None,
+                    "tid": e["tid"],
+                    "parent": stack[-1] if stack else None,
+                    "args": e.get("args", {}),
+                }
+            )
             stack.append(len(out) - 1)
         elif ph == "E":
             stack = stacks.get(e["tid"], [])
@@ -336,8 +364,17 @@ def spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 i = stack.pop()
                 out[i]["dur"] = e["ts"] - out[i]["ts"]
         elif ph == "X":
-            out.append({"name": e["name"], "cat": e.get("cat"), "ts": e["ts"], "dur": e.get("dur", 0.0),
-                        "tid": e["tid"], "parent": None, "args": e.get("args", {})})
+            out.append(
+                {
+                    "name": e["name"],
+                    "cat": e.get("cat"),
+                    "ts": e["ts"],
+                    "dur": e.get("dur", 0.0),
+                    "tid": e["tid"],
+                    "parent": None,
+                    "args": e.get("args", {}),
+                }
+            )
     return out
 
 

@@ -35,7 +35,8 @@ def summarise(builds: dict[str, Any] | None, operations: dict[str, Any] | None) 
             if isinstance(row, dict) and row.get("moments_bytes"):
                 peak = row.get("peak_bytes") or row.get("peak_rss_bytes")
                 moments_by_pid[row.get("pid")] = {k: v for k, v in row["moments_bytes"].items() if v is not None} | (
-                    {"peak": peak} if peak else {})
+                    {"peak": peak} if peak else {}
+                )
         if moments_by_pid:
             source = "lynanalyze memory section (moments_bytes)"
         for p in a["processes"]:
@@ -56,5 +57,9 @@ def summarise(builds: dict[str, Any] | None, operations: dict[str, Any] | None) 
                     per[kind][k].append(v)
     commands = {kind: {k: c.stats(v) for k, v in d.items()} for kind, d in per.items()}
     sequence = {subject: s.get("moments_bytes") for subject, s in ((operations or {}).get("subjects") or {}).items()}
-    return {"source": source, "commands": commands, "operations_sequence": sequence,
-            "command": "direct-mode builds (see builds.json); the sequence from the operations step"}
+    return {
+        "source": source,
+        "commands": commands,
+        "operations_sequence": sequence,
+        "command": "direct-mode builds (see builds.json); the sequence from the operations step",
+    }

@@ -15,7 +15,7 @@ from typing import Any
 from . import common as c
 from .builds import Study
 
-CHILD = r'''
+CHILD = r"""
 import json, os, resource, sys, tempfile, time
 def rss():
     with open("/proc/self/statm") as f:
@@ -58,7 +58,7 @@ moments["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 out["moments_bytes"] = moments
 out["rows"] = int(df.shape[0]); out["columns"] = int(df.shape[1]); out["config_files"] = cfgs
 print(json.dumps(out))
-'''
+"""
 
 
 def run_operations(study: Study, talk_sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -69,16 +69,29 @@ def run_operations(study: Study, talk_sizes: dict[str, dict[str, Any]]) -> dict[
         subjects.setdefault(str(Path(talk).parent), Path(talk).name)
     results = {}
     for subject, big in subjects.items():
-        res = c.run([sys.executable, "-c", CHILD, str(study.n), big], cwd=corpus.root / "talks" / subject,
-                    env=c.env_with_venv(), timeout=900)
+        res = c.run(
+            [sys.executable, "-c", CHILD, str(study.n), big],
+            cwd=corpus.root / "talks" / subject,
+            env=c.env_with_venv(),
+            timeout=900,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"operations in {subject} failed: {res.stderr[-2000:]}")
         raw = json.loads(res.stdout.strip().splitlines()[-1])
-        results[subject] = {"largest_talk": big, "rows": raw["rows"], "columns": raw["columns"],
-                            "config_files": raw["config_files"], "import_us": raw["import_us"],
-                            "moments_bytes": raw["moments_bytes"],
-                            "ops": {k: c.stats(v) for k, v in raw["ops"].items()}}
+        results[subject] = {
+            "largest_talk": big,
+            "rows": raw["rows"],
+            "columns": raw["columns"],
+            "config_files": raw["config_files"],
+            "import_us": raw["import_us"],
+            "moments_bytes": raw["moments_bytes"],
+            "ops": {k: c.stats(v) for k, v in raw["ops"].items()},
+        }
         c.log(f"operations in {subject}: {raw['rows']} talks read")
     corpus.reset()
-    return {"n": study.n, "command": "python -c <analysis/study/operations.py CHILD> N LARGEST_TALK, "
-            "in each subject folder of the corpus copy", "subjects": results}
+    return {
+        "n": study.n,
+        "command": "python -c <analysis/study/operations.py CHILD> N LARGEST_TALK, "
+        "in each subject folder of the corpus copy",
+        "subjects": results,
+    }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -55,24 +54,39 @@ def compact(analysis: dict[str, Any]) -> dict[str, Any]:
     if lb and lb.get("critical_path"):
         path = lb["critical_path"]
         lb["critical_path_length"] = len(path)
-        lb["critical_path"] = [dict(p, command=(p.get("command") or "")[:60]) for p in path
-                               if (p.get("own_us") or 0) >= 20_000]
+        lb["critical_path"] = [
+            dict(p, command=(p.get("command") or "")[:60]) for p in path if (p.get("own_us") or 0) >= 20_000
+        ]
     return analysis
 
 
 def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.report_dir / "study-data").mkdir(parents=True, exist_ok=True)
-    study = Study(out=args.out.resolve(), corpus_src=args.talks.resolve(), lamd_src=args.lamd_src.resolve(),
-                  talks=talks, formats=args.formats.split(), runs=args.runs, n=args.n)
+    study = Study(
+        out=args.out.resolve(),
+        corpus_src=args.talks.resolve(),
+        lamd_src=args.lamd_src.resolve(),
+        talks=talks,
+        formats=args.formats.split(),
+        runs=args.runs,
+        n=args.n,
+    )
     variant_formats = [f for f in args.variant_formats.split() if f]
     sizes = buildable(study)
     meta = load(args, "meta") or {}
     if set(steps) - {"report"}:
         meta = {
             "stamp": c.stamp(study.lamd_src),
-            "knobs": {"talks": talks, "formats": study.formats, "variant_formats": variant_formats,
-                      "runs": study.runs, "n": study.n, "lamd_src": str(args.lamd_src), "corpus": str(args.talks)},
+            "knobs": {
+                "talks": talks,
+                "formats": study.formats,
+                "variant_formats": variant_formats,
+                "runs": study.runs,
+                "n": study.n,
+                "lamd_src": str(args.lamd_src),
+                "corpus": str(args.talks),
+            },
             "talk_sizes": sizes,
             "corpus_fixes": study.corpus.fixes,
             "steps_run": steps,
@@ -102,7 +116,7 @@ def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
         small = min(talks, key=lambda t: sizes[t]["includes"])
         fmt = variant_formats[0] if variant_formats else study.formats[0]
         rec = build(study, small, fmt, mode="probe:direct", run_no=1)
-        candidates = an.lazy_candidates({"records": summarise_records([rec])})[:args.lazy_candidates]
+        candidates = an.lazy_candidates({"records": summarise_records([rec])})[: args.lazy_candidates]
         lazy, probes = quickwins.probe_lazy(study, candidates, small, fmt, reference=rec["outputs"])
         return candidates, lazy, probes
 
@@ -111,27 +125,51 @@ def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
 
         candidates, lazy, probes = lazy_probe() if "quickwins" in steps else ([], [], [])
         jobs_talk = args.jobs_talk or max(talks, key=lambda t: sizes[t]["includes"])
-        data = run_schedule(study, variant_formats=variant_formats, server="server" in steps,
-                            quickwins="quickwins" in steps, lazy=lazy, jobs_talk=jobs_talk if variant_formats else None)
+        data = run_schedule(
+            study,
+            variant_formats=variant_formats,
+            server="server" in steps,
+            quickwins="quickwins" in steps,
+            lazy=lazy,
+            jobs_talk=jobs_talk if variant_formats else None,
+        )
         recs = data["records"]
         traced = summarise_records([r for r in recs if r["mode"] != "untraced"])
         untraced = [dict(r, outputs_digest=digest(r["outputs"])) for r in recs if r["mode"] == "untraced"]
         direct = [r for r in traced if r["mode"] in ("direct", "direct-j2")]
-        c.write_json(data_path(args, "builds"), {
-            "command": "lynshim run -o OUT/traces/<mode> --label '<mode>|<talk>|<format>|<run>' -- "
-                       "maketalk TALK [--format F --to html], in the subject folder of the corpus copy (reset "
-                       "before every build); untraced: the same maketalk without lynshim",
-            "records": untraced + direct, "merged_trace": merge_example(args, direct)}, compact=True)
+        c.write_json(
+            data_path(args, "builds"),
+            {
+                "command": "lynshim run -o OUT/traces/<mode> --label '<mode>|<talk>|<format>|<run>' -- "
+                "maketalk TALK [--format F --to html], in the subject folder of the corpus copy (reset "
+                "before every build); untraced: the same maketalk without lynshim",
+                "records": untraced + direct,
+                "merged_trace": merge_example(args, direct),
+            },
+            compact=True,
+        )
         if "server" in steps:
-            c.write_json(data_path(args, "server"), {
-                "records": [r for r in traced if r["mode"].startswith("server-")],
-                "warm_server_starts": data["warm_server_starts"],
-                "servers_left_running": data["servers_left_running"]}, compact=True)
+            c.write_json(
+                data_path(args, "server"),
+                {
+                    "records": [r for r in traced if r["mode"].startswith("server-")],
+                    "warm_server_starts": data["warm_server_starts"],
+                    "servers_left_running": data["servers_left_running"],
+                },
+                compact=True,
+            )
         if "quickwins" in steps:
-            c.write_json(data_path(args, "quickwins"), {
-                "lazy_candidates": candidates, "lazy_packages": lazy, "lazy_probes": probes,
-                "records": [r for r in traced if r["mode"].startswith("quickwin:")],
-                "servers_left_running": data["servers_left_running"]}, compact=True)
+            c.write_json(
+                data_path(args, "quickwins"),
+                {
+                    "lazy_candidates": candidates,
+                    "lazy_packages": lazy,
+                    "lazy_probes": probes,
+                    "records": [r for r in traced if r["mode"].startswith("quickwin:")],
+                    "servers_left_running": data["servers_left_running"],
+                },
+                compact=True,
+            )
 
     if {"builds", "server", "quickwins"} & set(steps):
         step("builds", builds_step)
@@ -141,6 +179,7 @@ def run(args: argparse.Namespace, talks: list[str], steps: list[str]) -> None:
         c.write_json(data_path(args, "meta"), meta)
     if "report" in steps:
         from . import report
+
         report.write(args.report_dir)
         timings["report"] = 0
 

@@ -23,10 +23,15 @@ from typing import Any
 from . import common as c
 from .builds import Study, build
 
-ENTRY_POINTS = {"mdfield": "lamd.mdfield", "flags": "lamd.flags", "dependencies": "lamd.dependencies",
-                "mdpp": "lamd.mdpp", "maketalk": "lamd.maketalk"}
+ENTRY_POINTS = {
+    "mdfield": "lamd.mdfield",
+    "flags": "lamd.flags",
+    "dependencies": "lamd.dependencies",
+    "mdpp": "lamd.mdpp",
+    "maketalk": "lamd.maketalk",
+}
 
-NO_TEARDOWN = '''#!{python}
+NO_TEARDOWN = """#!{python}
 # study quick win "no-teardown": lamd's {module}.main, then exit without interpreter teardown.
 import os, sys
 {prelude}from {module} import main
@@ -47,16 +52,16 @@ _shim = sys.modules.get("lynshim")
 if _shim is not None and _shim.is_active():
     _shim.stop()
 os._exit(rc & 0xFF)
-'''
+"""
 
-PLAIN = '''#!{python}
+PLAIN = """#!{python}
 # study quick win "lazy-imports": lamd's {module}.main with heavy packages deferred.
 import sys
 {prelude}from {module} import main
 sys.exit(main())
-'''
+"""
 
-LAZY_PRELUDE = '''import importlib.abc, importlib.machinery, importlib.util
+LAZY_PRELUDE = """import importlib.abc, importlib.machinery, importlib.util
 _LAZY = {lazy!r}
 class _LazyFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
@@ -70,9 +75,9 @@ class _LazyFinder(importlib.abc.MetaPathFinder):
         spec.loader = importlib.util.LazyLoader(spec.loader)
         return spec
 sys.meta_path.insert(0, _LazyFinder())
-'''
+"""
 
-THIN_MDFIELD = '''#!{python}
+THIN_MDFIELD = """#!{python}
 # study quick win "thin-client": mdfield through a running lynguine server, standard library only.
 import json, os, sys, urllib.request
 URL = os.environ.get("LAMD_SERVER_URL", "http://127.0.0.1:8765") + "/api/talk/field"
@@ -107,7 +112,7 @@ try:
 except Exception as err:  # no server, or anything unexpected: the real mdfield
     sys.stderr.write(f"thin mdfield: {{err}}; falling back to lamd's mdfield\\n")
     os.execv({real!r}, [{real!r}] + argv)
-'''
+"""
 
 
 def make_shims(root: Path, variant: str, lazy: list[str]) -> Path:
@@ -131,8 +136,9 @@ def make_shims(root: Path, variant: str, lazy: list[str]) -> Path:
     return d
 
 
-def probe_lazy(study: Study, candidates: list[str], talk: str, fmt: str,
-               reference: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
+def probe_lazy(
+    study: Study, candidates: list[str], talk: str, fmt: str, reference: dict[str, str]
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Which candidates can be deferred without breaking the build or changing its output: each alone, then
     all that passed together (dropping the last until the set passes). Probed on one (small) build, against
     ``reference``, the outputs of a direct build of the same talk and format."""
@@ -142,8 +148,14 @@ def probe_lazy(study: Study, candidates: list[str], talk: str, fmt: str,
         shims = make_shims(study.out, "lazy-imports", pkgs)
         rec = build(study, talk, fmt, mode="probe:lazy", run_no=1, path_prefix=shims)
         good = rec["make_ok"] and rec["outputs"] == reference
-        log.append({"packages": pkgs, "ok": good, "wall_us": rec["wall_us"],
-                    "why": "" if good else (rec["make_errors"][:1] or ["outputs differ from direct mode"])[0][:200]})
+        log.append(
+            {
+                "packages": pkgs,
+                "ok": good,
+                "wall_us": rec["wall_us"],
+                "why": "" if good else (rec["make_errors"][:1] or ["outputs differ from direct mode"])[0][:200],
+            }
+        )
         c.log(f"lazy-import probe {pkgs}: {'ok' if good else 'rejected: ' + log[-1]['why']}")
         return good
 

@@ -10,7 +10,6 @@ Formats outside VARIANT_FORMATS get direct builds only. ``make -j2`` builds of t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from . import common as c
@@ -24,12 +23,15 @@ SERVER_ENV = {"LAMD_USE_SERVER": "1"}
 def say(rec: dict[str, Any]) -> None:
     extra = f", servers started and ended: {rec['servers_started']}" if rec.get("servers_started") else ""
     procs = f", {rec['traced_processes']} traced processes" if rec.get("traced_processes") is not None else ""
-    c.log(f"{rec['mode']} {rec['talk']} {rec['format']} #{rec['run']}: {rec['wall_us'] / 1e6:.2f} s{procs}, "
-          f"make {'ok' if rec['make_ok'] else 'FAILED: ' + str(rec['make_errors'][:1])}{extra}")
+    c.log(
+        f"{rec['mode']} {rec['talk']} {rec['format']} #{rec['run']}: {rec['wall_us'] / 1e6:.2f} s{procs}, "
+        f"make {'ok' if rec['make_ok'] else 'FAILED: ' + str(rec['make_errors'][:1])}{extra}"
+    )
 
 
-def run_schedule(study: Study, *, variant_formats: list[str], server: bool, quickwins: bool, lazy: list[str],
-                 jobs_talk: str | None) -> dict[str, Any]:
+def run_schedule(
+    study: Study, *, variant_formats: list[str], server: bool, quickwins: bool, lazy: list[str], jobs_talk: str | None
+) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     warm_starts: list[dict[str, Any]] = []
     shims = {}
@@ -67,13 +69,22 @@ def run_schedule(study: Study, *, variant_formats: list[str], server: bool, quic
                     warm_starts.append({"talk": talk, "format": fmt, "run": i, "ready_us": ready_s * 1e6, "pids": pids})
                     try:
                         if server:
-                            rec = build(study, talk, fmt, mode="server-warm", run_no=i, extra_env=SERVER_ENV,
-                                        keep_servers=True)
+                            rec = build(
+                                study, talk, fmt, mode="server-warm", run_no=i, extra_env=SERVER_ENV, keep_servers=True
+                            )
                             rec["server_ready_us_before_build"] = ready_s * 1e6
                             add(rec)
                         if "thin-client" in shims:
-                            rec = build(study, talk, fmt, mode="quickwin:thin-client", run_no=i, extra_env=SERVER_ENV,
-                                        path_prefix=shims["thin-client"], keep_servers=True)
+                            rec = build(
+                                study,
+                                talk,
+                                fmt,
+                                mode="quickwin:thin-client",
+                                run_no=i,
+                                extra_env=SERVER_ENV,
+                                path_prefix=shims["thin-client"],
+                                keep_servers=True,
+                            )
                             rec["server_ready_us_before_build"] = ready_s * 1e6
                             add(rec)
                     finally:

@@ -14,8 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
-from typing import Any
 
 from . import common as c
 from .builds import Study
@@ -36,11 +34,30 @@ def start_warm_server(study: Study, tag: str) -> tuple[subprocess.Popen[bytes], 
     out = study.out / "traces" / "server-daemon"
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    proc = subprocess.Popen([c.tool("lynshim"), "run", "-o", str(out), "--label", f"warm server|{tag}", "--",
-                             sys.executable, "-m", "lynguine.server", "--host", "127.0.0.1", "--port", "8765",
-                             "--idle-timeout", "300"],
-                            env=c.env_with_venv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=study.subject_dir(tag.split("|")[0]))
+    proc = subprocess.Popen(
+        [
+            c.tool("lynshim"),
+            "run",
+            "-o",
+            str(out),
+            "--label",
+            f"warm server|{tag}",
+            "--",
+            sys.executable,
+            "-m",
+            "lynguine.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "8765",
+            "--idle-timeout",
+            "300",
+        ],
+        env=c.env_with_venv(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=study.subject_dir(tag.split("|")[0]),
+    )
     deadline = time.monotonic() + 60
     while not ping():
         if time.monotonic() > deadline or proc.poll() is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,15 +19,24 @@ from typing import Any
 from . import common as c
 from .builds import Study
 
-MODULES = ["pandas", "numpy", "yaml", "lynguine", "lynguine.access.io", "lynguine.assess.data",
-           "lynguine.assess.compute", "lynguine.config.interface", "spacy"]
+MODULES = [
+    "pandas",
+    "numpy",
+    "yaml",
+    "lynguine",
+    "lynguine.access.io",
+    "lynguine.assess.data",
+    "lynguine.assess.compute",
+    "lynguine.config.interface",
+    "spacy",
+]
 
 
 def import_costs(trace: Path) -> dict[str, dict[str, float]]:
     """Top-level package -> {"self_us", "cumulative_us"} of one process's imports."""
     full = c.spans(c.load_events(trace))
     child_time: dict[int, float] = defaultdict(float)
-    for i, s in enumerate(full):
+    for s in full:
         if s["cat"] == "import" and s["dur"] is not None and s["parent"] is not None:
             child_time[s["parent"]] += s["dur"]
     out: dict[str, dict[str, float]] = defaultdict(lambda: {"self_us": 0.0, "cumulative_us": 0.0})
@@ -69,14 +77,19 @@ def bench_one(study: Study, module: str, cold: bool) -> dict[str, Any]:
                 per_pkg[pkg]["cumulative_us"].append(v["cumulative_us"])
     packages = {pkg: {k: c.stats(vals) for k, vals in d.items()} for pkg, d in per_pkg.items()}
     process = next(iter(bench["processes"].values()), {})
-    imports_total = [sum(v for k, v in p["phases_us"].items() if k.startswith("imports:"))
-                     for r in bench["runs"] for p in r["processes"][:1]]
+    imports_total = [
+        sum(v for k, v in p["phases_us"].items() if k.startswith("imports:"))
+        for r in bench["runs"]
+        for p in r["processes"][:1]
+    ]
     phases = {k: v for k, v in process.items() if not k.startswith("imports:")}
     phases["imports (all packages)"] = c.stats(imports_total)
     return {
-        "module": module, "mode": "cold" if cold else "warm",
+        "module": module,
+        "mode": "cold" if cold else "warm",
         "command": f"lynshim bench -n {study.n} --warmup 1{' --cold' if cold else ''} -- python -c '{code}'",
-        "wall_us": bench["wall_us"], "phases_us": phases,
+        "wall_us": bench["wall_us"],
+        "phases_us": phases,
         "resident_share_site_packages": bench.get("resident_share_site_packages"),
         "evicted_files": bench.get("evicted_files"),
         "packages": dict(sorted(packages.items(), key=lambda kv: -kv[1]["cumulative_us"].get("median", 0))[:25]),

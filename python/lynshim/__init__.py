@@ -27,9 +27,10 @@ from lynshim import _state
 # annotations` either: it imports the __future__ module; the annotations below are strings instead.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, TypeVar
+    from collections.abc import Callable
+    from typing import Any, TypeVar
 
-    from lynshim import _native
+    from lynshim import _native as _native
     from lynshim._native import __version__, schema
 
     _F = TypeVar("_F", bound=Callable[..., Any])
@@ -44,7 +45,7 @@ _ENV_DIR = "LYNSHIM_DIR"
 def __getattr__(name: str) -> "Any":
     if name in ("_native", "schema", "__version__"):
         # Not `from lynshim import _native`: that asks this package for the attribute, which is this.
-        import lynshim._native
+        import lynshim._native  # noqa: F401 - loads the module into sys.modules, read below
 
         native = _sys.modules["lynshim._native"]
         return native if name == "_native" else getattr(native, name)

@@ -16,12 +16,11 @@ installs, once per process:
 # No `from __future__ import annotations`: it imports the __future__ module into every traced process
 # (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
+# _signal, not signal: signal imports enum, which would then be missing from the program's own trace.
+import _signal
 import atexit
 import os
 import sys
-
-# _signal, not signal: signal imports enum, which would then be missing from the program's own trace.
-import _signal
 
 from lynshim import _args, _imports, _lifecycle, _native, _state, targets
 from lynshim._native import schema
@@ -167,8 +166,11 @@ def _mapped_files() -> set[str]:
     """Files mapped into this process: the interpreter, libpython, extension modules, shared libraries."""
     try:
         with open("/proc/self/maps") as maps:
-            return {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6
-                    and line.split(None, 5)[5].startswith("/")}
+            return {
+                line.split(None, 5)[5].strip()
+                for line in maps
+                if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith("/")
+            }
     except OSError:
         return set()
 

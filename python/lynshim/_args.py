@@ -11,11 +11,12 @@ opened with :func:`lynshim.span` describe their keyword arguments here too.
 # (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import os
+
+from lynshim._native import schema
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-from lynshim._native import schema
 
 MAX_CHARS: int = schema.MAX_ARG_CHARS
 REDACTED: str = schema.REDACTED

@@ -17,7 +17,8 @@ from lynshim._native import schema
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 HEADER = "X-Lynshim-Flow"
 _next = [0]
@@ -49,7 +50,7 @@ def server_request(args: "tuple[Any, ...]") -> "dict[str, Any]":
     handler = args[0] if args else None
     headers = getattr(handler, "headers", None)
     value = headers.get(HEADER) if headers is not None else None
-    out: "dict[str, Any]" = {"path": str(getattr(handler, "path", ""))[:200]}
+    out: dict[str, Any] = {"path": str(getattr(handler, "path", ""))[:200]}
     if value and value.isdigit():
         _native.flow_in(int(value))
         out[schema.ARG_REQUEST_ID] = int(value)

@@ -16,12 +16,13 @@ Spans cover finding, creating (where extension modules do their work) and execut
 # (a tenth of activation). Annotations naming what exists only later or for type checkers are strings.
 
 import sys
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 from lynshim import _native, _patch, _state
 from lynshim._native import schema
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _CAT_IMPORT = schema.CAT_IMPORT
 _ARG_ERROR = schema.ARG_ERROR

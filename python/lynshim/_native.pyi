@@ -1,8 +1,9 @@
 """Type stub of the native module ``lynshim._native`` (crates/lynshim)."""
 
+from collections.abc import Callable, Sequence
 from os import PathLike
 from types import ModuleType
-from typing import Any, Callable, Sequence, final
+from typing import Any, final
 
 __all__ = [
     "Probe",

@@ -22,8 +22,9 @@ from lynshim._native import schema
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import ModuleType
-    from typing import Any, Callable
+    from typing import Any
 
 _FunctionType = type(lambda: None)  # types.FunctionType, without importing types
 
@@ -39,7 +40,7 @@ _missing: list[str] = []
 def _targets_by_module() -> "dict[str, list[targets.Target]]":
     global _by_module
     if _by_module is None:
-        table: "dict[str, list[targets.Target]]" = {}
+        table: dict[str, list[targets.Target]] = {}
         try:
             rows = targets.active_targets()
         except ValueError as err:
@@ -126,7 +127,9 @@ def _report_missing() -> None:
     directory = os.environ.get(schema.ENV_DIR)
     if directory:
         try:
-            fd = os.open(os.path.join(directory, ".warned-missing-targets"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            fd = os.open(
+                os.path.join(directory, ".warned-missing-targets"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600
+            )
             os.close(fd)
         except OSError:
             return
@@ -138,14 +141,10 @@ def _patch_target(module: "ModuleType", target: "targets.Target") -> bool:
     if len(parts) == 1 and parts[0].endswith("*"):
         prefix = parts[0][:-1]
         for attr, value in list(vars(module).items()):
-            if (
-                attr.startswith(prefix)
-                and isinstance(value, _FunctionType)
-                and value.__module__ == module.__name__
-            ):
+            if attr.startswith(prefix) and isinstance(value, _FunctionType) and value.__module__ == module.__name__:
                 _patch_attribute(module, attr, f"{target.module}.{attr}", target.category)
         return True
-    owner: "Any" = module
+    owner: Any = module
     for part in parts[:-1]:
         owner = getattr(owner, part, None)
         if owner is None:
@@ -189,9 +188,9 @@ def _signature_facts(fn: "Callable[..., Any]") -> "tuple[tuple[str, ...], dict[s
     if code is None:
         return (), {}, False
     positional = tuple(code.co_varnames[: code.co_argcount])
-    defaults: "dict[str, Any]" = {}
+    defaults: dict[str, Any] = {}
     if fn.__defaults__:
-        defaults.update(zip(positional[-len(fn.__defaults__) :], fn.__defaults__))
+        defaults.update(zip(positional[-len(fn.__defaults__) :], fn.__defaults__, strict=False))
     if fn.__kwdefaults__:
         defaults.update(fn.__kwdefaults__)
     all_params = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]

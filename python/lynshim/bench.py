@@ -168,8 +168,11 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
         return found
     files = _file_set(found.python_traces)
     packages = _site_packages(files)
-    print(f"lynshim bench: {len(files)} files ({len(packages)} in site-packages)"
-          f"{' to evict before each run' if cold else ''}", file=sys.stderr)
+    print(
+        f"lynshim bench: {len(files)} files ({len(packages)} in site-packages)"
+        f"{' to evict before each run' if cold else ''}",
+        file=sys.stderr,
+    )
     for i in range(warmup):
         print(f"lynshim bench: warm-up {i + 1}/{warmup}", file=sys.stderr)
         subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -190,8 +193,9 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
             return result
         failures += result.returncode != 0
         walls.append(result.wall_s * 1e6)
-        record.update({"run_dir": str(result.run_dir), "wall_us": result.wall_s * 1e6, "exit": result.returncode,
-                       "processes": []})
+        record.update(
+            {"run_dir": str(result.run_dir), "wall_us": result.wall_s * 1e6, "exit": result.returncode, "processes": []}
+        )
         # Python traces only: the exec records of make, sh… (and of the Python processes) have no phases.
         for trace in result.python_traces:
             name, phases, wall, _ = phases_of(trace)
@@ -204,11 +208,22 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
     summary = {
         name: {phase: _stats(values) for phase, values in by_phase.items()} for name, by_phase in samples.items()
     }
-    report: dict[str, Any] = {"schema_version": 1, "command": command, "n": n, "warmup": warmup, "cold": cold,
-                              "wall_us": _stats(walls), "processes": summary, "runs": runs, "evicted_files": len(files)}
+    report: dict[str, Any] = {
+        "schema_version": 1,
+        "command": command,
+        "n": n,
+        "warmup": warmup,
+        "cold": cold,
+        "wall_us": _stats(walls),
+        "processes": summary,
+        "runs": runs,
+        "evicted_files": len(files),
+    }
     if files:
-        for key, field in (("resident_share", "resident_before"),
-                           ("resident_share_site_packages", "resident_before_site_packages")):
+        for key, field in (
+            ("resident_share", "resident_before"),
+            ("resident_share_site_packages", "resident_before_site_packages"),
+        ):
             report[key] = _stats([r[field][0] / max(r[field][1], 1) for r in runs])
     if cold and packages:
         # Pages another process maps stay resident: name who holds them (a lynguine server left running…).
@@ -223,33 +238,46 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
 
 def render(report: dict[str, Any]) -> str:
     """The bench report as a plain-text table (milliseconds)."""
-    lines = [f"lynshim bench: {' '.join(report['command'])}  ({report['n']} runs, "
-             f"{'cold' if report['cold'] else 'warm'}, {report['warmup']} warm-up)"]
+    lines = [
+        f"lynshim bench: {' '.join(report['command'])}  ({report['n']} runs, "
+        f"{'cold' if report['cold'] else 'warm'}, {report['warmup']} warm-up)"
+    ]
     w = report["wall_us"]
-    lines.append(f"whole command wall time, ms: min {w['min'] / 1e3:.1f}  median {w['median'] / 1e3:.1f}  "
-                 f"max {w['max'] / 1e3:.1f}")
+    lines.append(
+        f"whole command wall time, ms: min {w['min'] / 1e3:.1f}  median {w['median'] / 1e3:.1f}  "
+        f"max {w['max'] / 1e3:.1f}"
+    )
     if "resident_share" in report:
         share, packages = report["resident_share"]["max"], report["resident_share_site_packages"]["max"]
         verb = "evicted before each run" if report["cold"] else "checked before each run"
-        lines.append(f"page cache: {report['evicted_files']} files {verb}; at most {share:.1%} of their pages "
-                     f"resident ({packages:.1%} of the installed packages' pages; the rest is the interpreter "
-                     "and shared libraries other processes keep mapped)")
+        lines.append(
+            f"page cache: {report['evicted_files']} files {verb}; at most {share:.1%} of their pages "
+            f"resident ({packages:.1%} of the installed packages' pages; the rest is the interpreter "
+            "and shared libraries other processes keep mapped)"
+        )
         if report["cold"] and packages > 0.5:
-            lines.append("  warning: eviction did not work here (a filesystem without its own page cache, such as "
-                         "tmpfs or some overlays, keeps the pages): these runs were not cold")
+            lines.append(
+                "  warning: eviction did not work here (a filesystem without its own page cache, such as "
+                "tmpfs or some overlays, keeps the pages): these runs were not cold"
+            )
     if report.get("held_by"):
         held = "; ".join(f"pid {who} maps {n}" for who, n in sorted(report["held_by"].items(), key=lambda h: -h[1]))
-        lines.append(f"  warning: pages stayed resident because other processes map the files ({held}): these runs "
-                     "were not fully cold; stop those processes and run again")
+        lines.append(
+            f"  warning: pages stayed resident because other processes map the files ({held}): these runs "
+            "were not fully cold; stop those processes and run again"
+        )
     for name, phases in report["processes"].items():
         lines.append("")
         lines.append(f"process: {name}")
         lines.append(f"  {'phase':<34} {'min':>9} {'median':>9} {'max':>9}")
         imports = sorted((p for p in phases if p.startswith("imports: ")), key=lambda p: -phases[p]["median"])
         shown = imports[:TOP_PACKAGES]
-        order = (["interpreter start-up", "lynshim activation"] + shown
-                 + sorted(p for p in phases if p.startswith(("lamd", "lynguine", "user")))
-                 + ["rest", "total (traced wall)"])
+        order = (
+            ["interpreter start-up", "lynshim activation"]
+            + shown
+            + sorted(p for p in phases if p.startswith(("lamd", "lynguine", "user")))
+            + ["rest", "total (traced wall)"]
+        )
         for phase in order:
             if phase in phases:
                 s = phases[phase]
@@ -257,6 +285,7 @@ def render(report: dict[str, Any]) -> str:
         others = imports[TOP_PACKAGES:]
         if others:
             medians = sum(phases[p]["median"] for p in others)
-            lines.append(f"  {'imports: ' + str(len(others)) + ' other packages (median sum)':<34} "
-                         f"{'':>9} {medians / 1e3:>9.1f}")
+            lines.append(
+                f"  {'imports: ' + str(len(others)) + ' other packages (median sum)':<34} {'':>9} {medians / 1e3:>9.1f}"
+            )
     return "\n".join(lines)

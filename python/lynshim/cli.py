@@ -62,8 +62,9 @@ def cache_bootstrap_bytecode() -> None:
         pass
 
 
-def traced_environment(run_dir: Path, run_id: str, label: str | None, cwd: Path,
-                       preload: Path | None = None) -> dict[str, str]:
+def traced_environment(
+    run_dir: Path, run_id: str, label: str | None, cwd: Path, preload: Path | None = None
+) -> dict[str, str]:
     """The environment CMD runs in: bootstrap on PYTHONPATH, the preload library first in LD_PRELOAD
     (when given; any existing value is kept after it), where to write, which targets."""
     env = dict(os.environ)
@@ -112,8 +113,9 @@ def _process_of(path: Path) -> str:
 class Launch:
     """What one traced run of a command gave."""
 
-    def __init__(self, returncode: int, run_dir: Path, traces: list[Path], wall_s: float,
-                 exec_traced: bool = False) -> None:
+    def __init__(
+        self, returncode: int, run_dir: Path, traces: list[Path], wall_s: float, exec_traced: bool = False
+    ) -> None:
         self.returncode = returncode
         self.run_dir = run_dir
         #: Every trace file of the run, of either source.
@@ -133,8 +135,15 @@ class Launch:
         return len({_process_of(p) for p in self.exec_records} - python)
 
 
-def launch(out: Path, label: str | None, command: list[str], *, extra_env: dict[str, str] | None = None,
-           quiet: bool = False, exec_trace: bool = True) -> Launch | int:
+def launch(
+    out: Path,
+    label: str | None,
+    command: list[str],
+    *,
+    extra_env: dict[str, str] | None = None,
+    quiet: bool = False,
+    exec_trace: bool = True,
+) -> Launch | int:
     """Run ``command`` traced into a new run directory under ``out``; an int is an exit status on failure.
     With ``exec_trace``, every program image is recorded too (when the preload library is installed)."""
     cwd = Path.cwd()
@@ -143,8 +152,10 @@ def launch(out: Path, label: str | None, command: list[str], *, extra_env: dict[
     try:
         run_dir.mkdir(mode=0o700, parents=True)
     except OSError as err:
-        print(f"lynshim: cannot create the trace directory {run_dir}: {err.strerror}; "
-              "choose another with -o DIR", file=sys.stderr)
+        print(
+            f"lynshim: cannot create the trace directory {run_dir}: {err.strerror}; choose another with -o DIR",
+            file=sys.stderr,
+        )
         return 2
     preload = preload_library()[0] if exec_trace else None
     try:
@@ -249,13 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
         "an exec record there. Exits with CMD's status.",
         epilog="example: lynshim run -o traces -- make talk.slides.html",
     )
-    run_parser.add_argument("-o", "--out", type=Path, default=Path("lynshim-traces"), metavar="DIR",
-                            help="directory for the run's traces (default: ./lynshim-traces)")
+    run_parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("lynshim-traces"),
+        metavar="DIR",
+        help="directory for the run's traces (default: ./lynshim-traces)",
+    )
     run_parser.add_argument("--label", help="a label stored with the run (e.g. 'cold' or 'server-mode')")
-    run_parser.add_argument("--no-exec-trace", dest="exec_trace", action="store_false",
-                            help="trace Python processes only: leave the preload library out of LD_PRELOAD")
-    run_parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS…]",
-                            help="the command to trace")
+    run_parser.add_argument(
+        "--no-exec-trace",
+        dest="exec_trace",
+        action="store_false",
+        help="trace Python processes only: leave the preload library out of LD_PRELOAD",
+    )
+    run_parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS…]", help="the command to trace")
     bench_parser = sub.add_parser(
         "bench",
         help="time a command N times under tracing, phase by phase (start-up, imports, work)",
@@ -269,8 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("-n", type=int, default=5, metavar="N", help="timed runs (default 5)")
     bench_parser.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed runs first (default 1)")
     bench_parser.add_argument("--cold", action="store_true", help="evict the command's files before each run")
-    bench_parser.add_argument("-o", "--out", type=Path, default=Path("lynshim-bench"), metavar="DIR",
-                              help="directory for the traces and bench.json (default: ./lynshim-bench)")
+    bench_parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("lynshim-bench"),
+        metavar="DIR",
+        help="directory for the traces and bench.json (default: ./lynshim-bench)",
+    )
     bench_parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS…]")
     return parser
 

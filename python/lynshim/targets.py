@@ -140,7 +140,7 @@ def lamd_command_of(script: str) -> str | None:
 
 def parse_env(text: str) -> "tuple[list[Target], set[str]]":
     """Parse ``LYNSHIM_TARGETS``: returns (targets to add, keys to drop)."""
-    added: "list[Target]" = []
+    added: list[Target] = []
     dropped: set[str] = set()
     for item in (part.strip() for part in text.split(";")):
         if not item:
@@ -172,8 +172,7 @@ def from_pyproject(path: str) -> "tuple[list[Target], set[str]]":
     except FileNotFoundError:
         return [], set()
     added = [
-        Target(row["module"], row["qualname"], row.get("category", schema.CAT_USER))
-        for row in table.get("targets", [])
+        Target(row["module"], row["qualname"], row.get("category", schema.CAT_USER)) for row in table.get("targets", [])
     ]
     return added, set(table.get("skip", []))
 

@@ -19,9 +19,13 @@ use crate::{frame, metrics, report};
 pub use Format as ReportFormat;
 
 #[derive(Parser, Debug)]
-#[command(name = "lynanalyze", version, about = "Where a traced lamd build spent its time: reads lynshim traces \
+#[command(
+    name = "lynanalyze",
+    version,
+    about = "Where a traced lamd build spent its time: reads lynshim traces \
     and reports call frequency, operation mix, start-up against work, imports, memory, concurrency, config \
-    files and what lynguine's server mode (CIP-0008) would save.")]
+    files and what lynguine's server mode (CIP-0008) would save."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -185,7 +189,10 @@ fn merge_command(args: &MergeArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!(
         "lynanalyze: merged {} processes ({} events, {} spawn arrows) into {}",
-        outcome.processes, outcome.events, outcome.spawn_flows, args.output.display()
+        outcome.processes,
+        outcome.events,
+        outcome.spawn_flows,
+        args.output.display()
     );
     Ok(if outcome.skipped.is_empty() && outcome.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -225,7 +232,9 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     let (header, sections) = (compared.header(), compared.sections());
     let text = match args.format {
         Format::Text => report::render_text(&header, &sections),
-        Format::Md => report::render_markdown(&header, &sections).replacen("# lynanalyze report", "# lynanalyze diff", 1),
+        Format::Md => {
+            report::render_markdown(&header, &sections).replacen("# lynanalyze report", "# lynanalyze diff", 1)
+        }
         Format::Html => crate::html::render_diff(&header, &sections),
         Format::Json => report::render_json(compared.summary_json(), &sections),
     };
@@ -260,7 +269,11 @@ fn export_command(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!(
         "lynanalyze: exported {} run(s), {} Python processes, {} other programs and {} spans to {}",
-        outcome.runs, outcome.processes, outcome.programs, outcome.spans, args.output.display()
+        outcome.runs,
+        outcome.processes,
+        outcome.programs,
+        outcome.spans,
+        args.output.display()
     );
     Ok(if outcome.skipped.is_empty() && outcome.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

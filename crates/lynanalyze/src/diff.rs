@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use serde_json::{json, Value};
 
+use crate::frame;
 use crate::load::{self, LoadOptions, Loaded, Problem, ProcessTrace};
 use crate::metrics::{build, processes};
 use crate::report::{mib, Section, Table};
-use crate::frame;
 
 /// How processes are matched between the sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,7 +46,10 @@ pub enum Unit {
 
 impl Unit {
     fn of(metric: &str) -> Self {
-        if metric == "processes" || metric == "calls" || metric == "Python processes" || metric == "other programs"
+        if metric == "processes"
+            || metric == "calls"
+            || metric == "Python processes"
+            || metric == "other programs"
             || metric.starts_with("calls: ")
         {
             Self::Count
@@ -144,7 +147,9 @@ impl Row {
         let interval = stats::bootstrap_interval(&a, &b, stats::seed(&format!("{scope}\u{0}{metric}")));
         let verdict = match interval {
             None => Verdict::Unknown,
-            Some((lo, hi)) if lo == 0.0 && hi == 0.0 && a.iter().chain(&b).all(|v| v.to_bits() == a[0].to_bits()) => Verdict::Same,
+            Some((lo, hi)) if lo == 0.0 && hi == 0.0 && a.iter().chain(&b).all(|v| v.to_bits() == a[0].to_bits()) => {
+                Verdict::Same
+            }
             Some((lo, _)) if lo > 0.0 => Verdict::Higher,
             Some((_, hi)) if hi < 0.0 => Verdict::Lower,
             Some(_) => Verdict::Noise,
@@ -422,9 +427,14 @@ pub fn read_side(name: &str, inputs: &[PathBuf], options: LoadOptions, group_by:
         *kind.entry(metric::WALL.to_owned()).or_default() += program.end_us();
     }
     let runs: Vec<RunFigures> = runs.into_values().collect();
-    Ok(Side { name: name.to_owned(), inputs: inputs.to_vec(), runs, skipped: loaded.skipped,
-              // Files read in part: cut short, or with lines dropped as untrustworthy; each is warned about.
-              cut_short: loaded.warnings.into_iter().chain(loaded.damaged).collect() })
+    Ok(Side {
+        name: name.to_owned(),
+        inputs: inputs.to_vec(),
+        runs,
+        skipped: loaded.skipped,
+        // Files read in part: cut short, or with lines dropped as untrustworthy; each is warned about.
+        cut_short: loaded.warnings.into_iter().chain(loaded.damaged).collect(),
+    })
 }
 
 /// The comparison.
@@ -473,7 +483,8 @@ fn shows(row: &Row) -> bool {
 pub fn compare(a: Side, b: Side, top: usize, detail: usize) -> Diff {
     let mut warnings = Vec::new();
     for side in [&a, &b] {
-        let commands: BTreeSet<String> = side.runs.iter().map(|r| kind_of(&r.command)).filter(|c| !c.is_empty()).collect();
+        let commands: BTreeSet<String> =
+            side.runs.iter().map(|r| kind_of(&r.command)).filter(|c| !c.is_empty()).collect();
         if commands.len() > 1 {
             warnings.push(format!(
                 "{}: its runs are of different commands ({}); repeated runs of one build are what a side should hold",
@@ -519,7 +530,9 @@ pub fn compare(a: Side, b: Side, top: usize, detail: usize) -> Diff {
     let kinds_of = |s: &Side| s.runs.iter().flat_map(|r| r.kinds.keys().cloned()).collect::<BTreeSet<_>>();
     let (ka, kb) = (kinds_of(&a), kinds_of(&b));
     let median_of = |s: &Side, kind: &str| {
-        stats::median(&values(&s.runs, metric::PROCESSES, |r| r.kinds.get(kind).and_then(|k| k.get(metric::PROCESSES)).copied()))
+        stats::median(&values(&s.runs, metric::PROCESSES, |r| {
+            r.kinds.get(kind).and_then(|k| k.get(metric::PROCESSES)).copied()
+        }))
     };
     let mut kinds = Vec::new();
     for kind in ka.intersection(&kb) {
@@ -545,11 +558,15 @@ pub fn compare(a: Side, b: Side, top: usize, detail: usize) -> Diff {
         let mut packages: Vec<&Row> = rows.iter().filter(|r| r.metric.starts_with(metric::IMPORTS_OF)).collect();
         packages.sort_by(|x, y| y.a_median.max(y.b_median).total_cmp(&x.a_median.max(x.b_median)));
         let kept: BTreeSet<String> = packages.iter().take(top).map(|r| r.metric.clone()).collect();
-        let rows: Vec<Row> = rows.into_iter().filter(|r| !r.metric.starts_with(metric::IMPORTS_OF) || kept.contains(&r.metric)).collect();
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .filter(|r| !r.metric.starts_with(metric::IMPORTS_OF) || kept.contains(&r.metric))
+            .collect();
         kinds.push((kind.clone(), rows));
     }
     // The biggest kinds first: by wall time on either side.
-    let wall = |rows: &[Row]| rows.iter().find(|r| r.metric == metric::WALL).map_or(0.0, |r| r.a_median.max(r.b_median));
+    let wall =
+        |rows: &[Row]| rows.iter().find(|r| r.metric == metric::WALL).map_or(0.0, |r| r.a_median.max(r.b_median));
     kinds.sort_by(|x, y| wall(&y.1).total_cmp(&wall(&x.1)).then(x.0.cmp(&y.0)));
     let only = |mine: &BTreeSet<String>, theirs: &BTreeSet<String>, s: &Side| {
         mine.difference(theirs).map(|k| (k.clone(), median_of(s, k))).collect::<Vec<_>>()
@@ -569,8 +586,10 @@ pub fn compare(a: Side, b: Side, top: usize, detail: usize) -> Diff {
             Row::new("calls", &format!("calls: {name}"), values(&a.runs, "calls", get), values(&b.runs, "calls", get))
         })
         .collect();
-    let only_a = Only { kinds: only_a_kinds, calls: ca.difference(&cb).map(|n| (n.clone(), call_median(&a, n))).collect() };
-    let only_b = Only { kinds: only_b_kinds, calls: cb.difference(&ca).map(|n| (n.clone(), call_median(&b, n))).collect() };
+    let only_a =
+        Only { kinds: only_a_kinds, calls: ca.difference(&cb).map(|n| (n.clone(), call_median(&a, n))).collect() };
+    let only_b =
+        Only { kinds: only_b_kinds, calls: cb.difference(&ca).map(|n| (n.clone(), call_median(&b, n))).collect() };
     Diff { a, b, build, kinds, calls, only_a, only_b, warnings, detail }
 }
 
@@ -674,7 +693,8 @@ impl Diff {
         if !overview.rows.is_empty() {
             kinds.tables.push(overview);
         }
-        let detailed: Vec<&(String, Vec<Row>)> = self.kinds.iter().filter(|(k, _)| !k.starts_with("[other] ")).take(self.detail).collect();
+        let detailed: Vec<&(String, Vec<Row>)> =
+            self.kinds.iter().filter(|(k, _)| !k.starts_with("[other] ")).take(self.detail).collect();
         for (kind, rows) in &detailed {
             let mut table = Table::new(&format!("`{kind}`"), &HEADERS);
             for row in rows {
@@ -699,8 +719,7 @@ impl Diff {
         out.push(kinds);
 
         let mut calls = Section::new("calls", "Calls per entry point");
-        let (different, same): (Vec<&Row>, Vec<&Row>) =
-            self.calls.iter().partition(|r| r.verdict != Verdict::Same);
+        let (different, same): (Vec<&Row>, Vec<&Row>) = self.calls.iter().partition(|r| r.verdict != Verdict::Same);
         if !different.is_empty() {
             let mut table = Table::new("entry points not called the same number of times in every run", &HEADERS);
             for row in &different {
@@ -708,7 +727,11 @@ impl Diff {
             }
             calls.tables.push(table);
         }
-        calls.notes.push(format!("{} entry point(s) called on both sides, {} as often on both", self.calls.len(), same.len()));
+        calls.notes.push(format!(
+            "{} entry point(s) called on both sides, {} as often on both",
+            self.calls.len(),
+            same.len()
+        ));
         let mut only = Table::new("present on one side only", &["side", "what", "name", "per run (median)"]);
         for (side, o) in [(&self.a.name, &self.only_a), (&self.b.name, &self.only_b)] {
             for (name, n) in &o.calls {
@@ -736,7 +759,12 @@ impl Diff {
     /// A line naming the sides.
     pub fn header(&self) -> String {
         let describe = |s: &Side| {
-            format!("{} = {} run(s) from {}", s.name, s.runs.len(), s.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+            format!(
+                "{} = {} run(s) from {}",
+                s.name,
+                s.runs.len(),
+                s.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
         };
         format!("lynanalyze diff: {}; {}", describe(&self.a), describe(&self.b))
     }
@@ -799,7 +827,15 @@ mod tests {
                 build: BTreeMap::from([(metric::WALL.to_owned(), wall)]),
                 kinds: kinds
                     .iter()
-                    .map(|(k, w)| ((*k).to_owned(), BTreeMap::from([(metric::WALL.to_owned(), w + i as f64), (metric::PROCESSES.to_owned(), 2.0)])))
+                    .map(|(k, w)| {
+                        (
+                            (*k).to_owned(),
+                            BTreeMap::from([
+                                (metric::WALL.to_owned(), w + i as f64),
+                                (metric::PROCESSES.to_owned(), 2.0),
+                            ]),
+                        )
+                    })
                     .collect(),
                 calls: calls.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect(),
                 dir: None,
@@ -810,8 +846,18 @@ mod tests {
 
     #[test]
     fn compare_matches_kinds_and_lists_what_one_side_has() {
-        let a = side("A", &[100.0, 110.0, 105.0], &[("mdfield title talk.md", 50.0), ("flags talk.md", 5.0)], &[("read", 3.0), ("gone", 1.0)]);
-        let b = side("B", &[200.0, 210.0, 205.0], &[("mdfield title talk.md", 150.0), ("server", 9.0)], &[("read", 3.0), ("new", 2.0)]);
+        let a = side(
+            "A",
+            &[100.0, 110.0, 105.0],
+            &[("mdfield title talk.md", 50.0), ("flags talk.md", 5.0)],
+            &[("read", 3.0), ("gone", 1.0)],
+        );
+        let b = side(
+            "B",
+            &[200.0, 210.0, 205.0],
+            &[("mdfield title talk.md", 150.0), ("server", 9.0)],
+            &[("read", 3.0), ("new", 2.0)],
+        );
         check(&a, &b).expect("different runs");
         let d = compare(a, b, 5, 10);
         let wall = d.wall().expect("wall compared");

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use polars::prelude::*;
 
-use crate::load::{self, LoadOptions, Loaded, ProcessTrace, Problem};
+use crate::load::{self, LoadOptions, Loaded, Problem, ProcessTrace};
 use crate::metrics::{build, processes};
 use crate::{diff, frame};
 
@@ -120,8 +120,14 @@ fn processes_frame(loaded: &Loaded, per_process: &[processes::ProcessTimes]) -> 
         Column::new("run_id".into(), all.iter().map(|p| p.run_id.as_str()).collect::<Vec<_>>()),
         Column::new("pid".into(), all.iter().map(|p| p.pid).collect::<Vec<_>>()),
         Column::new("ppid".into(), all.iter().map(|p| p.ppid).collect::<Vec<_>>()),
-        Column::new("start_ticks".into(), all.iter().map(|p| p.start_ticks.and_then(|t| i64::try_from(t).ok())).collect::<Vec<_>>()),
-        Column::new("source".into(), (0..all.len()).map(|i| if i < python { "python" } else { "exec" }).collect::<Vec<_>>()),
+        Column::new(
+            "start_ticks".into(),
+            all.iter().map(|p| p.start_ticks.and_then(|t| i64::try_from(t).ok())).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "source".into(),
+            (0..all.len()).map(|i| if i < python { "python" } else { "exec" }).collect::<Vec<_>>(),
+        ),
         Column::new("command".into(), all.iter().map(|p| p.command.as_str()).collect::<Vec<_>>()),
         Column::new("kind".into(), all.iter().map(|p| diff::kind_of(&p.command)).collect::<Vec<_>>()),
         Column::new("group".into(), all.iter().map(|p| p.group()).collect::<Vec<_>>()),
@@ -129,7 +135,10 @@ fn processes_frame(loaded: &Loaded, per_process: &[processes::ProcessTimes]) -> 
         Column::new("start_unix_us".into(), all.iter().map(|p| ns_to_us(p.wall_zero_ns)).collect::<Vec<_>>()),
         Column::new(
             "wall_us".into(),
-            all.iter().enumerate().map(|(i, p)| if i < python { per_process[i].wall_us } else { p.end_us() }).collect::<Vec<_>>(),
+            all.iter()
+                .enumerate()
+                .map(|(i, p)| if i < python { per_process[i].wall_us } else { p.end_us() })
+                .collect::<Vec<_>>(),
         ),
         figure("startup_us", |t| t.startup_us),
         figure("activation_us", |t| t.activation_us),

@@ -46,9 +46,7 @@ impl Dictionary {
 
     /// The number of a span name in the frame (`u32::MAX` for one absent here).
     pub fn name(&self, name: &str) -> u32 {
-        self.names
-            .binary_search_by(|n| n.as_str().cmp(name))
-            .map_or(u32::MAX, |i| u32::try_from(i).unwrap_or(u32::MAX))
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).map_or(u32::MAX, |i| u32::try_from(i).unwrap_or(u32::MAX))
     }
 
     fn table(&self, column: &str) -> PolarsResult<&[String]> {
@@ -255,7 +253,8 @@ pub fn spans(processes: &[ProcessTrace]) -> PolarsResult<(DataFrame, Dictionary)
     let (name_table, name_renumber) = names.finish();
     let (category_table, category_renumber) = categories.finish();
     let mut packages = Numbering::new();
-    let package_of_name: Vec<u32> = name_table.iter().map(|n| packages.number(n.split('.').next().unwrap_or(""))).collect();
+    let package_of_name: Vec<u32> =
+        name_table.iter().map(|n| packages.number(n.split('.').next().unwrap_or(""))).collect();
     let (package_table, package_renumber) = packages.finish();
     let package_of_name: Vec<u32> = package_of_name.into_iter().map(|p| package_renumber[p as usize]).collect();
     columns.parts(&sizes).into_par_iter().zip(global.par_iter()).for_each(|(part, (local_names, local_categories))| {
@@ -283,8 +282,11 @@ pub fn spans(processes: &[ProcessTrace]) -> PolarsResult<(DataFrame, Dictionary)
         Column::new("dur_us".into(), dur),
         Column::new("self_us".into(), self_us),
         Column::new("depth".into(), depth),
-        UInt32Chunked::from_iter_options("parent_cat".into(), parent_cat.iter().map(|&id| (id != NO_PARENT).then_some(id)))
-            .into_column(),
+        UInt32Chunked::from_iter_options(
+            "parent_cat".into(),
+            parent_cat.iter().map(|&id| (id != NO_PARENT).then_some(id)),
+        )
+        .into_column(),
         Column::new("is_call".into(), call),
     ])?;
     Ok((df, dictionary))
@@ -363,7 +365,13 @@ pub fn export(
         .clone()
         .lazy()
         .join(spans.lazy(), [col("proc")], [col("proc")], JoinArgs::new(JoinType::Inner))
-        .select([col("run_id"), col("pid"), col("process"), col("group"), all().exclude_cols(["run_id", "pid", "process", "group", "proc"]).as_expr()])
+        .select([
+            col("run_id"),
+            col("pid"),
+            col("process"),
+            col("group"),
+            all().exclude_cols(["run_id", "pid", "process", "group", "proc"]).as_expr(),
+        ])
         .collect()
 }
 

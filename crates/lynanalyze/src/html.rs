@@ -45,7 +45,10 @@ fn svg(width: u32, height: u32, draw: impl FnOnce(&Area<'_>) -> Drawn) -> String
     let mut out = String::new();
     let result = {
         let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(Into::into).and_then(|()| draw(&root)).and_then(|()| root.present().map_err(Into::into))
+        root.fill(&WHITE)
+            .map_err(Into::into)
+            .and_then(|()| draw(&root))
+            .and_then(|()| root.present().map_err(Into::into))
     };
     match result {
         Ok(()) => out,
@@ -67,7 +70,13 @@ fn cut(text: &str, n: usize) -> String {
 /// Horizontal bars, one row per label (first at the top), each row a stack of `(value, colour)`
 /// segments starting at `from` (for a timeline) or 0; a legend of `legend` when given.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, legend: &[(&str, usize)], value_labels: bool) -> String {
+fn bar_rows(
+    labels: &[String],
+    rows: &[(f64, Vec<(f64, usize)>)],
+    x_desc: &str,
+    legend: &[(&str, usize)],
+    value_labels: bool,
+) -> String {
     if rows.is_empty() {
         return String::new();
     }
@@ -77,11 +86,18 @@ fn bar_rows(labels: &[String], rows: &[(f64, Vec<(f64, usize)>)], x_desc: &str, 
     let height = (n as u32) * row_h + 60 + if legend.is_empty() { 0 } else { 20 };
     let labels: Vec<String> = labels.iter().map(|l| cut(l, 52)).collect();
     svg(980, height, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(8)
-            .x_label_area_size(32)
-            .y_label_area_size(330)
-            .build_cartesian_2d(0.0..max * if !legend.is_empty() { 1.65 } else if value_labels { 1.15 } else { 1.02 }, (0..n).into_segmented())?;
+        let mut chart =
+            ChartBuilder::on(root).margin(8).x_label_area_size(32).y_label_area_size(330).build_cartesian_2d(
+                0.0..max
+                    * if !legend.is_empty() {
+                        1.65
+                    } else if value_labels {
+                        1.15
+                    } else {
+                        1.02
+                    },
+                (0..n).into_segmented(),
+            )?;
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -145,7 +161,8 @@ fn startup_chart(sections: &[Section]) -> String {
     let mut rows: Vec<&Value> = rows.iter().collect();
     rows.sort_by(|a, b| num(b, "wall_us").total_cmp(&num(a, "wall_us")));
     rows.truncate(MAX_ROWS);
-    let labels: Vec<String> = rows.iter().map(|r| r.get("command").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
+    let labels: Vec<String> =
+        rows.iter().map(|r| r.get("command").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
     let bars: Vec<(f64, Vec<(f64, usize)>)> = rows
         .iter()
         .map(|r| {
@@ -154,7 +171,13 @@ fn startup_chart(sections: &[Section]) -> String {
             (0.0, vec![(start, 0), (num(r, "import_us"), 1), (num(r, "work_us"), 2), (rest.max(0.0), 9)])
         })
         .collect();
-    bar_rows(&labels, &bars, "ms of the process's wall time", &[("start-up", 0), ("imports", 1), ("work", 2), ("main program, gc, exit, unattributed", 9)], false)
+    bar_rows(
+        &labels,
+        &bars,
+        "ms of the process's wall time",
+        &[("start-up", 0), ("imports", 1), ("work", 2), ("main program, gc, exit, unattributed", 9)],
+        false,
+    )
 }
 
 /// Bars of import self time by top-level package (top 15).
@@ -163,7 +186,8 @@ fn imports_chart(sections: &[Section]) -> String {
         return String::new();
     };
     let rows: Vec<&Value> = packages.iter().take(15).collect();
-    let labels: Vec<String> = rows.iter().map(|r| r.get("package").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
+    let labels: Vec<String> =
+        rows.iter().map(|r| r.get("package").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
     let bars: Vec<(f64, Vec<(f64, usize)>)> = rows.iter().map(|r| (0.0, vec![(num(r, "self_us"), 1)])).collect();
     bar_rows(&labels, &bars, "ms of import self time, all processes", &[], true)
 }
@@ -174,9 +198,12 @@ fn timeline_chart(sections: &[Section]) -> String {
         return String::new();
     };
     let lanes: Vec<&Value> = lanes.iter().take(MAX_ROWS * 2).collect();
-    let labels: Vec<String> = lanes.iter().map(|l| l.get("command").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
-    let bars: Vec<(f64, Vec<(f64, usize)>)> =
-        lanes.iter().map(|l| (num(l, "start_us"), vec![((num(l, "end_us") - num(l, "start_us")).max(0.0), 0)])).collect();
+    let labels: Vec<String> =
+        lanes.iter().map(|l| l.get("command").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
+    let bars: Vec<(f64, Vec<(f64, usize)>)> = lanes
+        .iter()
+        .map(|l| (num(l, "start_us"), vec![((num(l, "end_us") - num(l, "start_us")).max(0.0), 0)]))
+        .collect();
     bar_rows(&labels, &bars, "ms since the first process started", &[], false)
 }
 
@@ -194,12 +221,19 @@ fn diff_phases_chart(sections: &[Section]) -> String {
         return String::new();
     }
     let side_name = |key: &str| {
-        data(sections, "summary").and_then(|d| d.get(key)).and_then(|s| s.get("name")).and_then(Value::as_str).unwrap_or(key).to_owned()
+        data(sections, "summary")
+            .and_then(|d| d.get(key))
+            .and_then(|s| s.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or(key)
+            .to_owned()
     };
     let (name_a, name_b) = (side_name("a"), side_name("b"));
     let n = rows.len();
-    let labels: Vec<String> =
-        rows.iter().map(|r| r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: ").to_owned()).collect();
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: ").to_owned())
+        .collect();
     let max = rows.iter().map(|r| num(r, "a_median").max(num(r, "b_median"))).fold(1e-9, f64::max) * 1.18;
     svg(980, (n as u32) * 34 + 70, |root| {
         let mut chart = ChartBuilder::on(root)
@@ -233,9 +267,13 @@ fn diff_phases_chart(sections: &[Section]) -> String {
             for (half, key) in [(0_usize, "a_median"), (1, "b_median")] {
                 let value = num(r, key);
                 // A in the upper half of the row, B in the lower.
-                let (top, bottom) =
-                    if half == 0 { (SegmentValue::Exact(y + 1), SegmentValue::CenterOf(y)) } else { (SegmentValue::CenterOf(y), SegmentValue::Exact(y)) };
-                let mut bar = Rectangle::new([(0.0, top), (value.max(max * 0.002), bottom.clone())], PALETTE[half].filled());
+                let (top, bottom) = if half == 0 {
+                    (SegmentValue::Exact(y + 1), SegmentValue::CenterOf(y))
+                } else {
+                    (SegmentValue::CenterOf(y), SegmentValue::Exact(y))
+                };
+                let mut bar =
+                    Rectangle::new([(0.0, top), (value.max(max * 0.002), bottom.clone())], PALETTE[half].filled());
                 bar.set_margin(if half == 0 { 3 } else { 0 }, if half == 0 { 0 } else { 3 }, 0, 0);
                 chart.draw_series(std::iter::once(bar))?;
                 chart.draw_series(std::iter::once(Text::new(
@@ -275,13 +313,25 @@ fn diff_change_chart(sections: &[Section]) -> String {
                 .iter()
                 .filter(|r| r.get("unit").and_then(Value::as_str) == Some("us"))
                 .filter(|r| num(r, "a_median").max(num(r, "b_median")) >= 0.01 * wall)
-                .map(|r| (format!("build: {}", r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: ")), r)),
+                .map(|r| {
+                    (
+                        format!(
+                            "build: {}",
+                            r.get("metric").and_then(Value::as_str).unwrap_or("").trim_start_matches("phase: ")
+                        ),
+                        r,
+                    )
+                }),
         );
     }
     if let Some(Value::Array(kinds)) = data(sections, "kinds") {
         for kind in kinds.iter().take(15) {
             let name = kind.get("kind").and_then(Value::as_str).unwrap_or("");
-            if let Some(row) = kind.get("rows").and_then(Value::as_array).and_then(|r| r.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall"))) {
+            if let Some(row) = kind
+                .get("rows")
+                .and_then(Value::as_array)
+                .and_then(|r| r.iter().find(|r| r.get("metric").and_then(Value::as_str) == Some("wall")))
+            {
                 if num(row, "a_median").max(num(row, "b_median")) >= 0.01 * wall {
                     rows.push((name.to_owned(), row));
                 }
@@ -306,7 +356,13 @@ fn diff_change_chart(sections: &[Section]) -> String {
         .iter()
         .map(|(l, r)| {
             let verdict = r.get("verdict").and_then(Value::as_str).unwrap_or("");
-            let verdict = if verdict.starts_with("no difference") { "noise" } else if verdict.starts_with("cannot") { "no verdict" } else { verdict };
+            let verdict = if verdict.starts_with("no difference") {
+                "noise"
+            } else if verdict.starts_with("cannot") {
+                "no verdict"
+            } else {
+                verdict
+            };
             format!("{}  {} {verdict}", cut(l, 44), pct(r, "diff").map_or("–".into(), |d| format!("{d:+.1}%")))
         })
         .collect();
@@ -343,7 +399,10 @@ fn diff_change_chart(sections: &[Section]) -> String {
                 _ => RGBColor(0x88, 0x88, 0x88),
             };
             if let (Some(lo), Some(hi)) = (pct(r, "ci95_low"), pct(r, "ci95_high")) {
-                chart.draw_series(std::iter::once(PathElement::new(vec![(clamp(lo), y()), (clamp(hi), y())], colour.stroke_width(3))))?;
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(clamp(lo), y()), (clamp(hi), y())],
+                    colour.stroke_width(3),
+                )))?;
             }
             if let Some(d) = pct(r, "diff") {
                 chart.draw_series(std::iter::once(Circle::new((clamp(d), y()), 4, colour.filled())))?;

@@ -78,11 +78,8 @@ pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Resul
         .filter_map(|p| p.image.as_ref().map(|image| (p.file.as_path(), image.moved_us)))
         .collect();
     let read: Vec<_> = files.par_iter().map(|&(f, dropped)| (f.clone(), read_events(f, max_bytes, dropped))).collect();
-    let mut outcome = MergeOutcome {
-        cut_short: linked.warnings.clone(),
-        damaged: linked.damaged.clone(),
-        ..MergeOutcome::default()
-    };
+    let mut outcome =
+        MergeOutcome { cut_short: linked.warnings.clone(), damaged: linked.damaged.clone(), ..MergeOutcome::default() };
     let mut processes = Vec::new();
     for (file, result) in read {
         match result {

@@ -114,7 +114,11 @@ fn imports_agree_with_brute_force() {
         let got = row[key].as_f64().unwrap_or_else(|| panic!("{key} in {row}"));
         assert!((got - expected).abs() <= 1e-6 * expected.abs().max(1.0), "{key}: {got} vs {expected} in {row}");
     };
-    for (list, key, expected) in [("modules", "module", &modules), ("packages", "package", &packages), ("lazy_import_candidates", "package", &lazy)] {
+    for (list, key, expected) in [
+        ("modules", "module", &modules),
+        ("packages", "package", &packages),
+        ("lazy_import_candidates", "package", &lazy),
+    ] {
         let rows = imports.data[list].as_array().expect("rows");
         assert_eq!(rows.len(), expected.len(), "{list}");
         for row in rows {

@@ -188,38 +188,20 @@ unsafe fn start(argc: c_int, argv: *const *const c_char) {
 
     let pid = sys::getpid();
     let (ppid, ticks) = sys::stat_of(None).unwrap_or((sys::getppid(), 0));
-    let parent_ticks = (ppid > 0)
-        .then(|| sys::stat_of(Some(ppid)))
-        .flatten()
-        .map(|(_, t)| t);
+    let parent_ticks = (ppid > 0).then(|| sys::stat_of(Some(ppid))).flatten().map(|(_, t)| t);
     let args: Vec<&[u8]> = (0..usize::try_from(argc).unwrap_or(0))
         .map_while(|i| {
             // SAFETY: i < argc, and glibc's argv has argc entries.
             let p = unsafe { *argv.add(i) };
             // SAFETY: a non-null argv entry is a NUL-terminated string.
-            (!p.is_null() && !argv.is_null())
-                .then(|| unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes())
+            (!p.is_null() && !argv.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes())
         })
         .collect();
-    let cwd = std::env::current_dir()
-        .map(|p| p.into_os_string().into_encoded_bytes())
-        .unwrap_or_default();
-    let exe = std::fs::read_link("/proc/self/exe")
-        .map(|p| p.into_os_string().into_encoded_bytes())
-        .unwrap_or_default();
+    let cwd = std::env::current_dir().map(|p| p.into_os_string().into_encoded_bytes()).unwrap_or_default();
+    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.into_os_string().into_encoded_bytes()).unwrap_or_default();
     // Relative to the directory the image started in: the program may chdir before it exits.
-    let dir = if dir.first() == Some(&b'/') {
-        dir.to_vec()
-    } else {
-        [&cwd[..], b"/", dir].concat()
-    };
-    let image = Image::new(
-        &dir,
-        &args,
-        &exe,
-        getenv(lynschema::env::RUN_ID),
-        getenv(lynschema::env::LABEL),
-    );
+    let dir = if dir.first() == Some(&b'/') { dir.to_vec() } else { [&cwd[..], b"/", dir].concat() };
+    let image = Image::new(&dir, &args, &exe, getenv(lynschema::env::RUN_ID), getenv(lynschema::env::LABEL));
 
     PID.store(pid, SeqCst);
     PPID.store(ppid, SeqCst);
@@ -235,22 +217,9 @@ unsafe fn start(argc: c_int, argv: *const *const c_char) {
     }
     ACTIVE.store(true, SeqCst);
 
-    let ids = Ids {
-        pid,
-        ppid,
-        start_ticks: ticks,
-        parent_start_ticks: parent_ticks,
-    };
-    let start = Start {
-        ids,
-        wall_zero_ns: zero_unix,
-        cpu,
-        cwd: &cwd,
-        forked_from: None,
-    };
-    if let Some((path, nonce)) = create_record(image, pid, ticks, |out| {
-        record::write_start(out, image, &start)
-    }) {
+    let ids = Ids { pid, ppid, start_ticks: ticks, parent_start_ticks: parent_ticks };
+    let start = Start { ids, wall_zero_ns: zero_unix, cpu, cwd: &cwd, forked_from: None };
+    if let Some((path, nonce)) = create_record(image, pid, ticks, |out| record::write_start(out, image, &start)) {
         NONCE.store(nonce, SeqCst);
         let _ = PATH.set(path);
     }
@@ -258,12 +227,7 @@ unsafe fn start(argc: c_int, argv: *const *const c_char) {
 
 /// Creates this process's file in the trace directory and writes `write`'s lines into it; the
 /// NUL-terminated path and the nonce of its name, or `None` (and no file left) when that failed.
-fn create_record(
-    image: &Image,
-    pid: u32,
-    ticks: u64,
-    write: impl FnOnce(&mut Out<Fd>),
-) -> Option<(Vec<u8>, u32)> {
+fn create_record(image: &Image, pid: u32, ticks: u64, write: impl FnOnce(&mut Out<Fd>)) -> Option<(Vec<u8>, u32)> {
     let mut made_dir = false;
     for _ in 0..4 {
         let nonce = sys::nonce();
@@ -288,12 +252,7 @@ fn create_record(
             Err(libc::ENOENT) if !made_dir => {
                 made_dir = true;
                 let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(&image.dir));
-                if std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .is_err()
-                {
+                if std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).is_err() {
                     return None;
                 }
             }
@@ -324,14 +283,7 @@ extern "C" fn after_fork_in_child() {
     let parent = sys::getppid();
     let known = parent == PID.load(SeqCst) && !FORKED.load(SeqCst);
     FORKED_FROM_FILE.store(known && PATH.get().is_some(), SeqCst);
-    PARENT_TICKS.store(
-        if known {
-            START_TICKS.load(SeqCst)
-        } else {
-            NO_TICKS
-        },
-        SeqCst,
-    );
+    PARENT_TICKS.store(if known { START_TICKS.load(SeqCst) } else { NO_TICKS }, SeqCst);
     PPID.store(parent, SeqCst);
     PID.store(sys::getpid(), SeqCst);
     ZERO_MONO_NS.store(zero_mono, SeqCst);
@@ -386,19 +338,12 @@ fn write_forked(image: &Image, end: &End) {
     let mut cwd_buf = [0u8; 1024];
     let cwd = sys::getcwd(&mut cwd_buf).unwrap_or_default();
     let start = Start {
-        ids: Ids {
-            pid,
-            ppid: parent,
-            start_ticks: ticks,
-            parent_start_ticks: parent_ticks,
-        },
+        ids: Ids { pid, ppid: parent, start_ticks: ticks, parent_start_ticks: parent_ticks },
         wall_zero_ns: ZERO_UNIX_NS.load(SeqCst),
         // A new process's CPU counters start at zero.
         cpu: sys::Usage::default(),
         cwd,
-        forked_from: FORKED_FROM_FILE
-            .load(SeqCst)
-            .then(|| (parent, parent_ticks.unwrap_or(0), NONCE.load(SeqCst))),
+        forked_from: FORKED_FROM_FILE.load(SeqCst).then(|| (parent, parent_ticks.unwrap_or(0), NONCE.load(SeqCst))),
     };
     for _ in 0..4 {
         let nonce = sys::nonce();
@@ -477,11 +422,7 @@ mod tests {
 
     #[test]
     fn stack_file_names_are_the_schemas() {
-        for (pid, ticks, nonce) in [
-            (1, 0, 0),
-            (4242, 123_456, 0xdead_beef),
-            (u32::MAX, u64::MAX, 7),
-        ] {
+        for (pid, ticks, nonce) in [(1, 0, 0), (4242, 123_456, 0xdead_beef), (u32::MAX, u64::MAX, 7)] {
             let mut out = Out::new(out::Nowhere);
             record::write_file_name(&mut out, pid, ticks, nonce);
             let expected = lynschema::files::trace_file_name(pid, ticks, nonce);

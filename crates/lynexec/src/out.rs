@@ -62,12 +62,7 @@ pub struct Out<S: Sink> {
 
 impl<S: Sink> Out<S> {
     pub fn new(sink: S) -> Self {
-        Self {
-            sink,
-            buf: [0; CAP],
-            len: 0,
-            ok: true,
-        }
+        Self { sink, buf: [0; CAP], len: 0, ok: true }
     }
 
     /// Bytes as they are.
@@ -139,12 +134,7 @@ impl<S: Sink> Out<S> {
         let frac = ns % 1000;
         // frac < 1000: each digit is below 10.
         #[allow(clippy::cast_possible_truncation)]
-        self.raw(&[
-            b'.',
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
+        self.raw(&[b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
     }
 
     /// Eight lower-case hex digits (the nonce of a trace file's name).
@@ -152,10 +142,7 @@ impl<S: Sink> Out<S> {
         let mut digits = [0u8; 8];
         for (i, d) in digits.iter_mut().enumerate() {
             let nibble = (n >> (28 - 4 * i)) & 0xf;
-            *d = b"0123456789abcdef"
-                .get(nibble as usize)
-                .copied()
-                .unwrap_or(b'0');
+            *d = b"0123456789abcdef".get(nibble as usize).copied().unwrap_or(b'0');
         }
         self.raw(&digits);
     }
@@ -195,14 +182,7 @@ impl<S: Sink> Out<S> {
                 if escape.is_empty() {
                     let hex = b"0123456789abcdef";
                     let (hi, lo) = (hex.get(usize::from(b >> 4)), hex.get(usize::from(b & 0xf)));
-                    self.raw(&[
-                        b'\\',
-                        b'u',
-                        b'0',
-                        b'0',
-                        hi.copied().unwrap_or(b'0'),
-                        lo.copied().unwrap_or(b'0'),
-                    ]);
+                    self.raw(&[b'\\', b'u', b'0', b'0', hi.copied().unwrap_or(b'0'), lo.copied().unwrap_or(b'0')]);
                 } else {
                     self.raw(escape);
                 }

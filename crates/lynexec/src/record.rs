@@ -39,23 +39,15 @@ impl Image {
     /// `dir` absolute, `argv` and `executable` as the process has them (bytes, lossily decoded),
     /// `run_id` and `label` from the environment.
     pub fn new(dir: &[u8], argv: &[&[u8]], executable: &[u8], run_id: &[u8], label: &[u8]) -> Self {
-        let words: Vec<String> = argv
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
+        let words: Vec<String> = argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let words = redact_argv(&words);
         let exe = String::from_utf8_lossy(executable);
-        let program = words
-            .first()
-            .map_or_else(|| basename(&exe).to_owned(), |w| basename(w).to_owned());
+        let program = words.first().map_or_else(|| basename(&exe).to_owned(), |w| basename(w).to_owned());
         let mut dir = dir.to_vec();
         if dir.last() != Some(&b'/') {
             dir.push(b'/');
         }
-        let labels: Vec<&[u8]> = [label, run_id]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect();
+        let labels: Vec<&[u8]> = [label, run_id].into_iter().filter(|s| !s.is_empty()).collect();
         Self {
             dir,
             argv: json(|o| {

@@ -28,10 +28,7 @@ pub fn getppid() -> u32 {
 
 /// Nanoseconds of `clock` now (vDSO: no system call for the two clocks used here).
 pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -61,9 +58,8 @@ pub fn usage() -> Usage {
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return Usage::default();
     }
-    let us = |tv: libc::timeval| {
-        u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0)
-    };
+    let us =
+        |tv: libc::timeval| u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0);
     Usage {
         user_us: us(ru.ru_utime),
         sys_us: us(ru.ru_stime),
@@ -76,10 +72,7 @@ pub fn usage() -> Usage {
 /// name (field 2) may hold spaces and `)`, so fields are counted from the last `)`.
 pub fn parse_stat(stat: &[u8]) -> Option<(u32, u64)> {
     let close = stat.iter().rposition(|&b| b == b')')?;
-    let mut fields = stat
-        .get(close + 1..)?
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|f| !f.is_empty());
+    let mut fields = stat.get(close + 1..)?.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
     // After the command name: state(0) ppid(1) … starttime (field 22 of the line) is index 19.
     let ppid = parse_u64(fields.nth(1)?)?;
     let start = parse_u64(fields.nth(17)?)?;
@@ -189,18 +182,12 @@ pub fn nonce() -> u32 {
 /// Creates the NUL-terminated `path` for writing: `O_EXCL` (never another file), `O_CLOEXEC` (no
 /// program ever sees the descriptor), mode 0600 (traces hold paths and arguments).
 pub fn create(path: &[u8]) -> Result<c_int, c_int> {
-    open(
-        path,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-    )
+    open(path, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW)
 }
 
 /// Opens the NUL-terminated `path` to append to it (never creating it).
 pub fn append(path: &[u8]) -> Result<c_int, c_int> {
-    open(
-        path,
-        libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-    )
+    open(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC | libc::O_NOFOLLOW)
 }
 
 fn open(path: &[u8], flags: c_int) -> Result<c_int, c_int> {
@@ -262,12 +249,6 @@ mod tests {
     fn cwd_without_allocating() {
         let mut buf = [0u8; 4096];
         let cwd = getcwd(&mut buf).expect("cwd");
-        assert_eq!(
-            cwd,
-            std::env::current_dir()
-                .expect("cwd")
-                .as_os_str()
-                .as_encoded_bytes()
-        );
+        assert_eq!(cwd, std::env::current_dir().expect("cwd").as_os_str().as_encoded_bytes());
     }
 }

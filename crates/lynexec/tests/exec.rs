@@ -16,10 +16,7 @@ use serde_json::{Map, Value};
 /// The library cargo built for these tests: `target/<profile>/deps/liblynexec.so`.
 fn library() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let lib = exe
-        .parent()
-        .expect("target/<profile>/deps")
-        .join("liblynexec.so");
+    let lib = exe.parent().expect("target/<profile>/deps").join("liblynexec.so");
     assert!(lib.is_file(), "{} was not built", lib.display());
     lib
 }
@@ -33,10 +30,7 @@ fn command(program: &str, args: &[&str], cwd: &Path, dir: Option<&Path>) -> Comm
             cmd.env_remove(&key);
         }
     }
-    cmd.env_remove("LD_PRELOAD")
-        .env_remove("MAKEFLAGS")
-        .env_remove("MFLAGS")
-        .env_remove("MAKELEVEL");
+    cmd.env_remove("LD_PRELOAD").env_remove("MAKEFLAGS").env_remove("MFLAGS").env_remove("MAKELEVEL");
     if let Some(dir) = dir {
         cmd.env("LD_PRELOAD", library())
             .env(lynschema::env::DIR, dir)
@@ -47,9 +41,7 @@ fn command(program: &str, args: &[&str], cwd: &Path, dir: Option<&Path>) -> Comm
 }
 
 fn run(program: &str, args: &[&str], cwd: &Path, dir: Option<&Path>) -> Output {
-    command(program, args, cwd, dir)
-        .output()
-        .expect("program runs")
+    command(program, args, cwd, dir).output().expect("program runs")
 }
 
 /// One record file: its events (strict JSON when complete) and what the loader makes of it.
@@ -70,16 +62,11 @@ impl Record {
     }
 
     fn exit(&self) -> Option<&Map<String, Value>> {
-        self.events
-            .iter()
-            .find(|e| e["name"] == event::EXIT)
-            .and_then(|e| e["args"].as_object())
+        self.events.iter().find(|e| e["name"] == event::EXIT).and_then(|e| e["args"].as_object())
     }
 
     fn u64(&self, key: &str) -> u64 {
-        self.meta()[key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{key} in {}", self.path.display()))
+        self.meta()[key].as_u64().unwrap_or_else(|| panic!("{key} in {}", self.path.display()))
     }
 
     fn pid(&self) -> u64 {
@@ -119,38 +106,22 @@ fn records(dir: &Path) -> Vec<Record> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).expect("trace dir") {
         let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("name")
-            .to_owned();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
         assert!(lynschema::files::is_trace_file_name(&name), "{name}");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).expect("UTF-8");
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("["), "{name}");
-        let trace =
-            lynload::parse_trace(text.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        let trace = lynload::parse_trace(text.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
         let events: Vec<Value> = if text.trim_end().ends_with(']') {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{name} is not strict JSON: {e}\n{text}"))
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not strict JSON: {e}\n{text}"))
         } else {
             // Cut short: every line is still a whole event.
-            lines
-                .map(|l| serde_json::from_str(l.trim_start_matches(',')).expect("whole event"))
-                .collect()
+            lines.map(|l| serde_json::from_str(l.trim_start_matches(',')).expect("whole event")).collect()
         };
         assert_eq!(trace.source, lynload::Source::Exec, "{name}");
-        out.push(Record {
-            path,
-            text,
-            events,
-            trace,
-        });
+        out.push(Record { path, text, events, trace });
     }
     out.sort_by_key(|r| r.meta()[arg::WALL_ZERO_NS].as_u64());
     out
@@ -177,19 +148,12 @@ fn a_record_holds_the_schema_events() {
     assert_eq!(meta[arg::LABEL], "test");
     assert_eq!(meta[arg::FORMAT_VERSION], lynschema::FORMAT_VERSION);
     assert_eq!(meta[arg::CWD], tmp.path().to_str().expect("utf-8"));
-    assert!(meta[arg::EXECUTABLE]
-        .as_str()
-        .expect("exe")
-        .starts_with('/'));
+    assert!(meta[arg::EXECUTABLE].as_str().expect("exe").starts_with('/'));
     // The pid the parent saw, and the parent is this test.
     assert_eq!(meta[arg::PPID], std::process::id());
     let own = std::fs::read_to_string("/proc/self/stat").expect("stat");
-    let own_ticks: u64 = own[own.rfind(')').expect(")") + 2..]
-        .split_whitespace()
-        .nth(19)
-        .expect("f")
-        .parse()
-        .expect("n");
+    let own_ticks: u64 =
+        own[own.rfind(')').expect(")") + 2..].split_whitespace().nth(19).expect("f").parse().expect("n");
     assert_eq!(meta[arg::PARENT_START_TICKS], own_ticks);
     let name = r.path.file_name().and_then(|n| n.to_str()).expect("name");
     assert!(name.starts_with(&lynschema::files::trace_file_prefix(
@@ -197,23 +161,12 @@ fn a_record_holds_the_schema_events() {
         r.u64(arg::START_TICKS)
     )));
     let wall = meta[arg::WALL_ZERO_NS].as_u64().expect("wall");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
     assert!(u128::from(wall) < now && now - u128::from(wall) < 60_000_000_000);
     // Metadata events, as the Python traces write them.
-    let by_name = |name: &str| {
-        r.events
-            .iter()
-            .find(|e| e["name"] == name)
-            .unwrap_or_else(|| panic!("{name}"))
-    };
+    let by_name = |name: &str| r.events.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name}"));
     assert_eq!(by_name(event::PROCESS_NAME)["args"]["name"], "sh -c exit 3");
-    assert_eq!(
-        by_name(event::PROCESS_LABELS)["args"]["labels"],
-        "test, run-1"
-    );
+    assert_eq!(by_name(event::PROCESS_LABELS)["args"]["labels"], "test, run-1");
     // The program's span, its peak RSS and the exit.
     let span = r.events.iter().find(|e| e["ph"] == "X").expect("span");
     assert_eq!(span["cat"], category::PROCESS);
@@ -228,10 +181,7 @@ fn a_record_holds_the_schema_events() {
     assert!(exit.contains_key(arg::CPU_USER_US) && exit.contains_key(arg::CPU_SYS_US));
     assert_eq!(exit[arg::PEAK_RSS_BYTES], peak["args"]["bytes"]);
     // Every event names the real pid.
-    assert!(r
-        .events
-        .iter()
-        .all(|e| e["pid"] == r.pid() && e["tid"] == r.pid()));
+    assert!(r.events.iter().all(|e| e["pid"] == r.pid() && e["tid"] == r.pid()));
     // The loader's view.
     assert_eq!(r.trace.exit_status, Some(3));
     assert_eq!(r.trace.command, "sh -c exit 3");
@@ -243,20 +193,10 @@ fn a_record_holds_the_schema_events() {
 #[test]
 fn exec_chain_shares_pid_and_start_ticks() {
     let tmp = tempdir();
-    let out = run(
-        "sh",
-        &["-c", "exec sh -c 'exit 3'"],
-        tmp.path(),
-        Some(tmp.path()),
-    );
+    let out = run("sh", &["-c", "exec sh -c 'exit 3'"], tmp.path(), Some(tmp.path()));
     assert_eq!(out.status.code(), Some(3));
     let records = records(tmp.path());
-    assert_eq!(
-        records.len(),
-        2,
-        "{:?}",
-        records.iter().map(|r| r.argv()).collect::<Vec<_>>()
-    );
+    assert_eq!(records.len(), 2, "{:?}", records.iter().map(|r| r.argv()).collect::<Vec<_>>());
     let (first, second) = (&records[0], &records[1]);
     assert_eq!(first.identity(), second.identity());
     assert_eq!(first.argv(), ["sh", "-c", "exec sh -c 'exit 3'"]);
@@ -269,20 +209,12 @@ fn exec_chain_shares_pid_and_start_ticks() {
 #[test]
 fn a_shell_and_its_children() {
     let tmp = tempdir();
-    let out = run(
-        "sh",
-        &["-c", "true; sleep 0.05; echo done"],
-        tmp.path(),
-        Some(tmp.path()),
-    );
+    let out = run("sh", &["-c", "true; sleep 0.05; echo done"], tmp.path(), Some(tmp.path()));
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"done\n");
     let records = records(tmp.path());
     // sh forks and execs sleep: two records, none for the fork itself.
-    assert_eq!(
-        records.iter().map(Record::program).collect::<Vec<_>>(),
-        ["sh", "sleep"]
-    );
+    assert_eq!(records.iter().map(Record::program).collect::<Vec<_>>(), ["sh", "sleep"]);
     let (sh, sleep) = (&records[0], &records[1]);
     assert_eq!(sleep.u64(arg::PPID), sh.pid());
     assert_eq!(sleep.u64(arg::PARENT_START_TICKS), sh.u64(arg::START_TICKS));
@@ -323,12 +255,8 @@ fn make_build_parent_links() {
     let make = make[0];
     // make runs each recipe with sh -c; sh runs sleep (a fork and exec, or an exec).
     let programs: HashSet<String> = records.iter().map(Record::program).collect();
-    assert!(
-        programs.contains("sh") && programs.contains("sleep"),
-        "{programs:?}"
-    );
-    let by_identity: HashMap<(u64, u64), &Record> =
-        records.iter().map(|r| (r.identity(), r)).collect();
+    assert!(programs.contains("sh") && programs.contains("sleep"), "{programs:?}");
+    let by_identity: HashMap<(u64, u64), &Record> = records.iter().map(|r| (r.identity(), r)).collect();
     for r in &records {
         assert_eq!(r.status(), Some(0), "{:?}", r.argv());
         if std::ptr::eq(r, make) {
@@ -339,9 +267,7 @@ fn make_build_parent_links() {
         let mut hops = 0;
         while !std::ptr::eq(at, make) {
             let parent = (at.u64(arg::PPID), at.u64(arg::PARENT_START_TICKS));
-            at = by_identity
-                .get(&parent)
-                .unwrap_or_else(|| panic!("{:?}: no record of its parent", r.argv()));
+            at = by_identity.get(&parent).unwrap_or_else(|| panic!("{:?}: no record of its parent", r.argv()));
             hops += 1;
             assert!(hops < 10);
         }
@@ -365,35 +291,21 @@ fn killed_process_leaves_its_start() {
 }
 
 /// Writes to both streams, reads stdin, and exits 5.
-const NOISY: &str =
-    "echo out; echo err >&2; printf '%s|' \"$(cat)\"; ls /nonexistent-lynexec; exit 5";
+const NOISY: &str = "echo out; echo err >&2; printf '%s|' \"$(cat)\"; ls /nonexistent-lynexec; exit 5";
 
 fn with_input(mut cmd: Command, input: &[u8]) -> Output {
     use std::io::Write;
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("input");
+    child.stdin.take().expect("stdin").write_all(input).expect("input");
     child.wait_with_output().expect("output")
 }
 
 #[test]
 fn output_and_status_are_untouched() {
     let tmp = tempdir();
-    let bare = with_input(
-        command("sh", &["-c", NOISY], tmp.path(), None),
-        b"some input\n",
-    );
-    let traced = with_input(
-        command("sh", &["-c", NOISY], tmp.path(), Some(tmp.path())),
-        b"some input\n",
-    );
+    let bare = with_input(command("sh", &["-c", NOISY], tmp.path(), None), b"some input\n");
+    let traced = with_input(command("sh", &["-c", NOISY], tmp.path(), Some(tmp.path())), b"some input\n");
     assert_eq!(bare.status.code(), Some(5));
     assert_eq!(traced.status.code(), bare.status.code());
     assert_eq!(traced.stdout, bare.stdout);
@@ -402,10 +314,7 @@ fn output_and_status_are_untouched() {
     let records = records(tmp.path());
     let programs: Vec<String> = records.iter().map(Record::program).collect();
     // sh, the $(cat) subshell fork (it runs cat: a fork child that execs writes nothing as itself), cat, ls.
-    assert!(
-        programs.contains(&"cat".to_owned()) && programs.contains(&"ls".to_owned()),
-        "{programs:?}"
-    );
+    assert!(programs.contains(&"cat".to_owned()) && programs.contains(&"ls".to_owned()), "{programs:?}");
     let ls = records.iter().find(|r| r.program() == "ls").expect("ls");
     assert_eq!(ls.status(), Some(2));
     let sh = &records[0];
@@ -436,10 +345,7 @@ fn missing_trace_dir_is_made_private() {
     let out = run("true", &[], tmp.path(), Some(&dir));
     assert!(out.status.success());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&dir).expect("made").permissions().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(std::fs::metadata(&dir).expect("made").permissions().mode() & 0o777, 0o700);
     assert_eq!(records(&dir).len(), 1);
 }
 
@@ -449,12 +355,7 @@ fn relative_trace_dir_survives_chdir() {
     std::fs::create_dir(tmp.path().join("traces")).expect("dir");
     std::fs::create_dir(tmp.path().join("elsewhere")).expect("dir");
     // The shell changes directory and then exits from a builtin: the end is written by path.
-    let mut cmd = command(
-        "sh",
-        &["-c", "cd elsewhere && exit 4"],
-        tmp.path(),
-        Some(tmp.path()),
-    );
+    let mut cmd = command("sh", &["-c", "cd elsewhere && exit 4"], tmp.path(), Some(tmp.path()));
     cmd.env(lynschema::env::DIR, "traces");
     let out = cmd.output().expect("runs");
     assert_eq!(out.status.code(), Some(4));
@@ -467,37 +368,20 @@ fn relative_trace_dir_survives_chdir() {
 fn fork_without_exec_writes_its_own_record() {
     let tmp = tempdir();
     // The subshell is a fork of sh that exits without exec'ing.
-    let out = run(
-        "sh",
-        &["-c", "(exit 4); echo $?"],
-        tmp.path(),
-        Some(tmp.path()),
-    );
+    let out = run("sh", &["-c", "(exit 4); echo $?"], tmp.path(), Some(tmp.path()));
     assert_eq!(out.stdout, b"4\n");
     let records = records(tmp.path());
-    assert_eq!(
-        records.len(),
-        2,
-        "{:?}",
-        records.iter().map(|r| &r.text).collect::<Vec<_>>()
-    );
+    assert_eq!(records.len(), 2, "{:?}", records.iter().map(|r| &r.text).collect::<Vec<_>>());
     let (sh, child) = (&records[0], &records[1]);
     assert_eq!(child.u64(arg::PPID), sh.pid());
     assert_eq!(child.u64(arg::PARENT_START_TICKS), sh.u64(arg::START_TICKS));
     assert_ne!(child.pid(), sh.pid());
     assert_eq!(child.argv(), sh.argv());
-    assert_eq!(
-        child.meta()[arg::FORKED_FROM],
-        sh.path.to_str().expect("path")
-    );
+    assert_eq!(child.meta()[arg::FORKED_FROM], sh.path.to_str().expect("path"));
     assert_eq!(child.status(), Some(4));
     assert_eq!(sh.status(), Some(0));
     // The child's start ticks are its own.
-    let name = child
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("name");
+    let name = child.path.file_name().and_then(|n| n.to_str()).expect("name");
     assert!(name.starts_with(&format!("{}-{}-", child.pid(), child.u64(arg::START_TICKS))));
     assert!(child.u64(arg::WALL_ZERO_NS) > sh.u64(arg::WALL_ZERO_NS));
 }
@@ -512,36 +396,23 @@ fn fork_of_a_fork_names_its_own_parent() {
     assert_eq!(out.stdout, b"5\n");
     let records = records(tmp.path());
     assert_eq!(records.len(), 3);
-    let by_status = |s| {
-        records
-            .iter()
-            .find(|r| r.status() == Some(s))
-            .expect("status")
-    };
+    let by_status = |s| records.iter().find(|r| r.status() == Some(s)).expect("status");
     let (sh, outer, inner) = (by_status(0), by_status(5), by_status(6));
     assert_ne!(outer.u64(arg::START_TICKS), sh.u64(arg::START_TICKS));
     assert_eq!(outer.u64(arg::PPID), sh.pid());
     assert_eq!(outer.u64(arg::PARENT_START_TICKS), sh.u64(arg::START_TICKS));
     assert_eq!(inner.u64(arg::PPID), outer.pid());
     // The outer subshell was alive when the inner one exited: its ticks were looked up then.
-    assert_eq!(
-        inner.u64(arg::PARENT_START_TICKS),
-        outer.u64(arg::START_TICKS)
-    );
+    assert_eq!(inner.u64(arg::PARENT_START_TICKS), outer.u64(arg::START_TICKS));
     // Only a parent that wrote its start has a file to name.
-    assert_eq!(
-        outer.meta()[arg::FORKED_FROM],
-        sh.path.to_str().expect("path")
-    );
+    assert_eq!(outer.meta()[arg::FORKED_FROM], sh.path.to_str().expect("path"));
     assert!(!inner.meta().contains_key(arg::FORKED_FROM));
 }
 
 /// CPython's subprocess starts children with vfork; a failed exec makes the vfork child `_exit`.
 #[test]
 fn vfork_child_that_fails_to_exec_writes_nothing() {
-    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file());
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().find(|p| Path::new(p).is_file());
     let Some(python) = python else {
         eprintln!("no python3 at /usr/bin or /usr/local/bin: vfork test skipped");
         return;
@@ -557,12 +428,7 @@ fn vfork_child_that_fails_to_exec_writes_nothing() {
     assert_eq!(traced.stdout, bare.stdout);
     assert_eq!(traced.stderr, bare.stderr);
     let records = records(tmp.path());
-    assert_eq!(
-        records.len(),
-        1,
-        "{:?}",
-        records.iter().map(|r| &r.text).collect::<Vec<_>>()
-    );
+    assert_eq!(records.len(), 1, "{:?}", records.iter().map(|r| &r.text).collect::<Vec<_>>());
     assert_eq!(records[0].status(), Some(6));
 }
 
@@ -572,14 +438,7 @@ fn credentials_are_redacted_and_names_cut() {
     let long = "x".repeat(150);
     let out = run(
         "sh",
-        &[
-            "-c",
-            "exit 0",
-            "--password",
-            "hunter2",
-            "--api-token=abc123",
-            &long,
-        ],
+        &["-c", "exit 0", "--password", "hunter2", "--api-token=abc123", &long],
         tmp.path(),
         Some(tmp.path()),
     );
@@ -587,14 +446,7 @@ fn credentials_are_redacted_and_names_cut() {
     let records = records(tmp.path());
     let r = &records[0];
     assert!(!r.text.contains("hunter2") && !r.text.contains("abc123"));
-    assert_eq!(
-        r.argv()[3..6],
-        [
-            "--password",
-            arg::REDACTED,
-            &format!("--api-token={}", arg::REDACTED)
-        ]
-    );
+    assert_eq!(r.argv()[3..6], ["--password", arg::REDACTED, &format!("--api-token={}", arg::REDACTED)]);
     let name = r.meta()[arg::COMMAND].as_str().expect("command");
     assert_eq!(name.chars().count(), 100);
     assert!(name.ends_with('…') && name.starts_with("sh -c exit 0 --password [redacted]"));
@@ -603,12 +455,7 @@ fn credentials_are_redacted_and_names_cut() {
 #[test]
 fn nothing_happens_without_the_trace_dir() {
     let tmp = tempdir();
-    let mut cmd = command(
-        "sh",
-        &["-c", "echo hi; exit 2"],
-        tmp.path(),
-        Some(tmp.path()),
-    );
+    let mut cmd = command("sh", &["-c", "echo hi; exit 2"], tmp.path(), Some(tmp.path()));
     cmd.env(lynschema::env::DIR, "");
     let out = cmd.output().expect("runs");
     assert_eq!(out.status.code(), Some(2));

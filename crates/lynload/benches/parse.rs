@@ -14,7 +14,13 @@ fn fixtures() -> Vec<(PathBuf, Vec<u8>)> {
         .filter(|p| p.to_string_lossy().ends_with(".lynshim.json"))
         .collect();
     files.sort();
-    files.into_iter().map(|p| { let b = std::fs::read(&p).expect("read"); (p, b) }).collect()
+    files
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).expect("read");
+            (p, b)
+        })
+        .collect()
 }
 
 fn parse(c: &mut Criterion) {

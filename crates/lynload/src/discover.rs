@@ -51,10 +51,7 @@ pub fn collect(inputs: &[PathBuf]) -> Found {
         let key = (meta.dev(), meta.ino());
         if let Some(first) = seen.get(&key) {
             let what = if meta.is_dir() { "a directory already read" } else { "the same file as" };
-            found.notes.push(Problem {
-                file: path,
-                message: format!("{what} {}: not read again", first.display()),
-            });
+            found.notes.push(Problem { file: path, message: format!("{what} {}: not read again", first.display()) });
             continue;
         }
         seen.insert(key, path.clone());
@@ -109,7 +106,8 @@ mod tests {
         assert_eq!(found.traces, vec![dir.join("1-1-b.lynshim.json")]);
         assert_eq!(found.runs.len(), 1);
         assert!(found.skipped.is_empty(), "{:?}", found.skipped);
-        let noted: Vec<String> = found.notes.iter().map(|n| n.file.strip_prefix(&dir).expect("inside").display().to_string()).collect();
+        let noted: Vec<String> =
+            found.notes.iter().map(|n| n.file.strip_prefix(&dir).expect("inside").display().to_string()).collect();
         for path in ["latest", "run/loop", "run/up", "run/1-1-a.lynshim.json", "run", "run/dangling.lynshim.json"] {
             assert!(noted.contains(&path.to_owned()), "{path} not noted: {noted:?}");
         }

@@ -88,12 +88,7 @@ pub fn link(loaded: &mut Loaded) {
 
 /// Microseconds from a Python trace's zero to the end of its interpreter start-up (activation).
 fn activation_us(trace: &ProcessTrace) -> f64 {
-    trace
-        .spans
-        .iter()
-        .find(|s| &*s.cat == category::STARTUP)
-        .map_or(0.0, |s| s.start_us + s.dur_us)
-        .max(0.0)
+    trace.spans.iter().find(|s| &*s.cat == category::STARTUP).map_or(0.0, |s| s.start_us + s.dur_us).max(0.0)
 }
 
 /// Move the trace's zero to its image's start and note the image's end.

@@ -29,8 +29,20 @@ fn fixtures() -> &'static [Vec<u8>] {
 
 /// Numbers no real trace holds, put in place of a `ts` or `dur`.
 const STRANGE: [&str; 14] = [
-    "1e308", "-1e308", "1e400", "NaN", "Infinity", "-0", "99999999999999999999", "604800000000.5", "-1000001",
-    "1.7976931348623157e308", "5e-324", "\"12\"", "null", "[]",
+    "1e308",
+    "-1e308",
+    "1e400",
+    "NaN",
+    "Infinity",
+    "-0",
+    "99999999999999999999",
+    "604800000000.5",
+    "-1000001",
+    "1.7976931348623157e308",
+    "5e-324",
+    "\"12\"",
+    "null",
+    "[]",
 ];
 
 #[derive(Debug, Clone)]
@@ -53,7 +65,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<usize>().prop_map(|line| Mutation::DeleteLine { line }),
         (any::<usize>(), proptest::collection::vec(any::<u8>(), 0..40))
             .prop_map(|(line, garbage)| Mutation::InsertGarbage { line, garbage }),
-        (any::<usize>(), 0..STRANGE.len(), any::<bool>()).prop_map(|(line, which, dur)| Mutation::StrangeNumber { line, which, dur }),
+        (any::<usize>(), 0..STRANGE.len(), any::<bool>()).prop_map(|(line, which, dur)| Mutation::StrangeNumber {
+            line,
+            which,
+            dur
+        }),
     ]
 }
 
@@ -89,7 +105,10 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
                     let key: &[u8] = if *dur { b"\"dur\":" } else { b"\"ts\":" };
                     if let Some(at) = line.windows(key.len()).position(|w| w == key) {
                         let start = at + key.len();
-                        let end = line[start..].iter().position(|&b| b == b',' || b == b'}').map_or(line.len(), |e| start + e);
+                        let end = line[start..]
+                            .iter()
+                            .position(|&b| b == b',' || b == b'}')
+                            .map_or(line.len(), |e| start + e);
                         line.splice(start..end, STRANGE[*which].bytes());
                     }
                 }

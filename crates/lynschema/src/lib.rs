@@ -90,31 +90,10 @@ pub mod category {
     pub const PROCESS: &str = "process";
 
     /// Categories that count as "work" (everything a process does once it is up).
-    pub const WORK: &[&str] = &[
-        LAMD,
-        CONFIG,
-        FIELD,
-        READ,
-        WRITE,
-        DATAFRAME,
-        COMPUTE,
-        TEMPLATE,
-        SERVER_CLIENT,
-        SERVER,
-        USER,
-    ];
+    pub const WORK: &[&str] =
+        &[LAMD, CONFIG, FIELD, READ, WRITE, DATAFRAME, COMPUTE, TEMPLATE, SERVER_CLIENT, SERVER, USER];
     /// Operation categories of lynguine entry points (the target table may use only these and `lamd`).
-    pub const OPERATIONS: &[&str] = &[
-        CONFIG,
-        FIELD,
-        READ,
-        WRITE,
-        DATAFRAME,
-        COMPUTE,
-        TEMPLATE,
-        SERVER_CLIENT,
-        SERVER,
-    ];
+    pub const OPERATIONS: &[&str] = &[CONFIG, FIELD, READ, WRITE, DATAFRAME, COMPUTE, TEMPLATE, SERVER_CLIENT, SERVER];
 }
 
 /// Argument keys, in span args and in the process/exit metadata.
@@ -205,25 +184,14 @@ pub mod moment {
 }
 
 /// Argument names that look like credentials; their values never reach a trace.
-pub const CREDENTIAL_WORDS: &[&str] = &[
-    "password",
-    "passwd",
-    "token",
-    "secret",
-    "key",
-    "credential",
-    "auth",
-    "cookie",
-    "session",
-];
+pub const CREDENTIAL_WORDS: &[&str] =
+    &["password", "passwd", "token", "secret", "key", "credential", "auth", "cookie", "session"];
 
 /// True when an argument called `name` must be redacted (ASCII case ignored; asked on every traced
 /// call, so it does not allocate).
 pub fn is_credential_name(name: &str) -> bool {
     let name = name.as_bytes();
-    CREDENTIAL_WORDS
-        .iter()
-        .any(|w| name.windows(w.len()).any(|window| window.eq_ignore_ascii_case(w.as_bytes())))
+    CREDENTIAL_WORDS.iter().any(|w| name.windows(w.len()).any(|window| window.eq_ignore_ascii_case(w.as_bytes())))
 }
 
 /// Parameters never recorded: the object or class a method is bound to.

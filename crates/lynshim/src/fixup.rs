@@ -117,13 +117,7 @@ pub struct Fixup<W: Write> {
 }
 
 impl<W: Write> Fixup<W> {
-    pub fn new(
-        out: W,
-        pid: u32,
-        zero_mono_ns: u64,
-        shift_us: f64,
-        on_error: Box<dyn FnMut(&str) + Send>,
-    ) -> Self {
+    pub fn new(out: W, pid: u32, zero_mono_ns: u64, shift_us: f64, on_error: Box<dyn FnMut(&str) + Send>) -> Self {
         Self {
             out,
             pid,
@@ -266,10 +260,8 @@ impl<W: Write> Fixup<W> {
                             "args": {"name": str_of("name")}})]
             }
             kind::PROCESS => {
-                let mut out = vec![
-                    json!({"ph": "M", "name": event::PROCESS_NAME, "pid": pid, "tid": tid,
-                           "args": {"name": str_of("process_name")}}),
-                ];
+                let mut out = vec![json!({"ph": "M", "name": event::PROCESS_NAME, "pid": pid, "tid": tid,
+                           "args": {"name": str_of("process_name")}})];
                 let labels = str_of("labels");
                 if !labels.is_empty() {
                     out.push(json!({"ph": "M", "name": event::PROCESS_LABELS, "pid": pid, "tid": tid,
@@ -500,7 +492,10 @@ mod tests {
         assert_eq!(ev[2]["ph"], "E");
         assert_eq!(ev[2]["args"], json!({"rows": 3}));
         assert!(ev[3].get("args").is_none());
-        assert_eq!((ev[4]["ph"].as_str(), ev[4]["tid"].as_u64(), ev[4]["ts"].as_f64()), (Some("C"), Some(78), Some(1010.0)));
+        assert_eq!(
+            (ev[4]["ph"].as_str(), ev[4]["tid"].as_u64(), ev[4]["ts"].as_f64()),
+            (Some("C"), Some(78), Some(1010.0))
+        );
     }
 
     #[test]

@@ -75,10 +75,8 @@ fn args_json(args: Option<&Bound<'_, PyDict>>) -> Option<String> {
 /// Name of the calling Python thread (`threading.current_thread().name`). Without `threading`
 /// imported there is only the main thread, and importing it here would hide its cost from the trace.
 pub(crate) fn python_thread_name(py: Python<'_>) -> String {
-    let threading = py
-        .import("sys")
-        .and_then(|sys| sys.getattr("modules"))
-        .and_then(|modules| modules.get_item("threading"));
+    let threading =
+        py.import("sys").and_then(|sys| sys.getattr("modules")).and_then(|modules| modules.get_item("threading"));
     let Ok(threading) = threading else {
         return "MainThread".to_owned();
     };
@@ -187,7 +185,9 @@ fn enter(py: Python<'_>, name: &str, cat: &str, args: Option<&Bound<'_, PyDict>>
         return 0;
     }
     let args = args_json(args);
-    guarded(0, || session::enter(name.to_owned().into(), cat.to_owned().into(), args.as_deref(), || python_thread_name(py)))
+    guarded(0, || {
+        session::enter(name.to_owned().into(), cat.to_owned().into(), args.as_deref(), || python_thread_name(py))
+    })
 }
 
 /// Close the span `token` names, with `args` recorded at its end.
@@ -282,8 +282,8 @@ fn children_cpu_s() -> (f64, f64) {
 fn write_run_record(path: PathBuf, record: &Bound<'_, PyDict>) -> PyResult<()> {
     let mut map = dict_to_map(record);
     map.entry("format_version").or_insert(lynschema::FORMAT_VERSION.into());
-    let record: lynschema::RunRecord =
-        serde_json::from_value(Value::Object(map)).map_err(|e| PyValueError::new_err(format!("bad run record: {e}")))?;
+    let record: lynschema::RunRecord = serde_json::from_value(Value::Object(map))
+        .map_err(|e| PyValueError::new_err(format!("bad run record: {e}")))?;
     let text = serde_json::to_string_pretty(&record).map_err(|e| PyValueError::new_err(e.to_string()))?;
     write_private(&path, text.as_bytes()).map_err(|e| PyValueError::new_err(format!("{}: {e}", path.display())))
 }

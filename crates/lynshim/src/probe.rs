@@ -21,8 +21,8 @@ use std::cell::RefCell;
 use lynschema::{arg, is_credential_name, DETAIL_KEYS, DETAIL_PARAMS, MAX_ARG_CHARS, SKIP_PARAMS};
 use pyo3::exceptions::PyAttributeError;
 use pyo3::prelude::*;
-use pyo3::Borrowed;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
+use pyo3::Borrowed;
 use serde_json::Value;
 use smallvec::{smallvec, SmallVec};
 
@@ -228,7 +228,13 @@ impl Probe {
     /// Apply the rules that decide an argument without describing its value — skipped, redacted,
     /// reduced to its details — and say whether one did. (The value is not even looked at then: `self`
     /// may be any object, a secret any value.)
-    fn by_rule<'a>(&self, out: &mut Described<'a>, name: &str, secret: bool, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn by_rule<'a>(
+        &self,
+        out: &mut Described<'a>,
+        name: &str,
+        secret: bool,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         if SKIP_PARAMS.contains(&name) {
             return Ok(true);
         }
@@ -299,7 +305,12 @@ impl Probe {
 
     /// Args recorded at the end: the exception's type, or a cheap size of the result; whether the field
     /// asked for was found.
-    fn end_args(&self, py: Python<'_>, asked_for_field: bool, outcome: &PyResult<Bound<'_, PyAny>>) -> Described<'static> {
+    fn end_args(
+        &self,
+        py: Python<'_>,
+        asked_for_field: bool,
+        outcome: &PyResult<Bound<'_, PyAny>>,
+    ) -> Described<'static> {
         let mut end = Described::new();
         match outcome {
             Ok(result) => {
@@ -337,7 +348,9 @@ impl Probe {
         };
         let token = with_json(&described, |args| {
             crate::guarded(0, || {
-                session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), args, || crate::python_thread_name(py))
+                session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), args, || {
+                    crate::python_thread_name(py)
+                })
             })
         });
         (token, asked)
@@ -460,7 +473,11 @@ pub fn probe_end(
 }
 
 /// A call's outcome from what Python passes: the exception if there is one, else the result.
-fn outcome_of<'py>(py: Python<'py>, result: Option<&Bound<'py, PyAny>>, error: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+fn outcome_of<'py>(
+    py: Python<'py>,
+    result: Option<&Bound<'py, PyAny>>,
+    error: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
     match (result, error) {
         (_, Some(error)) => Err(PyErr::from_value(error.clone())),
         (Some(result), None) => Ok(result.clone()),

@@ -79,9 +79,8 @@ pub fn cpu_times_us() -> (u64, u64) {
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
         return (0, 0);
     }
-    let us = |tv: libc::timeval| {
-        u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0)
-    };
+    let us =
+        |tv: libc::timeval| u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0);
     (us(usage.ru_utime), us(usage.ru_stime))
 }
 

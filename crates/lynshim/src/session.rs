@@ -278,9 +278,12 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     if info.forked_from.is_none() {
         let import_started = info.import_started_ns.unwrap_or(zero_mono_ns).min(zero_mono_ns);
         let startup_end_us = s.rel_us(import_started);
-        s.emit(kind::COMPLETE, json!({"name": event::STARTUP, "cat": category::STARTUP,
+        s.emit(
+            kind::COMPLETE,
+            json!({"name": event::STARTUP, "cat": category::STARTUP,
                                        "ts": -shift_us, "dur": shift_us + startup_end_us,
-                                       "args": {arg::STARTUP_CPU_USER_US: cpu_user, arg::STARTUP_CPU_SYS_US: cpu_sys}}));
+                                       "args": {arg::STARTUP_CPU_USER_US: cpu_user, arg::STARTUP_CPU_SYS_US: cpu_sys}}),
+        );
         // The activation span ends when the Python side has installed its hooks ([`activated`]).
         s.activation_started_ns = Some(import_started);
     }
@@ -307,7 +310,13 @@ fn chrome_dispatch<W: io::Write + Send + 'static>(writer: W) -> (Dispatch, Flush
 
 /// The emitter thread: records in, `tracing` events out, in batches (see the module doc). Returns when
 /// every sender is gone and the channel is empty, after tracing-chrome has written everything out.
-fn run_emitter(messages: &Receiver<Message>, dispatch: &Dispatch, guard: FlushGuard, zero_mono_ns: u64, generation: u64) {
+fn run_emitter(
+    messages: &Receiver<Message>,
+    dispatch: &Dispatch,
+    guard: FlushGuard,
+    zero_mono_ns: u64,
+    generation: u64,
+) {
     let default = tracing::dispatcher::set_default(dispatch);
     let mut batch = String::with_capacity(256 * 1024);
     let mut encoded = String::with_capacity(344 * 1024);
@@ -764,10 +773,18 @@ fn write_exit(done: Awaiting, status: Option<i32>, signal: Option<i32>) {
     #[allow(clippy::cast_precision_loss)]
     let dur_us = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
     if let Some((began, written)) = writing {
-        fixup.write_own(kind::COMPLETE, &json!({"name": event::SHIM_WRITE, "cat": category::TRACER,
-                                                 "ts": rel_us(began), "dur": dur_us(began, written)}), tid);
-        fixup.write_own(kind::COMPLETE, &json!({"name": event::TEARDOWN, "cat": category::TEARDOWN,
-                                                 "ts": rel_us(written), "dur": dur_us(written, now_ns)}), tid);
+        fixup.write_own(
+            kind::COMPLETE,
+            &json!({"name": event::SHIM_WRITE, "cat": category::TRACER,
+                                                 "ts": rel_us(began), "dur": dur_us(began, written)}),
+            tid,
+        );
+        fixup.write_own(
+            kind::COMPLETE,
+            &json!({"name": event::TEARDOWN, "cat": category::TEARDOWN,
+                                                 "ts": rel_us(written), "dur": dur_us(written, now_ns)}),
+            tid,
+        );
     }
     if let Some(bytes) = procinfo::rss_bytes() {
         fixup.write_own(kind::COUNTER, &json!({"name": event::RSS, "value": bytes, arg::AT: moment::EXIT}), tid);
@@ -816,8 +833,20 @@ mod tests {
         let (dispatch, guard) = chrome_dispatch(SharedFixup(Arc::clone(&fixup)));
         let text = r#"{"field":"title"}{"found":true}"#.to_owned();
         let records = vec![
-            Record::Begin { tid: 7, ns: 1_000, name: "f".into(), cat: "field".into(), args: Some(Text { start: 0, len: 17 }) },
-            Record::End { tid: 7, ns: 3_500, name: "f".into(), cat: "field".into(), args: Some(Text { start: 17, len: 14 }) },
+            Record::Begin {
+                tid: 7,
+                ns: 1_000,
+                name: "f".into(),
+                cat: "field".into(),
+                args: Some(Text { start: 0, len: 17 }),
+            },
+            Record::End {
+                tid: 7,
+                ns: 3_500,
+                name: "f".into(),
+                cat: "field".into(),
+                args: Some(Text { start: 17, len: 14 }),
+            },
             Record::Own { tid: 8, ns: 4_000, kind: kind::COUNTER, payload: json!({"name": "rss", "value": 5}) },
         ];
         let mut batch = String::from("[");
@@ -839,8 +868,11 @@ mod tests {
         assert_eq!(fixup.batches_parsed_in_full(), 0);
         let out: Vec<Value> = serde_json::from_slice(&fixup.into_inner()).expect("valid JSON");
         assert_eq!(out.len(), 3);
-        assert_eq!(out[0], json!({"ph": "B", "name": "f", "cat": "field", "pid": 42, "tid": 7, "ts": 1.0,
-                                   "args": {"field": "title"}}));
+        assert_eq!(
+            out[0],
+            json!({"ph": "B", "name": "f", "cat": "field", "pid": 42, "tid": 7, "ts": 1.0,
+                                   "args": {"field": "title"}})
+        );
         assert_eq!(out[1]["args"], json!({"found": true}));
         assert_eq!(out[1]["ts"], 3.5);
         assert_eq!((out[2]["ph"].as_str(), out[2]["tid"].as_u64()), (Some("C"), Some(8)));

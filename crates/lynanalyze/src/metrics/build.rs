@@ -216,7 +216,13 @@ pub fn attribute(run: &RunRecord, loaded: &Loaded) -> RunAttribution {
     let mut nodes: Vec<Node<'_>> = Vec::new();
     for trace in loaded.processes.iter().filter(|p| p.run_id == run.run_id) {
         let start = wall_us(trace.wall_zero_ns);
-        nodes.push(Node { trace, start, end: start + trace.end_us(), timeline: Some(timeline(trace, start)), children: Vec::new() });
+        nodes.push(Node {
+            trace,
+            start,
+            end: start + trace.end_us(),
+            timeline: Some(timeline(trace, start)),
+            children: Vec::new(),
+        });
     }
     let python_processes = nodes.len();
     for trace in loaded.programs.iter().filter(|p| p.run_id == run.run_id) {
@@ -254,8 +260,7 @@ pub fn attribute(run: &RunRecord, loaded: &Loaded) -> RunAttribution {
 
 /// Phases in report order: the fixed ones, other programs by time, then idle and unattributed.
 fn ordered(phases: &BTreeMap<String, f64>) -> Vec<(&str, f64)> {
-    let mut out: Vec<(&str, f64)> =
-        phase::ORDER.iter().filter_map(|&p| phases.get(p).map(|&us| (p, us))).collect();
+    let mut out: Vec<(&str, f64)> = phase::ORDER.iter().filter_map(|&p| phases.get(p).map(|&us| (p, us))).collect();
     let mut others: Vec<(&str, f64)> =
         phases.iter().filter(|(k, _)| k.starts_with(phase::OTHER)).map(|(k, &v)| (k.as_str(), v)).collect();
     others.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));

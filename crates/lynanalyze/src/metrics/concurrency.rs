@@ -18,12 +18,15 @@ const START_RESOLUTION_US: f64 = 10_000.0;
 /// unless the process's exec record dated it to the microsecond.
 fn intervals(processes: &[ProcessTrace]) -> Vec<(f64, f64)> {
     #[allow(clippy::cast_precision_loss)]
-    processes.iter().map(|p| {
-        let start = p.wall_zero_ns as f64 / 1000.0;
-        let end = start + p.end_us();
-        let resolution = if p.image.is_some() { 0.0 } else { START_RESOLUTION_US };
-        ((start + resolution).min(end), end)
-    }).collect()
+    processes
+        .iter()
+        .map(|p| {
+            let start = p.wall_zero_ns as f64 / 1000.0;
+            let end = start + p.end_us();
+            let resolution = if p.image.is_some() { 0.0 } else { START_RESOLUTION_US };
+            ((start + resolution).min(end), end)
+        })
+        .collect()
 }
 
 /// Longest chain of non-overlapping intervals by total duration (weighted interval scheduling).
@@ -68,14 +71,23 @@ pub fn section(processes: &[ProcessTrace]) -> Section {
     table.row(vec!["longest serial chain (processes)".into(), chain_len.to_string()]);
     table.row(vec!["longest serial chain, ms (critical path estimate)".into(), ms(chain_us)]);
     section.tables.push(table);
-    section.notes.push("a process without an exec record has its start known to one clock tick (10 ms): overlaps shorter \
-                        than that are ignored".into());
+    section.notes.push(
+        "a process without an exec record has its start known to one clock tick (10 ms): overlaps shorter \
+                        than that are ignored"
+            .into(),
+    );
     let origin = processes.iter().map(|p| p.wall_zero_ns).min().unwrap_or(0);
     #[allow(clippy::cast_precision_loss)]
-    let lanes: Vec<_> = processes.iter().map(|p| json!({"pid": p.pid, "command": p.command,
+    let lanes: Vec<_> = processes
+        .iter()
+        .map(|p| {
+            json!({"pid": p.pid, "command": p.command,
         "start_us": p.wall_zero_ns.saturating_sub(origin) as f64 / 1000.0,
-        "end_us": p.wall_zero_ns.saturating_sub(origin) as f64 / 1000.0 + p.end_us()})).collect();
-    let alive_levels: Vec<_> = time_at.iter().filter(|(k, _)| **k > 0).map(|(k, v)| json!({"alive": k, "us": v})).collect();
+        "end_us": p.wall_zero_ns.saturating_sub(origin) as f64 / 1000.0 + p.end_us()})
+        })
+        .collect();
+    let alive_levels: Vec<_> =
+        time_at.iter().filter(|(k, _)| **k > 0).map(|(k, v)| json!({"alive": k, "us": v})).collect();
     section.data = json!({"processes": processes.len(), "max_alive": max_alive, "busy_us": busy,
         "serial_chain_processes": chain_len, "serial_chain_us": chain_us, "time_at_concurrency": alive_levels,
         "timeline": lanes});

@@ -62,7 +62,8 @@ pub fn section(processes: &[ProcessTrace]) -> Section {
         }
     }
     let mut section = Section::new("config_files", "Config files read");
-    let mut table = Table::new("", &["file", "reads", "processes", "reads per process (mean)", "max in one process", "commands"]);
+    let mut table =
+        Table::new("", &["file", "reads", "processes", "reads per process (mean)", "max in one process", "commands"]);
     let mut data = Vec::new();
     let mut rows: Vec<_> = usage.into_iter().collect();
     rows.sort_by(|a, b| b.1.reads.cmp(&a.1.reads).then(a.0.cmp(&b.0)));
@@ -71,12 +72,23 @@ pub fn section(processes: &[ProcessTrace]) -> Section {
         let mean = u.reads as f64 / u.processes.len().max(1) as f64;
         let max = u.max_per_process.values().copied().max().unwrap_or(0);
         let commands = u.commands.iter().cloned().collect::<Vec<_>>().join(", ");
-        table.row(vec![file.clone(), u.reads.to_string(), u.processes.len().to_string(), format!("{mean:.1}"), max.to_string(), commands.clone()]);
-        data.push(json!({"file": file, "reads": u.reads, "processes": u.processes.len(), "reads_per_process_mean": mean,
-                         "max_reads_in_a_process": max, "commands": u.commands}));
+        table.row(vec![
+            file.clone(),
+            u.reads.to_string(),
+            u.processes.len().to_string(),
+            format!("{mean:.1}"),
+            max.to_string(),
+            commands.clone(),
+        ]);
+        data.push(
+            json!({"file": file, "reads": u.reads, "processes": u.processes.len(), "reads_per_process_mean": mean,
+                         "max_reads_in_a_process": max, "commands": u.commands}),
+        );
     }
     section.tables.push(table);
-    section.notes.push("a file read again in every process is parsed again in every process: what a warm server would keep".into());
+    section.notes.push(
+        "a file read again in every process is parsed again in every process: what a warm server would keep".into(),
+    );
     section.data = json!(data);
     section
 }

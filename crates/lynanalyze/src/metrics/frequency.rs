@@ -26,7 +26,10 @@ pub fn per_entry_point(spans: &DataFrame) -> PolarsResult<DataFrame> {
             col("dur_us").quantile(lit(0.95), QuantileMethod::Linear).alias("p95_us"),
         ])
         .left_join(per_process, col("name"), col("name"))
-        .sort(["calls", "total_us", "name"], SortMultipleOptions::default().with_order_descending_multi([true, true, false]))
+        .sort(
+            ["calls", "total_us", "name"],
+            SortMultipleOptions::default().with_order_descending_multi([true, true, false]),
+        )
         .collect()
 }
 
@@ -44,7 +47,10 @@ pub fn per_group(spans: &DataFrame, processes: &DataFrame) -> PolarsResult<DataF
     calls_with_process(spans, processes)
         .group_by([col("group"), col("name")])
         .agg([len().alias("calls"), col("proc").n_unique().alias("processes"), col("dur_us").sum().alias("total_us")])
-        .sort(["group", "calls", "name"], SortMultipleOptions::default().with_order_descending_multi([false, true, false]))
+        .sort(
+            ["group", "calls", "name"],
+            SortMultipleOptions::default().with_order_descending_multi([false, true, false]),
+        )
         .collect()
 }
 
@@ -57,7 +63,12 @@ pub fn per_run(spans: &DataFrame, processes: &DataFrame) -> PolarsResult<DataFra
         .collect()
 }
 
-pub fn section(spans: &DataFrame, dictionary: &Dictionary, processes: &DataFrame, top: usize) -> anyhow::Result<Section> {
+pub fn section(
+    spans: &DataFrame,
+    dictionary: &Dictionary,
+    processes: &DataFrame,
+    top: usize,
+) -> anyhow::Result<Section> {
     let mut section = Section::new("call_frequency", "Call frequency of lynguine and lamd entry points");
     let df = per_entry_point(spans)?;
     let (name, cat) = (dictionary.strs(&df, "name")?, dictionary.strs(&df, "cat")?);
@@ -66,8 +77,18 @@ pub fn section(spans: &DataFrame, dictionary: &Dictionary, processes: &DataFrame
     let v = |c: usize, i: usize| values[c][i].unwrap_or(0.0);
     let mut table = Table::new(
         "per entry point",
-        &["entry point", "category", "calls", "processes", "calls/process (mean)", "max", "total ms", "mean ms",
-          "p50 ms", "p95 ms"],
+        &[
+            "entry point",
+            "category",
+            "calls",
+            "processes",
+            "calls/process (mean)",
+            "max",
+            "total ms",
+            "mean ms",
+            "p50 ms",
+            "p95 ms",
+        ],
     );
     let mut data = Vec::new();
     for i in 0..df.height() {
@@ -76,8 +97,18 @@ pub fn section(spans: &DataFrame, dictionary: &Dictionary, processes: &DataFrame
             "calls_per_process_mean": v(2, i), "calls_per_process_max": v(3, i), "total_us": v(4, i),
             "mean_us": v(5, i), "p50_us": v(6, i), "p95_us": v(7, i)}));
         if i < top {
-            table.row(vec![n, cat[i].clone().unwrap_or_default(), format!("{:.0}", v(0, i)), format!("{:.0}", v(1, i)),
-                format!("{:.1}", v(2, i)), format!("{:.0}", v(3, i)), ms(v(4, i)), ms(v(5, i)), ms(v(6, i)), ms(v(7, i))]);
+            table.row(vec![
+                n,
+                cat[i].clone().unwrap_or_default(),
+                format!("{:.0}", v(0, i)),
+                format!("{:.0}", v(1, i)),
+                format!("{:.1}", v(2, i)),
+                format!("{:.0}", v(3, i)),
+                ms(v(4, i)),
+                ms(v(5, i)),
+                ms(v(6, i)),
+                ms(v(7, i)),
+            ]);
         }
     }
     if df.height() > top {
@@ -92,14 +123,20 @@ pub fn section(spans: &DataFrame, dictionary: &Dictionary, processes: &DataFrame
     let mut group_data = Vec::new();
     for i in 0..groups.height() {
         let (c, p, t) = (gc[i].unwrap_or(0.0), gp[i].unwrap_or(0.0), gt[i].unwrap_or(0.0));
-        by_group.row(vec![g[i].clone().unwrap_or_default(), gn[i].clone().unwrap_or_default(), format!("{c:.0}"),
-            format!("{p:.0}"), ms(t)]);
+        by_group.row(vec![
+            g[i].clone().unwrap_or_default(),
+            gn[i].clone().unwrap_or_default(),
+            format!("{c:.0}"),
+            format!("{p:.0}"),
+            ms(t),
+        ]);
         group_data.push(json!({"command": g[i], "name": gn[i], "calls": c, "processes": p, "total_us": t}));
     }
     section.tables.push(by_group);
 
     let runs = per_run(spans, processes)?;
-    let (r, rc, rp, rt) = (strs(&runs, "run_id")?, f64s(&runs, "calls")?, f64s(&runs, "processes")?, f64s(&runs, "total_us")?);
+    let (r, rc, rp, rt) =
+        (strs(&runs, "run_id")?, f64s(&runs, "calls")?, f64s(&runs, "processes")?, f64s(&runs, "total_us")?);
     let mut by_run = Table::new("per build", &["run", "calls", "processes calling", "total ms"]);
     let mut run_data = Vec::new();
     for i in 0..runs.height() {

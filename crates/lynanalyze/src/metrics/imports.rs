@@ -54,7 +54,9 @@ impl ImportTotals {
     }
 
     fn add(&mut self, other: &Self) {
-        for (mine, theirs) in [(&mut self.modules, &other.modules), (&mut self.packages, &other.packages), (&mut self.lazy, &other.lazy)] {
+        for (mine, theirs) in
+            [(&mut self.modules, &other.modules), (&mut self.packages, &other.packages), (&mut self.lazy, &other.lazy)]
+        {
             mine.iter_mut().zip(theirs).for_each(|(a, b)| a.add(b));
         }
     }
@@ -91,7 +93,8 @@ pub fn totals(columns: &SpanColumns<'_>, dictionary: &Dictionary) -> ImportTotal
                     if columns.cat[row] != import_cat {
                         continue;
                     }
-                    let (module, self_us, dur_us) = (columns.name[row] as usize, columns.self_us[row], columns.dur_us[row]);
+                    let (module, self_us, dur_us) =
+                        (columns.name[row] as usize, columns.self_us[row], columns.dur_us[row]);
                     let m = &mut totals.modules[module];
                     if module_seen[module] != process {
                         module_seen[module] = process;
@@ -138,7 +141,12 @@ fn ranked(totals: &[Totals], key: impl Fn(&Totals) -> f64) -> Vec<usize> {
     ids
 }
 
-pub fn section(dictionary: &Dictionary, columns: &SpanColumns<'_>, per_process: &[ProcessTimes], top: usize) -> Section {
+pub fn section(
+    dictionary: &Dictionary,
+    columns: &SpanColumns<'_>,
+    per_process: &[ProcessTimes],
+    top: usize,
+) -> Section {
     let mut section = Section::new("imports", "Imports");
     // Each process's import time as its accounting summed it, added in process order: the same
     // floating-point total on every run.
@@ -148,40 +156,65 @@ pub fn section(dictionary: &Dictionary, columns: &SpanColumns<'_>, per_process: 
     #[allow(clippy::cast_precision_loss)]
     let mean = |sum: f64, t: &Totals| sum / f64::from(t.imports.max(1));
 
-    let mut by_cumulative = Table::new("top modules by cumulative time",
-        &["module", "processes", "cumulative ms (all)", "mean cumulative ms", "self ms (all)", "mean self ms"]);
+    let mut by_cumulative = Table::new(
+        "top modules by cumulative time",
+        &["module", "processes", "cumulative ms (all)", "mean cumulative ms", "self ms (all)", "mean self ms"],
+    );
     let mut modules = Vec::new();
     for (rank, id) in ranked(&totals.modules, |t| t.cumulative_us).into_iter().enumerate() {
         let (name, t) = (&dictionary.names[id], &totals.modules[id]);
         if rank < top {
-            by_cumulative.row(vec![name.clone(), t.processes.to_string(), ms(t.cumulative_us), ms(mean(t.cumulative_us, t)),
-                ms(t.self_us), ms(mean(t.self_us, t))]);
+            by_cumulative.row(vec![
+                name.clone(),
+                t.processes.to_string(),
+                ms(t.cumulative_us),
+                ms(mean(t.cumulative_us, t)),
+                ms(t.self_us),
+                ms(mean(t.self_us, t)),
+            ]);
         }
-        modules.push(json!({"module": name, "processes": t.processes, "self_us": t.self_us, "cumulative_us": t.cumulative_us,
-            "mean_self_us": mean(t.self_us, t), "mean_cumulative_us": mean(t.cumulative_us, t)}));
+        modules.push(
+            json!({"module": name, "processes": t.processes, "self_us": t.self_us, "cumulative_us": t.cumulative_us,
+            "mean_self_us": mean(t.self_us, t), "mean_cumulative_us": mean(t.cumulative_us, t)}),
+        );
     }
     section.tables.push(by_cumulative);
 
-    let mut self_table = Table::new("top modules by self time", &["module", "processes", "self ms (all)", "share of import time"]);
+    let mut self_table =
+        Table::new("top modules by self time", &["module", "processes", "self ms (all)", "share of import time"]);
     for id in ranked(&totals.modules, |t| t.self_us).into_iter().take(top) {
         let t = &totals.modules[id];
-        self_table.row(vec![dictionary.names[id].clone(), t.processes.to_string(), ms(t.self_us), pct(t.self_us, total_import)]);
+        self_table.row(vec![
+            dictionary.names[id].clone(),
+            t.processes.to_string(),
+            ms(t.self_us),
+            pct(t.self_us, total_import),
+        ]);
     }
     section.tables.push(self_table);
 
-    let mut package_table = Table::new("by top-level package", &["package", "processes", "self ms (all)", "share of import time"]);
+    let mut package_table =
+        Table::new("by top-level package", &["package", "processes", "self ms (all)", "share of import time"]);
     let mut package_data = Vec::new();
     for (rank, id) in ranked(&totals.packages, |t| t.self_us).into_iter().enumerate() {
         let (package, t) = (&dictionary.packages[id], &totals.packages[id]);
         if rank < top {
-            package_table.row(vec![package.clone(), t.processes.to_string(), ms(t.self_us), pct(t.self_us, total_import)]);
+            package_table.row(vec![
+                package.clone(),
+                t.processes.to_string(),
+                ms(t.self_us),
+                pct(t.self_us, total_import),
+            ]);
         }
         package_data.push(json!({"package": package, "processes": t.processes, "self_us": t.self_us}));
     }
     section.tables.push(package_table);
 
     // Lazy-import candidates: packages imported by a process with no traced call into them.
-    let mut lazy = Table::new("lazy-import candidates", &["package", "processes importing it without a traced call into it", "import self ms (all)"]);
+    let mut lazy = Table::new(
+        "lazy-import candidates",
+        &["package", "processes importing it without a traced call into it", "import self ms (all)"],
+    );
     let mut lazy_data = Vec::new();
     for (rank, id) in ranked(&totals.lazy, |t| t.self_us).into_iter().enumerate() {
         let (package, t) = (&dictionary.packages[id], &totals.lazy[id]);
@@ -191,8 +224,11 @@ pub fn section(dictionary: &Dictionary, columns: &SpanColumns<'_>, per_process: 
         lazy_data.push(json!({"package": package, "processes": t.processes, "self_us": t.self_us}));
     }
     section.tables.push(lazy);
-    section.notes.push("lazy-import candidates: only lynguine and lamd entry points are traced, so a package \
-        listed may still be used indirectly (lynguine's readers use pandas); the time is what importing it cost".into());
+    section.notes.push(
+        "lazy-import candidates: only lynguine and lamd entry points are traced, so a package \
+        listed may still be used indirectly (lynguine's readers use pandas); the time is what importing it cost"
+            .into(),
+    );
     section.data = json!({"modules": modules, "packages": package_data, "lazy_import_candidates": lazy_data,
                           "total_import_self_us": total_import});
     section

@@ -30,7 +30,13 @@ pub fn section(spans: &DataFrame, dictionary: &Dictionary) -> anyhow::Result<Sec
     let mut data = Vec::new();
     for i in 0..df.height() {
         let (c, t) = (calls[i].unwrap_or(0.0), time[i].unwrap_or(0.0));
-        table.row(vec![cat[i].clone().unwrap_or_default(), format!("{c:.0}"), pct(c, total_calls), ms(t), pct(t, total_time)]);
+        table.row(vec![
+            cat[i].clone().unwrap_or_default(),
+            format!("{c:.0}"),
+            pct(c, total_calls),
+            ms(t),
+            pct(t, total_time),
+        ]);
         data.push(json!({"category": cat[i], "calls": c, "self_us": t,
             "share_of_calls": if total_calls > 0.0 { c / total_calls } else { 0.0 },
             "share_of_time": if total_time > 0.0 { t / total_time } else { 0.0 }}));

@@ -90,7 +90,8 @@ pub fn compute(loaded: &Loaded, columns: &SpanColumns<'_>, dictionary: &Dictiona
             let mut by_cat: BTreeMap<&str, f64> = BTreeMap::new();
             let mut by_package: FxHashMap<u32, f64> = FxHashMap::default();
             let (mut startup, mut activation, mut import, mut calls) = (0.0, 0.0, 0.0, 0);
-            let (mut program, mut gc, mut collections, mut atexit, mut write, mut teardown) = (0.0, 0.0, 0, 0.0, 0.0, 0.0);
+            let (mut program, mut gc, mut collections, mut atexit, mut write, mut teardown) =
+                (0.0, 0.0, 0, 0.0, 0.0, 0.0);
             for row in columns.rows(index) {
                 let cat = columns.cat[row];
                 if cat == startup_cat {
@@ -175,7 +176,12 @@ fn children_by_parent(loaded: &Loaded) -> FxHashMap<(&str, i64), Vec<(f64, f64)>
 
 /// Take the time `p` spent in a call or its main program while one of its children ran out of those
 /// sums (`by_cat`, `program`) and return it: waiting, not work.
-fn take_waiting(p: &ProcessTrace, children: Option<&Vec<(f64, f64)>>, by_cat: &mut BTreeMap<&str, f64>, program: &mut f64) -> f64 {
+fn take_waiting(
+    p: &ProcessTrace,
+    children: Option<&Vec<(f64, f64)>>,
+    by_cat: &mut BTreeMap<&str, f64>,
+    program: &mut f64,
+) -> f64 {
     let Some(children) = children else { return 0.0 };
     #[allow(clippy::cast_precision_loss)]
     let zero = p.wall_zero_ns as f64 / 1000.0;
@@ -224,19 +230,31 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
     let mut section = Section::new("processes", "Processes: start-up against work");
     let mut table = Table::new(
         "",
-        &["pid", "command", "wall ms", "start-up ms", "imports ms", "top imports (ms)", "work ms", "work by category (ms)",
-          "main program ms", "gc ms", "exit ms", "waiting on children ms", "unattributed ms", "overhead : work", "peak RSS MiB", "exit"],
+        &[
+            "pid",
+            "command",
+            "wall ms",
+            "start-up ms",
+            "imports ms",
+            "top imports (ms)",
+            "work ms",
+            "work by category (ms)",
+            "main program ms",
+            "gc ms",
+            "exit ms",
+            "waiting on children ms",
+            "unattributed ms",
+            "overhead : work",
+            "peak RSS MiB",
+            "exit",
+        ],
     );
     // Built in parallel: a big build has thousands of processes with a hundred packages each.
     let cells: Vec<Vec<String>> = rows
         .par_iter()
         .map(|r| {
-            let by_cat = r
-                .work_by_category
-                .iter()
-                .map(|(c, us)| format!("{c} {}", ms(*us)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let by_cat =
+                r.work_by_category.iter().map(|(c, us)| format!("{c} {}", ms(*us))).collect::<Vec<_>>().join(", ");
             let mut packages = r.imports_by_package.clone();
             packages.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             let top_imports = packages
@@ -245,7 +263,8 @@ pub fn section(rows: &[ProcessTimes], dictionary: &Dictionary) -> Section {
                 .map(|(p, us)| format!("{} {}", dictionary.packages[*p as usize], ms(*us)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let ratio = if r.work_us > 0.0 { format!("{:.0} : 1", r.overhead_us() / r.work_us) } else { "no work".into() };
+            let ratio =
+                if r.work_us > 0.0 { format!("{:.0} : 1", r.overhead_us() / r.work_us) } else { "no work".into() };
             vec![
                 r.pid.to_string(),
                 r.command.clone(),

@@ -17,23 +17,41 @@ use crate::frame::{f64s, Dictionary};
 use crate::metrics::processes::ProcessTimes;
 use crate::report::{ms, Section, Table};
 
-pub fn section(rows: &[ProcessTimes], spans: &DataFrame, dictionary: &Dictionary, assumed_request_ms: f64) -> anyhow::Result<Section> {
+pub fn section(
+    rows: &[ProcessTimes],
+    spans: &DataFrame,
+    dictionary: &Dictionary,
+    assumed_request_ms: f64,
+) -> anyhow::Result<Section> {
     let category = |c: &str| lit(dictionary.category(c));
-    let server = spans.clone().lazy().filter(col("cat").eq(category(lynschema::category::SERVER)))
-        .select([col("dur_us").mean().alias("mean_us"), len().alias("n")]).collect()?;
+    let server = spans
+        .clone()
+        .lazy()
+        .filter(col("cat").eq(category(lynschema::category::SERVER)))
+        .select([col("dur_us").mean().alias("mean_us"), len().alias("n")])
+        .collect()?;
     let measured = f64s(&server, "mean_us")?.first().copied().flatten();
     let (request_us, source) = match measured {
         Some(us) if us > 0.0 => (us, "measured from server-mode spans".to_owned()),
-        _ => (assumed_request_ms * 1000.0, format!("ASSUMED ({assumed_request_ms} ms; no server-mode traces; set --request-cost-ms)")),
+        _ => (
+            assumed_request_ms * 1000.0,
+            format!("ASSUMED ({assumed_request_ms} ms; no server-mode traces; set --request-cost-ms)"),
+        ),
     };
     // Top-level lynguine calls: the requests a client would make.
-    let top_calls = spans.clone().lazy()
+    let top_calls = spans
+        .clone()
+        .lazy()
         .filter(col("is_call").and(col("cat").neq(category(lynschema::category::LAMD))))
-        .filter(col("parent_cat").is_null()
-            .or(col("parent_cat").eq(category(lynschema::category::PROGRAM)))
-            .or(col("parent_cat").eq(category(lynschema::category::IMPORT)))
-            .or(col("parent_cat").eq(category(lynschema::category::LAMD))))
-        .select([len().alias("n")]).collect()?;
+        .filter(
+            col("parent_cat")
+                .is_null()
+                .or(col("parent_cat").eq(category(lynschema::category::PROGRAM)))
+                .or(col("parent_cat").eq(category(lynschema::category::IMPORT)))
+                .or(col("parent_cat").eq(category(lynschema::category::LAMD))),
+        )
+        .select([len().alias("n")])
+        .collect()?;
     let requests = f64s(&top_calls, "n")?.first().copied().flatten().unwrap_or(0.0);
 
     let users: Vec<&ProcessTimes> = rows.iter().filter(|r| r.work_us > 0.0).collect();
@@ -45,7 +63,8 @@ pub fn section(rows: &[ProcessTimes], spans: &DataFrame, dictionary: &Dictionary
     let server_startup = if n > 0.0 { overhead / n } else { 0.0 };
     let with_server = now - overhead + client_startup + requests * request_us + server_startup;
     let saving_per_process = if n > 0.0 { (overhead - client_startup - requests * request_us) / n } else { 0.0 };
-    let break_even = if saving_per_process > 0.0 { (server_startup / saving_per_process).ceil() } else { f64::INFINITY };
+    let break_even =
+        if saving_per_process > 0.0 { (server_startup / saving_per_process).ceil() } else { f64::INFINITY };
 
     let mut section = Section::new("cip0008_projection", "CIP-0008 projection: a warm lynguine server");
     let mut inputs = Table::new("inputs", &["input", "value"]);
@@ -59,10 +78,18 @@ pub fn section(rows: &[ProcessTimes], spans: &DataFrame, dictionary: &Dictionary
     section.tables.push(inputs);
     let mut result = Table::new("projection", &["measure", "value"]);
     result.row(vec!["process time with a warm server, ms".into(), ms(with_server)]);
-    result.row(vec!["speed-up".into(), if with_server > 0.0 { format!("{:.2}x", now / with_server) } else { "–".into() }]);
-    result.row(vec!["break-even, processes".into(), if break_even.is_finite() { format!("{break_even:.0}") } else { "never".into() }]);
+    result.row(vec![
+        "speed-up".into(),
+        if with_server > 0.0 { format!("{:.2}x", now / with_server) } else { "–".into() },
+    ]);
+    result.row(vec![
+        "break-even, processes".into(),
+        if break_even.is_finite() { format!("{break_even:.0}") } else { "never".into() },
+    ]);
     section.tables.push(result);
-    section.notes.push("process time, not the build's wall time: make, gpp and pandoc are unchanged by a server".into());
+    section
+        .notes
+        .push("process time, not the build's wall time: make, gpp and pandoc are unchanged by a server".into());
     section.data = json!({"processes": n, "process_time_us": now, "overhead_us": overhead, "client_startup_us": client_startup,
         "requests": requests, "request_cost_us": request_us, "request_cost_source": source, "server_startup_us": server_startup,
         "projected_process_time_us": with_server, "speedup": if with_server > 0.0 { now / with_server } else { 0.0 },

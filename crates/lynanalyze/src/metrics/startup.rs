@@ -37,8 +37,12 @@ pub fn section(rows: &[ProcessTimes], loaded: &Loaded) -> Section {
     let unattributed = sum(|r| r.unattributed_us);
     let mut section = Section::new("startup_vs_work", "Start-up against work, whole build");
     let mut table = Table::new("summed over traced processes", &["phase", "ms", "share of process time"]);
-    for (phase, us) in [("interpreter start-up + activation", startup), ("imports", imports), ("work (lynguine, lamd)", work),
-                        ("unattributed", unattributed)] {
+    for (phase, us) in [
+        ("interpreter start-up + activation", startup),
+        ("imports", imports),
+        ("work (lynguine, lamd)", work),
+        ("unattributed", unattributed),
+    ] {
         table.row(vec![phase.into(), ms(us), pct(us, wall)]);
     }
     table.row(vec!["total process time".into(), ms(wall), pct(wall, wall)]);
@@ -52,17 +56,31 @@ pub fn section(rows: &[ProcessTimes], loaded: &Loaded) -> Section {
 
     let mut run_data = Vec::new();
     if !loaded.runs.is_empty() {
-        let mut runs = Table::new("run wall time", &["run", "wall ms", "traced Python alive", "Python start-up + imports",
-            "outside traced Python", "children CPU s"]);
+        let mut runs = Table::new(
+            "run wall time",
+            &[
+                "run",
+                "wall ms",
+                "traced Python alive",
+                "Python start-up + imports",
+                "outside traced Python",
+                "children CPU s",
+            ],
+        );
         for run in &loaded.runs {
             let procs: Vec<_> = loaded.processes.iter().filter(|p| p.run_id == run.run_id).collect();
             #[allow(clippy::cast_precision_loss)]
             let run_wall_us = run.end_unix_ns.saturating_sub(run.start_unix_ns) as f64 / 1000.0;
             #[allow(clippy::cast_precision_loss)]
-            let alive = union_length(procs.iter().map(|p| {
-                let start = p.wall_zero_ns as f64 / 1000.0;
-                (start, start + p.end_us())
-            }).collect());
+            let alive = union_length(
+                procs
+                    .iter()
+                    .map(|p| {
+                        let start = p.wall_zero_ns as f64 / 1000.0;
+                        (start, start + p.end_us())
+                    })
+                    .collect(),
+            );
             // Rows are the processes' own, in the same order: matched by position, never by pid (pids
             // are reused, within a run and across runs).
             let overhead: f64 = rows
@@ -72,15 +90,24 @@ pub fn section(rows: &[ProcessTimes], loaded: &Loaded) -> Section {
                 .map(|(r, _)| r.overhead_us())
                 .sum();
             let outside = (run_wall_us - alive).max(0.0);
-            runs.row(vec![run.run_id.clone(), ms(run_wall_us), pct(alive, run_wall_us), pct(overhead, run_wall_us),
-                pct(outside, run_wall_us), format!("{:.2}", run.children_user_s + run.children_sys_s)]);
+            runs.row(vec![
+                run.run_id.clone(),
+                ms(run_wall_us),
+                pct(alive, run_wall_us),
+                pct(overhead, run_wall_us),
+                pct(outside, run_wall_us),
+                format!("{:.2}", run.children_user_s + run.children_sys_s),
+            ]);
             run_data.push(json!({"run_id": run.run_id, "wall_us": run_wall_us, "python_alive_us": alive,
                 "python_overhead_us": overhead, "outside_python_us": outside,
                 "children_cpu_s": run.children_user_s + run.children_sys_s}));
         }
         section.tables.push(runs);
-        section.notes.push("shares of the run's wall time; with parallel make the Python start-up share can exceed \
-                            what is alive, since it sums over processes".into());
+        section.notes.push(
+            "shares of the run's wall time; with parallel make the Python start-up share can exceed \
+                            what is alive, since it sums over processes"
+                .into(),
+        );
     } else {
         section.notes.push("no run record (run.json) among the inputs: time outside traced Python is unknown".into());
     }

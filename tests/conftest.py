@@ -22,6 +22,22 @@ CORPUS = REPO.parent / "shared" / "corpus"
 SAMPLE = REPO / "tests" / "sample"
 
 
+#: The keys of a process's phases in lynanalyze's `processes` section: they add up to its wall time.
+PROCESS_PHASES = (
+    "startup_us",
+    "activation_us",
+    "import_us",
+    "work_us",
+    "program_us",
+    "gc_us",
+    "atexit_us",
+    "shim_write_us",
+    "teardown_us",
+    "waiting_us",
+    "unattributed_us",
+)
+
+
 def load_events(path: Path) -> list[dict[str, Any]]:
     """Events of a trace file; a file cut short (no closing ``]``) is read as far as it goes."""
     text = path.read_text()

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, Trace, clean_env, load_events, lynshim_run
+from conftest import PROCESS_PHASES, SAMPLE, Trace, clean_env, load_events, lynshim_run
 from lynshim._native import schema
 
 LYNANALYZE = shutil.which("lynanalyze", path=str(Path(sys.executable).parent)) or "lynanalyze"
@@ -68,19 +68,7 @@ def test_report_json_agrees_with_a_brute_force_count(build: Path) -> None:
     assert sum(r["share_of_calls"] for r in report["sections"]["operation_mix"]["data"]) == pytest.approx(1.0)
     # Per process: the phases add up to the wall time (one thread: no span overlaps another), at most 2 % of
     # it unattributed, and lynguine's import dominates.
-    phases = (
-        "startup_us",
-        "activation_us",
-        "import_us",
-        "work_us",
-        "program_us",
-        "gc_us",
-        "atexit_us",
-        "shim_write_us",
-        "teardown_us",
-        "waiting_us",
-        "unattributed_us",
-    )
+    phases = PROCESS_PHASES
     for row in report["sections"]["processes"]["data"]:
         assert sum(row[p] for p in phases) == pytest.approx(row["wall_us"], rel=1e-9), row
         assert row["unattributed_us"] <= 0.02 * row["wall_us"], row

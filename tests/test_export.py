@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, clean_env, lynshim_run
+from conftest import PROCESS_PHASES, SAMPLE, clean_env, lynshim_run
 
 duckdb = pytest.importorskip("duckdb", reason="the export tests read the dataset with DuckDB (pip install duckdb)")
 
@@ -87,16 +87,7 @@ def test_duckdb_gives_the_reports_call_counts_and_phases(dataset: Path, traces: 
     # Per-process phases, Python processes: the report's figures, to the microsecond.
     phases = (
         "wall_us",
-        "startup_us",
-        "activation_us",
-        "import_us",
-        "work_us",
-        "program_us",
-        "gc_us",
-        "atexit_us",
-        "shim_write_us",
-        "teardown_us",
-        "unattributed_us",
+        *PROCESS_PHASES,
         "calls",
     )
     rows = query(f"""

@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import SAMPLE, Trace, clean_env, lynshim_run
+from conftest import PROCESS_PHASES, SAMPLE, Trace, clean_env, lynshim_run
 from lynshim._native import schema
 from test_analyze import LYNANALYZE
 
@@ -133,19 +133,7 @@ def test_lynanalyze_leaves_at_most_two_percent_unattributed(tmp_path: Path) -> N
         ).stdout
     )
     (row,) = report["sections"]["processes"]["data"]
-    parts = (
-        "startup_us",
-        "activation_us",
-        "import_us",
-        "work_us",
-        "program_us",
-        "gc_us",
-        "atexit_us",
-        "shim_write_us",
-        "teardown_us",
-        "waiting_us",
-        "unattributed_us",
-    )
+    parts = PROCESS_PHASES
     assert abs(sum(row[p] for p in parts) - row["wall_us"]) <= 1.0, row
     assert row["unattributed_us"] <= 0.02 * row["wall_us"], row
     assert row["gc_us"] > 0 and row["gc_collections"] >= 1 and row["atexit_us"] >= 50_000

@@ -150,6 +150,7 @@ fn processes_frame(loaded: &Loaded, per_process: &[processes::ProcessTimes]) -> 
         figure("atexit_us", |t| t.atexit_us),
         figure("shim_write_us", |t| t.shim_write_us),
         figure("teardown_us", |t| t.teardown_us),
+        figure("waiting_us", |t| t.waiting_us),
         figure("unattributed_us", |t| t.unattributed_us),
         Column::new("calls".into(), calls),
         Column::new("peak_rss_bytes".into(), all.iter().map(|p| p.peak_rss).collect::<Vec<_>>()),

@@ -352,6 +352,23 @@ def test_python_that_cannot_import_lynshim_runs_untraced(tmp_path: Path) -> None
     assert b"traced 0 Python processes" in run.proc.stderr
 
 
+def test_a_lynshim_that_cannot_load_leaves_the_program_alone(tmp_path: Path) -> None:
+    # A Python half and a native module from two different builds (an interrupted rebuild): the native
+    # module lacks a schema name the Python half needs. The program runs as without lynshim; one line says why.
+    broken = tmp_path / "broken"
+    shutil.copytree(Path(__import__("lynshim").__file__).parent, broken / "lynshim")
+    init = broken / "lynshim" / "_lifecycle.py"
+    init.write_text(init.read_text().replace("schema.EVENT_GC", "schema.EVENT_NOT_IN_THIS_BUILD", 1) + "\nschema.NO_SUCH_NAME\n")
+    env = clean_env()
+    env["PYTHONPATH"] = str(broken)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", "print('plain')"], env=env)
+    assert run.proc.returncode == 0 and run.proc.stdout == b"plain\n"
+    lines = run.proc.stderr.decode().splitlines()
+    assert sum("lynshim: tracing is off for this process" in line for line in lines) == 1, lines
+    assert not any("Error in sitecustomize" in line for line in lines), lines
+    assert run.traces == []
+
+
 def test_command_not_found(tmp_path: Path) -> None:
     run = lynshim_run(tmp_path / "t", ["definitely-not-a-command-xyz"], env=clean_env())
     assert run.proc.returncode == 127

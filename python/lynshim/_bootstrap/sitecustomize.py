@@ -25,6 +25,9 @@ def _activate():
     try:
         import lynshim._activate as activate
     except ImportError:
+        return  # not installed for this interpreter: it runs untraced, as lynshim run's docs say
+    except Exception as err:  # noqa: BLE001 - e.g. a Python half and a native module of two builds
+        print(f"lynshim: tracing is off for this process (lynshim cannot load: {err!r})", file=_sys.stderr)
         return
     finally:
         _sys.dont_write_bytecode = dont_write

@@ -358,7 +358,9 @@ def test_a_lynshim_that_cannot_load_leaves_the_program_alone(tmp_path: Path) -> 
     broken = tmp_path / "broken"
     shutil.copytree(Path(__import__("lynshim").__file__).parent, broken / "lynshim")
     init = broken / "lynshim" / "_lifecycle.py"
-    init.write_text(init.read_text().replace("schema.EVENT_GC", "schema.EVENT_NOT_IN_THIS_BUILD", 1) + "\nschema.NO_SUCH_NAME\n")
+    init.write_text(
+        init.read_text().replace("schema.EVENT_GC", "schema.EVENT_NOT_IN_THIS_BUILD", 1) + "\nschema.NO_SUCH_NAME\n"
+    )
     env = clean_env()
     env["PYTHONPATH"] = str(broken)
     run = lynshim_run(tmp_path / "t", [PY, "-c", "print('plain')"], env=env)

@@ -90,6 +90,12 @@ pub fn section(
     section
         .notes
         .push("process time, not the build's wall time: make, gpp and pandoc are unchanged by a server".into());
+    section.notes.push(
+        "a thin-client world: every process that calls lynguine is assumed to become a client that imports nothing \
+         heavier than the interpreter. lamd's server mode today is not that: only mdfield asks the server, and it \
+         still imports lynguine and pandas first; analysis/REPORT.md §5 measures it against this projection"
+            .into(),
+    );
     section.data = json!({"processes": n, "process_time_us": now, "overhead_us": overhead, "client_startup_us": client_startup,
         "requests": requests, "request_cost_us": request_us, "request_cost_source": source, "server_startup_us": server_startup,
         "projected_process_time_us": with_server, "speedup": if with_server > 0.0 { now / with_server } else { 0.0 },

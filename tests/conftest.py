@@ -178,6 +178,27 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LYNSHIM_")}
 
 
+LAMD_SRC = REPO.parent / "shared" / "lamd"
+
+
+def require_lamd() -> None:
+    """Real lamd and the talks beside it, installed into this venv as `make study-deps` does; skip when absent."""
+    import importlib.util
+    import shutil
+    import tomllib
+
+    if not CORPUS.is_dir() or not (LAMD_SRC / "lamd").is_dir():
+        pytest.skip(f"../shared is absent ({CORPUS} or {LAMD_SRC} missing): these tests need real lamd and talks")
+    missing = [t for t in ("gpp", "pandoc", "make") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"lamd needs {', '.join(missing)}, not installed here (`make study-deps` installs them as root)")
+    if importlib.util.find_spec("lamd") is None or importlib.util.find_spec("matplotlib") is None:
+        # lamd from ../shared (never PyPI's), and the few PyPI packages beside it.
+        deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["study"]
+        for args in (["--no-deps", str(LAMD_SRC)], deps):
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *args], check=True, timeout=600)
+
+
 @pytest.fixture
 def corpus() -> Path:
     if not CORPUS.is_dir():

@@ -9,13 +9,14 @@ with the programs by name and the critical path through make.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE, clean_env, lynshim_run
+from conftest import CORPUS, REPO, SAMPLE, clean_env, lynshim_run, require_lamd
 from test_analyze import LYNANALYZE
 
 PY = sys.executable
@@ -136,3 +137,42 @@ def test_no_exec_trace_leaves_the_programs_to_idle(tmp_path: Path) -> None:
     assert build["other_processes"] == 0 and build["python_processes"] == 7
     assert build["attribution_us"]["idle / untraced"] > 0
     assert any("no exec records" in note for note in report["sections"]["build"]["notes"])
+
+
+def test_a_real_lamd_build_is_accounted_for(tmp_path: Path) -> None:
+    """Real lamd on a real talk (notes as HTML): every Python process and the build leave ≤ 2 % unattributed."""
+    require_lamd()
+    import lamd
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    subject = corpus / "talks" / "_ai"
+    for path in [corpus, *corpus.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)  # the shared corpus is read-only; lamd writes beside the talk
+    macros = Path(lamd.__file__).parent / "macros"
+    with (subject / "_lamd.yml").open("a") as config:
+        config.write(f"\nmacrosdir: {macros}\n")
+    env = clean_env()
+    env["PATH"] = str(Path(PY).parent) + os.pathsep + env["PATH"]
+    run = lynshim_run(
+        tmp_path / "t",
+        ["maketalk", "ai-and-data-science.md", "--format", "notes", "--to", "html"],
+        cwd=subject,
+        env=env,
+        timeout=600,
+    )
+    assert run.proc.returncode == 0 and (subject / "ai-and-data-science.notes.html").is_file(), run.proc.stderr[-3000:]
+    proc = subprocess.run([LYNANALYZE, "report", str(run.run_dir), "--format", "json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    (build,) = report["sections"]["build"]["data"]["runs"]
+    assert build["unattributed_share"] <= 0.02, build["attribution_us"]
+    assert {"other: make", "other: pandoc", "other: gpp"} <= set(build["attribution_us"]), build["attribution_us"]
+    assert build["critical_path"][0]["command"].startswith("maketalk")
+    rows = report["sections"]["processes"]["data"]
+    assert len(rows) >= 5 and {r["lamd_command"] for r in rows} >= {"maketalk", "mdfield", "mdpp"}
+    for row in rows:
+        assert row["unattributed_us"] <= 0.02 * row["wall_us"], row
+    # maketalk waits for make: waiting, not lamd's work.
+    maketalk = next(r for r in rows if r["lamd_command"] == "maketalk")
+    assert maketalk["waiting_us"] > 0.5 * maketalk["wall_us"] and maketalk["work_us"] < 0.1 * maketalk["wall_us"]

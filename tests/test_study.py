@@ -6,19 +6,15 @@ no lynguine server is left running.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, REPO
+from conftest import REPO, require_lamd
 
-LAMD_SRC = REPO.parent / "shared" / "lamd"
 TALK = "_ai/the-atomic-human-google.md"
 
 
@@ -37,16 +33,7 @@ def servers() -> list[int]:
 
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not CORPUS.is_dir() or not (LAMD_SRC / "lamd").is_dir():
-        pytest.skip(f"../shared is absent ({CORPUS} or {LAMD_SRC} missing): the study tests need real lamd and talks")
-    missing = [t for t in ("gpp", "pandoc", "make") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"lamd needs {', '.join(missing)}, not installed here (`make study-deps` installs them as root)")
-    if importlib.util.find_spec("lamd") is None or importlib.util.find_spec("matplotlib") is None:
-        # What `make study-deps` does: lamd from ../shared (never PyPI's), the few PyPI packages beside it.
-        deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["study"]
-        for args in (["--no-deps", str(LAMD_SRC)], deps):
-            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *args], check=True, timeout=600)
+    require_lamd()
     tmp = tmp_path_factory.mktemp("study")
     res = study(
         "--out",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -160,6 +161,18 @@ def lynshim_run(
     run_dir = runs[-1] if runs else None
     every = [Trace(p, load_events(p)) for p in sorted(run_dir.glob("*" + schema.TRACE_SUFFIX))] if run_dir else []
     return Run(proc, run_dir, [t for t in every if not t.is_exec_record], [t for t in every if t.is_exec_record])
+
+
+def trace_sample_build(root: Path) -> Run:
+    """The sample build (seven Python processes calling lynguine under make), traced into ``root/traces``."""
+    work = root / "sample"
+    shutil.copytree(SAMPLE, work)
+    env = clean_env()
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    run = lynshim_run(root / "traces", ["make", "-s", f"PYTHON={sys.executable}"], cwd=work, env=env)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert len(run.traces) == 7
+    return run
 
 
 def untraced(

@@ -5,7 +5,6 @@ count made here from the same trace files, every output format, and every kind o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import PROCESS_PHASES, SAMPLE, Trace, clean_env, load_events, lynshim_run
+from conftest import PROCESS_PHASES, Trace, load_events, trace_sample_build
 from lynshim._native import schema
 
 LYNANALYZE = shutil.which("lynanalyze", path=str(Path(sys.executable).parent)) or "lynanalyze"
@@ -26,15 +25,7 @@ def analyze(*args: str | Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample build, traced once for the module: seven Python processes under make."""
-    root = tmp_path_factory.mktemp("build")
-    work = root / "sample"
-    shutil.copytree(SAMPLE, work)
-    env = clean_env()
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    run = lynshim_run(root / "traces", ["make", "-s", f"PYTHON={sys.executable}"], cwd=work, env=env)
-    assert run.proc.returncode == 0, run.proc.stderr
-    assert len(run.traces) == 7
-    return run.run_dir
+    return trace_sample_build(tmp_path_factory.mktemp("build")).run_dir
 
 
 def brute_force(run_dir: Path) -> dict:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROCESS_PHASES, SAMPLE, clean_env, lynshim_run
+from conftest import PROCESS_PHASES, clean_env, lynshim_run, trace_sample_build
 
 duckdb = pytest.importorskip("duckdb", reason="the export tests read the dataset with DuckDB (pip install duckdb)")
 
@@ -31,13 +31,7 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two runs in one directory: the sample build (seven Python processes calling lynguine under make) and
     `python -c "import yaml"`."""
     root = tmp_path_factory.mktemp("export")
-    work = root / "sample"
-    shutil.copytree(SAMPLE, work)
-    env = clean_env()
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    run = lynshim_run(root / "traces", ["make", "-s", f"PYTHON={sys.executable}"], cwd=work, env=env)
-    assert run.proc.returncode == 0, run.proc.stderr
-    assert len(run.traces) == 7
+    trace_sample_build(root)
     run = lynshim_run(root / "traces", [sys.executable, "-c", "import yaml"], env=clean_env())
     assert run.proc.returncode == 0, run.proc.stderr
     return root / "traces"

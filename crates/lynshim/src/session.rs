@@ -592,17 +592,17 @@ pub fn exit(token: u64, end_args: Option<&str>) {
             return;
         }
         let mut end_args = end_args;
-        let mut ended = Vec::new();
+        // Which memory moments the spans ended here reach: noted as flags, sampled after their ends.
+        let (mut config, mut data) = (false, false);
         while open.len() >= depth {
             let Some(span) = open.pop() else { break };
             let args = if open.len() + 1 == depth { end_args.take() } else { None };
             let args = s.push_text(args);
-            ended.push(span.cat.clone());
+            config |= span.cat == category::CONFIG;
+            data |= span.cat == category::READ || span.cat == category::DATAFRAME;
             s.push(Record::End { tid, ns, name: span.name, cat: span.cat, args });
         }
-        for cat in ended {
-            s.moment_after(&cat);
-        }
+        s.moments_after(config, data);
     });
 }
 
@@ -615,16 +615,19 @@ fn inside_import(generation: u64) -> bool {
 }
 
 impl Session {
-    /// Sample the memory moment a span of category `cat` ends, the first time one does once the
-    /// program's imports are done (a configuration read while lynguine loads is not the program's).
-    fn moment_after(&mut self, cat: &str) {
+    /// Sample the memory moments reached as a configuration call (`config`) or a data-loading call
+    /// (`data`) ended, the first time each is, once the program's imports are done (a configuration
+    /// read while lynguine loads is not the program's). Takes flags, not categories: this runs at the
+    /// end of every traced call, which must not allocate for it.
+    fn moments_after(&mut self, config: bool, data: bool) {
         if !self.moments.after_imports {
             return;
         }
-        if cat == category::CONFIG && !self.moments.after_config {
+        if config && !self.moments.after_config {
             self.moments.after_config = true;
             self.sample_rss(Some(moment::AFTER_CONFIG));
-        } else if (cat == category::READ || cat == category::DATAFRAME) && !self.moments.after_data {
+        }
+        if data && !self.moments.after_data {
             self.moments.after_data = true;
             self.sample_rss(Some(moment::AFTER_DATA));
         }

@@ -73,8 +73,12 @@ test-python:
 	$(PY) -m pytest tests
 
 # Benchmarks against the peers, side by side; rewrites analysis/benchmarks.md. Never part of `make test`.
+# lamd (from LAMD_SRC, never PyPI's) is installed when present, for the `mdfield` start-up case.
 bench: install
 	$(PIP) install --quiet "wrapt>=1.16" "viztracer==1.1.1"
+	@if [ -d "$(LAMD_SRC)/lamd" ]; then $(PIP) install --quiet --no-deps "$(LAMD_SRC)" && \
+	  $(PIP) install --quiet $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['study']))"); \
+	  else echo "make bench: no lamd at LAMD_SRC=$(LAMD_SRC): the mdfield case is skipped"; fi
 	cargo bench -p lynload --bench parse -- --noplot 2>&1 | tee build/criterion.txt
 	$(PY) analysis/bench.py
 

@@ -74,15 +74,19 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     script.write_text("import lynguine\n")
     out = work / "out"
     traced_env = in_process_env(out / "inproc")
-    tools = {
-        "lynshim run": [PY, "-m", "lynshim", "run", "-o", str(out / "lynshim"), "--", PY, str(script)],
-        "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], PY, str(script)],
-        "python -X importtime": [PY, "-X", "importtime", str(script)],
-        "cProfile": [PY, "-m", "cProfile", "-o", str(out / "cprofile.out"), str(script)],
-        "viztracer": [str(VENV_BIN / "viztracer"), "--quiet", "-o", str(out / "viz.json"), str(script)],
-    }
+
+    def tools(program: list[str]) -> dict[str, list[str]]:
+        """The tools run on one Python program (a script or an entry point, with its arguments)."""
+        return {
+            "lynshim run": [PY, "-m", "lynshim", "run", "-o", str(out / "lynshim"), "--", PY, *program],
+            "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], PY, *program],
+            "python -X importtime": [PY, "-X", "importtime", *program],
+            "cProfile": [PY, "-m", "cProfile", "-o", str(out / "cprofile.out"), *program],
+            "viztracer": [str(VENV_BIN / "viztracer"), "--quiet", "-o", str(out / "viz.json"), *program],
+        }
+
     out.mkdir(parents=True, exist_ok=True)
-    cases = [("python -c 'import lynguine'", [PY, str(script)], tools, None)]
+    cases = [("python -c 'import lynguine'", [PY, str(script)], tools([str(script)]), None)]
     # Five Python processes under one `lynshim run` (its launcher and the preload library counted once
     # per run and once per program, as in a build), against the same five bare.
     five = f"for i in 1 2 3 4 5; do {PY} {script}; done"
@@ -101,13 +105,18 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     if talk_dir.is_dir():
         corpus_copy = work / "corpus"
         shutil.copytree(CORPUS, corpus_copy)
+        talk_cwd = corpus_copy / "talks" / "_ai"
         field = work / "field.py"
         field.write_text(
             "from lynguine.util.talk import talk_field\n"
             "print(talk_field('title', 'the-atomic-human-google.md', user_file=['_lamd.yml', '_config.yml']))\n"
         )
-        field_tools = {name: [*cmd[:-1], str(field)] for name, cmd in tools.items()}
-        cases.append(("talk_field on a corpus talk", [PY, str(field)], field_tools, corpus_copy / "talks" / "_ai"))
+        cases.append(("talk_field on a corpus talk", [PY, str(field)], tools([str(field)]), talk_cwd))
+        # lamd's own command, as its make rules run it: the lamd-style command of issue #17.
+        mdfield = VENV_BIN / "mdfield"
+        if mdfield.exists():
+            program = [str(mdfield), "title", "the-atomic-human-google.md"]
+            cases.append(("lamd `mdfield title` on a corpus talk", [PY, *program], tools(program), talk_cwd))
     rows, notes = [], []
     for label, bare_cmd, case_tools, cwd in cases:
         timed(bare_cmd, cwd)  # warm the page cache
@@ -125,7 +134,11 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
                     f"target ≤ 1.02 {'met' if met else 'missed by ' + format(statistics.median(ratios) - 1.02, '.3f')}"
                 )
     if not talk_dir.is_dir():
-        notes.append(f"the corpus talk case was not run: {CORPUS} is absent")
+        notes.append(f"the corpus talk cases were not run: {CORPUS} is absent")
+    elif not (VENV_BIN / "mdfield").exists():
+        notes.append(
+            "the lamd `mdfield` case was not run: lamd is not installed (`make bench` installs it from ../shared/lamd)"
+        )
     return rows, notes
 
 

@@ -112,6 +112,11 @@ pub fn render_text(header: &str, sections: &[Section]) -> String {
 }
 
 /// Markdown rendering, fit for a CIP document.
+///
+/// The tables are written here rather than by comfy-table's `ASCII_MARKDOWN` preset, which was tried
+/// (issue #16): it pads every cell to its column's widest (one long command widens every row of a table)
+/// and writes `|---|` rules, so every Markdown report and snapshot would change bytes for no change in
+/// what a reader sees. It also leaves `|` inside a cell unescaped, which this writer must do anyway.
 pub fn render_markdown(header: &str, sections: &[Section]) -> String {
     fn cells(cells: &[String]) -> String {
         cells.iter().map(|c| c.replace('|', "\\|")).collect::<Vec<_>>().join(" | ")

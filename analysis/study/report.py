@@ -328,11 +328,17 @@ class Report:
                 )
         return " ".join(parts) or "Not enough data for a recommendation."
 
-    def startup(self) -> None:
-        data = self.d.get("startup")
-        self.w("## 1. Start-up breakdown (cold and warm)", "")
+    def section(self, title: str, key: str) -> Any:
+        """Write a section's heading; its study data, or None (saying "Not run.") when that step was not run."""
+        self.w(f"## {title}", "")
+        data = self.d.get(key)
         if not data:
             self.w("Not run.", "")
+        return data
+
+    def startup(self) -> None:
+        data = self.section("1. Start-up breakdown (cold and warm)", "startup")
+        if not data:
             return
         self.w(
             f"`lynshim bench -n {data['n']} --warmup 1 [--cold] -- python -c 'import X'` for each module "
@@ -417,10 +423,8 @@ class Report:
             self.fig_imports(lyn, lync, main)
 
     def operations(self) -> None:
-        data = self.d.get("operations")
-        self.w("## 2. Operation costs on real data", "")
+        data = self.section("2. Operation costs on real data", "operations")
         if not data:
-            self.w("Not run.", "")
             return
         self.w(
             f"One warm process per subject folder (imports paid before timing), each operation repeated "
@@ -639,10 +643,8 @@ class Report:
             self.w("", "")
 
     def memory(self) -> None:
-        m = self.d.get("memory")
-        self.w("## 4. Memory profile", "")
+        m = self.section("4. Memory profile", "memory")
         if not m:
-            self.w("Not run.", "")
             return
         self.w(f"Per lamd command over the direct builds (source: {m['source']}). MiB, median (min–max).", "")
         order = [
@@ -675,10 +677,8 @@ class Report:
             )
 
     def server(self) -> None:
-        s = self.d.get("server")
-        self.w("## 5. Server mode, measured", "")
+        s = self.section("5. Server mode, measured", "server")
         if not s:
-            self.w("Not run.", "")
             return
         self.w(
             "`LAMD_USE_SERVER=1` with lynguine's own server (`lynguine.client.ServerClient`, started on first use). "
@@ -830,10 +830,8 @@ class Report:
         )
 
     def quickwins(self) -> None:
-        q = self.d.get("quickwins")
-        self.w("## 6. Quick wins, measured", "")
+        q = self.section("6. Quick wins, measured", "quickwins")
         if not q:
-            self.w("Not run.", "")
             return
         self.w(
             "Each variant puts executables first on PATH for the build, standing in for lamd's console scripts "

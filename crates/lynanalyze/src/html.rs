@@ -4,6 +4,8 @@
 //! plotters crate into inline SVG (its SVG backend only: no fonts, no bitmaps, no script), from the
 //! sections' JSON data, so they show exactly the figures the other formats print.
 
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -70,6 +72,51 @@ fn cut(text: &str, n: usize) -> String {
 /// Horizontal bars, one row per label (first at the top), each row a stack of `(value, colour)`
 /// segments starting at `from` (for a timeline) or 0; a legend of `legend` when given.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+/// A chart of labelled rows: `(0..n).into_segmented()` rows from the top, x in µs drawn in ms.
+type RowChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, SegmentedCoord<RangedCoordusize>>>;
+
+/// The grid and axes of a row chart: one label per row (the first label at the top), x in ms.
+fn draw_row_mesh(chart: &mut RowChart<'_, '_>, labels: &[String], x_desc: &str) -> Drawn {
+    let n = labels.len();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .light_line_style(WHITE)
+        .y_labels(n)
+        .y_label_style(FONT)
+        .x_label_style(FONT)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
+            _ => String::new(),
+        })
+        .x_label_formatter(&|v| format!("{:.0}", v / 1000.0))
+        .x_desc(x_desc)
+        .draw()?;
+    Ok(())
+}
+
+/// A legend entry: a swatch of palette colour `series` named `name` (drawn by [`draw_legend`]).
+fn add_legend_entry(chart: &mut RowChart<'_, '_>, name: &str, series: usize) -> Drawn {
+    let colour = PALETTE[series % PALETTE.len()];
+    chart
+        .draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<usize>)>>())?
+        .label(name)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+    Ok(())
+}
+
+/// The legend box, in the corner `at`, the same on every chart.
+fn draw_legend<'a, 'b: 'a>(chart: &mut RowChart<'a, 'b>, at: SeriesLabelPosition) -> Drawn {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(FONT)
+        .draw()?;
+    Ok(())
+}
+
 fn bar_rows(
     labels: &[String],
     rows: &[(f64, Vec<(f64, usize)>)],
@@ -98,26 +145,9 @@ fn bar_rows(
                     },
                 (0..n).into_segmented(),
             )?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .light_line_style(WHITE)
-            .y_labels(n)
-            .y_label_style(FONT)
-            .x_label_style(FONT)
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
-                _ => String::new(),
-            })
-            .x_label_formatter(&|v| format!("{:.0}", v / 1000.0))
-            .x_desc(x_desc)
-            .draw()?;
+        draw_row_mesh(&mut chart, &labels, x_desc)?;
         for &(name, series) in legend {
-            let colour = PALETTE[series % PALETTE.len()];
-            chart
-                .draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<usize>)>>())?
-                .label(name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+            add_legend_entry(&mut chart, name, series)?;
         }
         for (row, (from, parts)) in rows.iter().enumerate() {
             let y = n - 1 - row;
@@ -140,13 +170,7 @@ fn bar_rows(
             }
         }
         if !legend.is_empty() {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .label_font(FONT)
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         Ok(())
     })
@@ -241,26 +265,9 @@ fn diff_phases_chart(sections: &[Section]) -> String {
             .x_label_area_size(32)
             .y_label_area_size(200)
             .build_cartesian_2d(0.0..max, (0..n).into_segmented())?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .light_line_style(WHITE)
-            .y_labels(n)
-            .y_label_style(FONT)
-            .x_label_style(FONT)
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
-                _ => String::new(),
-            })
-            .x_label_formatter(&|v| format!("{:.0}", v / 1000.0))
-            .x_desc("ms: median over each side's runs")
-            .draw()?;
+        draw_row_mesh(&mut chart, &labels, "ms: median over each side's runs")?;
         for (series, name) in [(0_usize, &name_a), (1, &name_b)] {
-            let colour = PALETTE[series];
-            chart
-                .draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<usize>)>>())?
-                .label(name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+            add_legend_entry(&mut chart, name, series)?;
         }
         for (row, r) in rows.iter().enumerate() {
             let y = n - 1 - row;
@@ -283,13 +290,7 @@ fn diff_phases_chart(sections: &[Section]) -> String {
                 )))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .label_font(FONT)
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })
 }

@@ -236,15 +236,22 @@ pub fn write_start<S: Sink>(out: &mut Out<S>, image: &Image, start: &Start<'_>) 
     out.raw(b",");
     out.key(arg::WALL_ZERO_NS);
     out.uint(start.wall_zero_ns);
+    close_tracer_instant(out, event::PROCESS, pid);
+    out.raw(b"0}\n");
+}
+
+/// What follows the args of one of lynshim's own instant events (`lynshim.process`, `lynshim.exit`): its
+/// category, name, phase and ids, then the `"ts":` key, whose value the caller writes.
+fn close_tracer_instant<S: Sink>(out: &mut Out<S>, name: &str, pid: u32) {
     out.raw(b"},\"cat\":\"");
     out.text(category::TRACER);
     out.raw(b"\",\"name\":\"");
-    out.text(event::PROCESS);
+    out.text(name);
     out.raw(b"\",\"ph\":\"i\",\"pid\":");
     out.uint(u64::from(pid));
     out.raw(b",\"s\":\"t\",\"tid\":");
     out.uint(u64::from(pid));
-    out.raw(b",\"ts\":0}\n");
+    out.raw(b",\"ts\":");
 }
 
 /// How the image ended: the status `exit`/`_exit` was given, or `None` when it is not known.
@@ -294,15 +301,7 @@ pub fn write_end<S: Sink>(out: &mut Out<S>, image: &Image, pid: u32, end: &End) 
     out.raw(b",");
     out.key(arg::PEAK_RSS_BYTES);
     out.uint(end.usage.peak_rss_bytes);
-    out.raw(b"},\"cat\":\"");
-    out.text(category::TRACER);
-    out.raw(b"\",\"name\":\"");
-    out.text(event::EXIT);
-    out.raw(b"\",\"ph\":\"i\",\"pid\":");
-    out.uint(u64::from(pid));
-    out.raw(b",\"s\":\"t\",\"tid\":");
-    out.uint(u64::from(pid));
-    out.raw(b",\"ts\":");
+    close_tracer_instant(out, event::EXIT, pid);
     out.micros(end.dur_ns);
     out.raw(b"}\n]\n");
 }

@@ -16,37 +16,47 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from lynshim._native import schema
+
 from . import common as c
 
-LYNGUINE_CATS = {"config", "read", "write", "compute", "field", "dependency", "convert", "operation", "data"}
+# The study's phase labels of a process's time, by the category of its innermost open span (lynguine's
+# calls, of every other category, are "lynguine work").
+PHASE_OF_CATEGORY = {
+    schema.CAT_IMPORT: "imports",
+    schema.CAT_LAMD: "lamd work",
+    schema.CAT_STARTUP: "python start-up",
+    schema.CAT_TRACER: "lynshim",
+    schema.CAT_PROGRAM: "main program",
+    schema.CAT_GC: "gc",
+    schema.CAT_ATEXIT: "atexit",
+    schema.CAT_TEARDOWN: "teardown",
+    schema.CAT_SERVER: "server",
+    schema.CAT_PROCESS: "other program",
+}
+# Categories of spans that are not calls of lamd or lynguine (the process's life, lynshim's own).
+NOT_CALLS = {
+    schema.CAT_IMPORT,
+    schema.CAT_STARTUP,
+    schema.CAT_TRACER,
+    schema.CAT_PROGRAM,
+    schema.CAT_GC,
+    schema.CAT_ATEXIT,
+    schema.CAT_MEMORY,
+    schema.CAT_TEARDOWN,
+}
 
 
 def label_of(cat: str | None) -> str:
-    if cat == "import":
-        return "imports"
-    if cat == "lamd":
-        return "lamd work"
-    if cat == "startup":
-        return "python start-up"
-    if cat == "lynshim":
-        return "lynshim"
-    if cat == "program":
-        return "main program"
-    if cat in ("gc", "atexit", "teardown"):
-        return cat
-    if cat in ("server", "request"):
-        return "server"
-    if cat == "process":
-        return "other program"
-    return "lynguine work"
+    return PHASE_OF_CATEGORY.get(cat or "", "lynguine work")
 
 
 def process_facts(trace: Path) -> dict[str, Any]:
     events = c.load_events(trace)
     meta = c.process_meta(events)
-    exit_args = next((e.get("args", {}) for e in events if e.get("name") == "lynshim.exit"), {})
-    zero_us = meta.get("wall_zero_ns", 0) / 1e3
-    tid = meta.get("pid")
+    exit_args = next((e.get("args", {}) for e in events if e.get("name") == schema.EVENT_EXIT), {})
+    zero_us = meta.get(schema.ARG_WALL_ZERO_NS, 0) / 1e3
+    tid = meta.get(schema.ARG_PID)
     segs: list[tuple[float, float, str]] = []
     stack: list[tuple[str, str]] = []
     cursor = 0.0
@@ -55,7 +65,7 @@ def process_facts(trace: Path) -> dict[str, Any]:
     cats: Counter[str] = Counter()
     config_reads: Counter[str] = Counter()
     rss = []
-    peak = exit_args.get("peak_rss_bytes")
+    peak = exit_args.get(schema.ARG_PEAK_RSS_BYTES)
 
     def current() -> str:
         if not stack:
@@ -66,11 +76,11 @@ def process_facts(trace: Path) -> dict[str, Any]:
         ts = float(e.get("ts", 0.0))
         ph = e.get("ph")
         end = max(end, ts + float(e.get("dur", 0.0) or 0.0))
-        if ph == "C" and e.get("name") == "rss":
-            rss.append((ts, e["args"].get("bytes")))
+        if ph == "C" and e.get("name") == schema.EVENT_RSS:
+            rss.append((ts, e["args"].get(schema.ARG_BYTES)))
         if e.get("tid") != tid:
             continue
-        if ph == "X" and e.get("cat") not in ("memory",) and (e.get("dur") or 0) > 0:
+        if ph == "X" and e.get("cat") != schema.CAT_MEMORY and (e.get("dur") or 0) > 0:
             if ts > cursor:
                 segs.append((cursor, ts, current()))
             segs.append((max(ts, cursor), ts + e["dur"], label_of(e.get("cat"))))
@@ -81,10 +91,10 @@ def process_facts(trace: Path) -> dict[str, Any]:
                 cursor = ts
             stack.append((e.get("cat") or "", e.get("name") or ""))
             cat = e.get("cat") or ""
-            if cat not in ("import", "startup", "lynshim", "program", "gc", "atexit", "memory", "teardown"):
+            if cat not in NOT_CALLS:
                 calls[e.get("name", "")] += 1
                 cats[cat] += 1
-            if cat == "config":
+            if cat == schema.CAT_CONFIG:
                 for v in (e.get("args") or {}).values():
                     if isinstance(v, str) and (".yml" in v or ".yaml" in v):
                         config_reads[v] += 1
@@ -96,11 +106,11 @@ def process_facts(trace: Path) -> dict[str, Any]:
     if end > cursor:
         segs.append((cursor, end, current()))
     return {
-        "pid": meta.get("pid"),
-        "ppid": meta.get("ppid"),
-        "command": meta.get("command") or trace.name,
-        "lamd_command": meta.get("lamd_command"),
-        "source": meta.get("source", "python"),
+        "pid": meta.get(schema.ARG_PID),
+        "ppid": meta.get(schema.ARG_PPID),
+        "command": meta.get(schema.ARG_COMMAND) or trace.name,
+        "lamd_command": meta.get(schema.ARG_LAMD_COMMAND),
+        "source": meta.get(schema.ARG_SOURCE, schema.SOURCE_PYTHON),
         "start_us": zero_us,
         "end_us": zero_us + end,
         "wall_us": end,
@@ -110,7 +120,7 @@ def process_facts(trace: Path) -> dict[str, Any]:
         "config_reads": dict(config_reads),
         "rss_samples": [b for _, b in rss],
         "peak_rss_bytes": peak,
-        "exit_status": exit_args.get("exit_status"),
+        "exit_status": exit_args.get(schema.ARG_EXIT_STATUS),
     }
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lynshim._native import schema
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 INCLUDE = re.compile(r"\\include\{([^}]*)\}")
@@ -379,4 +381,4 @@ def spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def process_meta(events: list[dict[str, Any]]) -> dict[str, Any]:
-    return next((e.get("args", {}) for e in events if e.get("name") == "lynshim.process"), {})
+    return next((e.get("args", {}) for e in events if e.get("name") == schema.EVENT_PROCESS), {})

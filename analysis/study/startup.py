@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lynshim._native import schema
+
 from . import common as c
 from .builds import Study
 
@@ -37,11 +39,11 @@ def import_costs(trace: Path) -> dict[str, dict[str, float]]:
     full = c.spans(c.load_events(trace))
     child_time: dict[int, float] = defaultdict(float)
     for s in full:
-        if s["cat"] == "import" and s["dur"] is not None and s["parent"] is not None:
+        if s["cat"] == schema.CAT_IMPORT and s["dur"] is not None and s["parent"] is not None:
             child_time[s["parent"]] += s["dur"]
     out: dict[str, dict[str, float]] = defaultdict(lambda: {"self_us": 0.0, "cumulative_us": 0.0})
     for i, s in enumerate(full):
-        if s["cat"] != "import" or s["dur"] is None:
+        if s["cat"] != schema.CAT_IMPORT or s["dur"] is None:
             continue
         pkg = s["name"].split(".")[0]
         out[pkg]["self_us"] += s["dur"] - child_time[i]
@@ -49,7 +51,7 @@ def import_costs(trace: Path) -> dict[str, dict[str, float]]:
         p = s["parent"]
         inside = False
         while p is not None:
-            if full[p]["cat"] == "import" and full[p]["name"].split(".")[0] == pkg:
+            if full[p]["cat"] == schema.CAT_IMPORT and full[p]["name"].split(".")[0] == pkg:
                 inside = True
                 break
             p = full[p]["parent"]

@@ -99,11 +99,13 @@ class _Schema(ModuleType):
 
     ARG_ARGV: str
     ARG_AT: str
+    ARG_BYTES: str
     ARG_COLLECTED: str
     ARG_COMMAND: str
     ARG_CWD: str
     ARG_ERROR: str
     ARG_EXECUTABLE: str
+    ARG_EXIT_STATUS: str
     ARG_FOUND: str
     ARG_GENERATION: str
     ARG_LABEL: str
@@ -112,6 +114,9 @@ class _Schema(ModuleType):
     ARG_LYNGUINE_VERSION: str
     ARG_MODULE: str
     ARG_OPENED_FILES: str
+    ARG_PEAK_RSS_BYTES: str
+    ARG_PID: str
+    ARG_PPID: str
     ARG_PYTHON_VERSION: str
     ARG_REQUEST_ID: str
     ARG_RESULT: str
@@ -120,6 +125,7 @@ class _Schema(ModuleType):
     ARG_SOURCE: str
     ARG_START_TICKS: str
     ARG_UNCOLLECTABLE: str
+    ARG_WALL_ZERO_NS: str
     CAT_ATEXIT: str
     CAT_COMPUTE: str
     CAT_CONFIG: str
@@ -128,6 +134,7 @@ class _Schema(ModuleType):
     CAT_GC: str
     CAT_IMPORT: str
     CAT_LAMD: str
+    CAT_MEMORY: str
     CAT_PROCESS: str
     CAT_PROGRAM: str
     CAT_READ: str
@@ -151,6 +158,7 @@ class _Schema(ModuleType):
     EVENT_EXIT: str
     EVENT_GC: str
     EVENT_MAIN_PROGRAM: str
+    EVENT_PEAK_RSS: str
     EVENT_PROCESS: str
     EVENT_REQUEST_FLOW: str
     EVENT_RSS: str

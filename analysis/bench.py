@@ -29,6 +29,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from lynshim._native import schema
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PY = sys.executable
@@ -177,8 +179,21 @@ def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
     )
 
 
-def startup_breakdown(work: Path) -> str:
-    """What the shim's start-up cost consists of, from its own traces (the 'profile' of a miss)."""
+def timed_cpu(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, every thread of the process and its children) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def startup_breakdown(work: Path, rounds: int) -> tuple[list[str], str]:
+    """What the shim's start-up cost consists of, measured rather than guessed (the 'profile' of a miss):
+    `import lynguine` bare, traced, and traced without import spans (`LYNSHIM_IMPORTS=0`: the hooks, the
+    patching, GC and exit spans stay), interleaved, wall and CPU; lynshim's activation from its own spans;
+    and the count of spans a traced run writes, for the cost per import span."""
     out = work / "breakdown"
     subprocess.run(
         [PY, "-m", "lynshim", "bench", "-n", "5", "--warmup", "1", "-o", str(out), "--", PY, "-c", "import lynguine"],
@@ -188,13 +203,42 @@ def startup_breakdown(work: Path) -> str:
     )
     report = json.loads((out / "bench.json").read_text())
     phases = next(iter(report["processes"].values()))
-    act = phases["lynshim activation"]["median"] / 1000
-    total = phases["total (traced wall)"]["median"] / 1000
-    return (
-        f"`lynshim bench -n 5 -- python -c 'import lynguine'`: lynshim's own activation (importing lynshim, "
-        f"opening the trace, installing the hooks) takes a median {act:.1f} ms of {total:.0f} ms traced; the rest "
-        "of the overhead is the import hook's per-module bookkeeping and the writer thread sharing the CPU."
+    activation_ms = phases["lynshim activation"]["median"] / 1000
+    variants = {
+        "bare": clean_env(),
+        "traced": clean_env() | in_process_env(out / "spans"),
+        "traced, no import spans": clean_env() | in_process_env(out / "no-import-spans") | {schema.ENV_IMPORTS: "0"},
+    }
+    cmd = [PY, "-c", "import lynguine"]
+    for env in variants.values():
+        timed_cpu(cmd, env)  # warm the page cache
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, env in variants.items():
+            runs[name].append(timed_cpu(cmd, env))
+    wall = {name: statistics.median(w for w, _ in r) * 1000 for name, r in runs.items()}
+    cpu = {name: statistics.median(c for _, c in r) * 1000 for name, r in runs.items()}
+    # The spans of one `traced` run.
+    trace = max((out / "spans").glob(f"*{schema.TRACE_SUFFIX}"), key=lambda f: f.stat().st_mtime)
+    text = trace.read_text()
+    imports = text.count(f'"cat":"{schema.CAT_IMPORT}"') // 2  # a begin and an end each
+    gcs = text.count(f'"cat":"{schema.CAT_GC}"') // 2
+    rows = [
+        f"| {name} | {wall[name]:.0f} | {wall[name] - wall['bare']:+.1f} | {cpu[name]:.0f} | "
+        f"{cpu[name] - cpu['bare']:+.1f} |"
+        for name in variants
+    ]
+    spans_ms = wall["traced"] - wall["traced, no import spans"]
+    rest_ms = wall["traced, no import spans"] - wall["bare"] - activation_ms
+    note = (
+        f"Medians of {rounds} interleaved rounds of `python -c 'import lynguine'` (in-process tracing, no launcher). "
+        f"A traced run writes {imports} import spans and {gcs} GC spans. Of the traced run's "
+        f"{wall['traced'] - wall['bare']:+.1f} ms: lynshim's activation {activation_ms:.1f} ms (median of its own "
+        f"spans, `lynshim bench -n 5`); the import spans {spans_ms:+.1f} ms "
+        f"({spans_ms * 1000 / max(imports, 1):.1f} µs per import); everything else the shim does with import spans "
+        f"off (hooks, patching, GC and exit spans, the writer) {rest_ms:+.1f} ms."
     )
+    return rows, note
 
 
 # --- 2. per call ------------------------------------------------------------------------------------
@@ -519,7 +563,7 @@ def main() -> None:
         work = Path(tmp)
         print("start-up…", file=sys.stderr)
         s_rows, s_notes = startup(pairs, work)
-        s_profile = startup_breakdown(work)
+        s_profile_rows, s_profile = startup_breakdown(work, pairs)
         a_row, a_note = activation_in_build(work, 2 if args.quick else 5)
         print("per call…", file=sys.stderr)
         c_rows, c_notes = per_call(work, loops, rounds)
@@ -572,7 +616,13 @@ to reproduce; expect other numbers on another machine or under other load.
 | --- | --- | --- | --- |
 {chr(10).join(s_rows)}
 
-Where the time goes: {s_profile}
+Where the start-up overhead goes, measured (ms):
+
+| run | wall | over bare | CPU | over bare |
+| --- | --- | --- | --- | --- |
+{chr(10).join(s_profile_rows)}
+
+{s_profile}
 
 | measure | median (IQR, n) | target |
 | --- | --- | --- |

@@ -45,7 +45,7 @@ pub use progress::Progress;
 /// One span of a process: a `B`/`E` pair, or an `X` event.
 #[derive(Debug, Clone)]
 pub struct Span {
-    /// Shared by every span of that name loaded on the same thread (see [`Names`]), as is `cat`.
+    /// Shared by every span of that name loaded on the same thread (see `build::Names`), as is `cat`.
     pub name: Arc<str>,
     pub cat: Arc<str>,
     pub tid: i64,

@@ -5,7 +5,8 @@ process of its tree that can import lynshim writes a trace into one run director
 library ``_preload/liblynexec.so`` (``crates/lynexec``) first in ``LD_PRELOAD``, so that every program
 image of the tree, Python or not, writes an exec record there too. CMD inherits stdin, stdout and stderr
 untouched; ``lynshim run`` exits with CMD's status (dying of the same signal when CMD did), writes a run
-record beside the traces and prints one line on stderr saying what was traced and where.
+record beside the traces and prints one line on stderr saying what was traced and where. The launching
+itself is ``_launch``'s (``lynshim bench`` launches through it too); the bench is ``bench``'s.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """``lynshim bench`` on real lynguine: cold runs are cold (page residency), warm runs are warm, and the
-phases of every process add up to its traced wall time. No timing assertions."""
+phases of every process add up to its traced wall time; its phases are read by lynload, cut-short files
+included, as lynanalyze reads them. No timing assertions."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 from conftest import clean_env
+from lynshim import _native
+from lynshim._native import schema
 
 PY = sys.executable
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "traces"
 
 
 def bench(tmp_path: Path, *flags: str) -> dict:
@@ -114,3 +118,24 @@ def test_cold_bench_names_the_processes_that_keep_pages_resident(tmp_path: Path)
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_phases_of_a_trace_whole_or_cut_short_add_up_to_its_wall_time(tmp_path: Path) -> None:
+    # The fixtures' largest trace is a Python process of the sample build (the others are exec records).
+    whole = max(FIXTURES.glob("*" + schema.TRACE_SUFFIX), key=lambda p: p.stat().st_size)
+    name, phases, wall, exit_args = _native.process_phases(whole)
+    assert sum(phases.values()) == pytest.approx(wall, rel=1e-9)
+    assert any(phase.startswith("imports: ") for phase in phases) and phases["rest"] >= 0
+    assert exit_args  # the exit status, CPU time…
+    # Cut in the middle of a line, as a crash leaves it: read as far as it goes, by lynload's rules.
+    cut = tmp_path / whole.name
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut_name, cut_phases, cut_wall, cut_exit = _native.process_phases(cut)
+    assert (cut_name, cut_exit) == (name, {})
+    assert 0 < cut_wall < wall
+    assert sum(cut_phases.values()) == pytest.approx(cut_wall, rel=1e-9)
+    # Not a trace at all: lynload's reason.
+    empty = tmp_path / "empty.lynshim.json"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="empty file"):
+        _native.process_phases(empty)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE, Trace, clean_env, load_events, untraced
-from lynshim import cli
+from lynshim import _launch
 from lynshim._native import schema
 
 PY = sys.executable
@@ -41,7 +41,7 @@ out/talk.gpp.md: talk.md | out
 
 @pytest.fixture(autouse=True)
 def preload_library() -> Path:
-    path, why = cli.preload_library()
+    path, why = _launch.preload_library()
     if path is None:
         pytest.skip(f"the preload library is not installed: {why}")
     return path
@@ -178,8 +178,8 @@ def test_no_exec_trace_leaves_the_library_out(tmp_path: Path) -> None:
 
 def test_without_the_library_one_line_says_so(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from lynshim import cli; "
-        "cli.PRELOAD_LIBRARY = Path('/nonexistent/liblynexec.so'); "
+        "import sys; from pathlib import Path; from lynshim import _launch, cli; "
+        "_launch.PRELOAD_LIBRARY = Path('/nonexistent/liblynexec.so'); "
         "sys.exit(cli.main(['run', '-o', sys.argv[1], '--', 'sh', '-c', 'echo err >&2; ls / >/dev/null; exit 3']))"
     )
     proc = subprocess.run([PY, "-c", code, str(tmp_path / "t")], env=clean_env(), capture_output=True, cwd=tmp_path)
@@ -193,14 +193,14 @@ def test_without_the_library_one_line_says_so(tmp_path: Path) -> None:
 
 def test_existing_ld_preload_is_kept(tmp_path: Path, preload_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    env = cli.traced_environment(tmp_path, "r", None, tmp_path, preload_library)
+    env = _launch.traced_environment(tmp_path, "r", None, tmp_path, preload_library)
     assert env["LD_PRELOAD"] == str(preload_library)
     monkeypatch.setenv("LD_PRELOAD", "/some/other.so")
-    env = cli.traced_environment(tmp_path, "r", None, tmp_path, preload_library)
+    env = _launch.traced_environment(tmp_path, "r", None, tmp_path, preload_library)
     assert env["LD_PRELOAD"] == f"{preload_library}:/some/other.so"
     assert (
-        "LD_PRELOAD" not in cli.traced_environment(tmp_path, "r", None, tmp_path)
-        or cli.traced_environment(tmp_path, "r", None, tmp_path)["LD_PRELOAD"] == "/some/other.so"
+        "LD_PRELOAD" not in _launch.traced_environment(tmp_path, "r", None, tmp_path)
+        or _launch.traced_environment(tmp_path, "r", None, tmp_path)["LD_PRELOAD"] == "/some/other.so"
     )
 
 
@@ -234,5 +234,5 @@ def test_bench_ignores_exec_records(tmp_path: Path) -> None:
     assert list(report["processes"]) == [f"{Path(PY).name} -c pass"]
     assert [p["command"] for p in report["runs"][0]["processes"]] == [f"{Path(PY).name} -c pass"]
     run_dir = Path(report["runs"][0]["run_dir"])
-    sources = sorted(cli.trace_source(p) for p in run_dir.glob("*" + schema.TRACE_SUFFIX))
+    sources = sorted(_launch.trace_source(p) for p in run_dir.glob("*" + schema.TRACE_SUFFIX))
     assert sources == [schema.SOURCE_EXEC, schema.SOURCE_EXEC, schema.SOURCE_PYTHON]

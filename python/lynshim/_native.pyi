@@ -26,6 +26,7 @@ __all__ = [
     "page_residency",
     "probe_begin",
     "probe_end",
+    "process_phases",
     "python_exiting",
     "sample_rss",
     "schema",
@@ -186,3 +187,4 @@ schema: _Schema
 
 def page_residency(path: str | PathLike[str]) -> tuple[int, int]: ...
 def evict_from_page_cache(path: str | PathLike[str]) -> None: ...
+def process_phases(path: str | PathLike[str]) -> tuple[str, dict[str, float], float, dict[str, Any]]: ...

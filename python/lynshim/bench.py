@@ -1,13 +1,15 @@
 """``lynshim bench``: start-up baselines, cold and warm, broken down by phase.
 
 Each timed run is an ordinary ``lynshim run`` (its traces are ordinary traces that lynanalyze reads). For
-every Python process of a run, its trace is split into phases by self time, so they add up to the
-process's traced wall time:
+every Python process of a run, its trace is read and split into phases by lynload, as lynanalyze reads
+and splits it (``_native.process_phases``, ``lynload::phases``), so they add up to the process's traced
+wall time:
 
 - ``interpreter start-up`` (before lynshim activated) and ``lynshim activation`` (lynshim's own cost);
 - ``imports: <package>`` for each top-level package (self time of its modules' import spans);
-- ``lamd work`` and ``lynguine <category>`` (self time of the traced calls);
-- ``rest``: Python running outside any traced span, and interpreter shutdown.
+- ``lamd work``, ``lynguine <category>`` and ``user spans`` (self time of the traced calls);
+- ``rest``: the main program's own code, garbage collection, ``atexit`` handlers, lynshim writing its
+  trace and interpreter shutdown, and Python running outside any traced span.
 
 A first run with ``LYNSHIM_RECORD_FILES=1`` learns the files: every file the command's Python processes
 opened (an audit hook on ``open``) or mapped (``/proc/self/maps``: the interpreter, libpython, extension
@@ -28,74 +30,28 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lynshim import _native, cli
+from lynshim import _launch, _native
 from lynshim._native import schema
 
 TOP_PACKAGES = 8
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    events = []
-    for line in path.read_text().splitlines():
-        line = line.strip().strip(",")
-        if line in ("", "[", "]"):
-            continue
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # cut short
-    return events
-
-
-def phases_of(path: Path) -> tuple[str, dict[str, float], float, dict[str, Any]]:
-    """(process name, phase → µs, wall µs, exit args) of one trace; the phases add up to the wall time."""
-    events = _events(path)
-    name = next((e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"), "?")
-    exit_args = next((e.get("args", {}) for e in events if e.get("name") == schema.EVENT_EXIT), {})
-    phases: dict[str, float] = defaultdict(float)
-    stacks: dict[int, list[list[Any]]] = defaultdict(list)
-    wall = 0.0
-
-    def phase(cat: str, span_name: str) -> str | None:
-        if cat == schema.CAT_IMPORT:
-            return "imports: " + span_name.split(".")[0]
-        if cat == schema.CAT_LAMD:
-            return "lamd work"
-        if cat in schema.OPERATION_CATEGORIES:
-            return f"lynguine {cat}"
-        if cat == schema.CAT_USER:
-            return "user spans"
+def _phases(path: Path) -> tuple[str, dict[str, float], float, dict[str, Any]] | None:
+    """(process name, phase → µs, wall µs, exit args) of one trace, read as lynanalyze reads it (see
+    ``_native.process_phases``); ``None``, said on stderr, when it cannot be read."""
+    try:
+        return _native.process_phases(path)
+    except ValueError as err:
+        print(f"lynshim bench: left out {err}", file=sys.stderr)
         return None
-
-    for e in events:
-        ts = float(e.get("ts", 0.0))
-        wall = max(wall, ts + float(e.get("dur", 0.0)))
-        ph = e.get("ph")
-        if ph == "X" and e.get("cat") == schema.CAT_STARTUP:
-            phases["interpreter start-up"] += e["dur"]
-        elif ph == "X" and e.get("name") == schema.EVENT_SHIM_IMPORT:
-            phases["lynshim activation"] += e["dur"]
-        elif ph == "B":
-            stacks[e["tid"]].append([e.get("cat", ""), e.get("name", ""), ts, 0.0])
-        elif ph == "E" and stacks[e["tid"]]:
-            cat, span_name, start, children = stacks[e["tid"]].pop()
-            dur = ts - start
-            if stacks[e["tid"]]:
-                stacks[e["tid"]][-1][3] += dur
-            key = phase(cat, span_name)
-            if key:
-                phases[key] += dur - children
-    traced = sum(phases.values())
-    phases["rest"] = max(wall - traced, 0.0)
-    return name, dict(phases), wall, exit_args
 
 
 def _file_set(discovery_traces: list[Path]) -> list[str]:
     files: set[str] = set()
     for path in discovery_traces:
-        for e in _events(path):
-            if e.get("name") == schema.EVENT_EXIT:
-                files.update(e.get("args", {}).get(schema.ARG_OPENED_FILES, []))
+        phases = _phases(path)
+        if phases is not None:
+            files.update(phases[3].get(schema.ARG_OPENED_FILES, []))
     return sorted(f for f in files if os.path.isfile(f))
 
 
@@ -163,7 +119,9 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
     # One traced run learns which files the command's Python processes open: evicted before each cold
     # run, and checked for residency before each run either way.
     print(f"lynshim bench: learning which files {command[0]} opens (one traced run)…", file=sys.stderr)
-    found = cli.launch(out / "discovery", "discovery", command, quiet=True, extra_env={schema.ENV_RECORD_FILES: "1"})
+    found = _launch.launch(
+        out / "discovery", "discovery", command, quiet=True, extra_env={schema.ENV_RECORD_FILES: "1"}
+    )
     if isinstance(found, int):
         return found
     files = _file_set(found.python_traces)
@@ -188,7 +146,7 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
         record["resident_before"] = list(residency(files))
         record["resident_before_site_packages"] = list(residency(packages))
         print(f"lynshim bench: run {i + 1}/{n}{' (cold)' if cold else ''}", file=sys.stderr)
-        result = cli.launch(out, "cold" if cold else "warm", command, quiet=True)
+        result = _launch.launch(out, "cold" if cold else "warm", command, quiet=True)
         if isinstance(result, int):
             return result
         failures += result.returncode != 0
@@ -198,7 +156,10 @@ def bench(command: list[str], *, n: int, warmup: int, cold: bool, out: Path) -> 
         )
         # Python traces only: the exec records of make, sh… (and of the Python processes) have no phases.
         for trace in result.python_traces:
-            name, phases, wall, _ = phases_of(trace)
+            read = _phases(trace)
+            if read is None:
+                continue
+            name, phases, wall, _ = read
             record["processes"].append({"command": name, "wall_us": wall, "phases_us": phases})
             for phase, us in phases.items():
                 samples[name][phase].append(us)

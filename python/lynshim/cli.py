@@ -5,234 +5,28 @@ process of its tree that can import lynshim writes a trace into one run director
 library ``_preload/liblynexec.so`` (``crates/lynexec``) first in ``LD_PRELOAD``, so that every program
 image of the tree, Python or not, writes an exec record there too. CMD inherits stdin, stdout and stderr
 untouched; ``lynshim run`` exits with CMD's status (dying of the same signal when CMD did), writes a run
-record beside the traces and prints one line on stderr saying what was traced and where.
+record beside the traces and prints one line on stderr saying what was traced and where. The launching
+itself is ``_launch``'s (``lynshim bench`` launches through it too); the bench is ``bench``'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import secrets
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from lynshim import _native, targets
-from lynshim._native import schema
-
-BOOTSTRAP_DIR = Path(__file__).resolve().parent / "_bootstrap"
-#: Built by ``make install`` (``cargo build -p lynexec``), shipped in the wheel; never committed.
-PRELOAD_LIBRARY = Path(__file__).resolve().parent / "_preload" / "liblynexec.so"
-
-
-def preload_library() -> tuple[Path | None, str]:
-    """The exec-tracing library to preload, or ``None`` and why not (for the summary line)."""
-    if not PRELOAD_LIBRARY.is_file():
-        return None, f"{PRELOAD_LIBRARY} is missing; `make install` builds it"
-    # The dynamic loader splits LD_PRELOAD at spaces and colons, and says so on every program's stderr
-    # when a piece is not a library: a path holding either cannot be preloaded cleanly.
-    if any(c in str(PRELOAD_LIBRARY) for c in " :"):
-        return None, f"its path {PRELOAD_LIBRARY} holds a space or colon, which LD_PRELOAD cannot carry"
-    return PRELOAD_LIBRARY, ""
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
-
-
-def cache_bootstrap_bytecode() -> None:
-    """Write the bootstrap's ``.pyc`` when it is missing or stale, once per run, here in the launcher.
-
-    ``site`` imports the bootstrap before lynshim can do anything about ``PYTHONDONTWRITEBYTECODE``
-    (which lynshim's own modules ignore, see the bootstrap), so under that variable every traced
-    process would compile it again. Nothing is lost when the directory cannot be written.
-    """
-    import importlib.util
-    import py_compile
-
-    source = BOOTSTRAP_DIR / "sitecustomize.py"
-    try:
-        cached = Path(importlib.util.cache_from_source(str(source)))
-        if not cached.is_file() or cached.stat().st_mtime < source.stat().st_mtime:
-            py_compile.compile(str(source), cfile=str(cached), doraise=True)
-    except (OSError, py_compile.PyCompileError, ValueError):
-        pass
-
-
-def traced_environment(
-    run_dir: Path, run_id: str, label: str | None, cwd: Path, preload: Path | None = None
-) -> dict[str, str]:
-    """The environment CMD runs in: bootstrap on PYTHONPATH, the preload library first in LD_PRELOAD
-    (when given; any existing value is kept after it), where to write, which targets."""
-    env = dict(os.environ)
-    cache_bootstrap_bytecode()
-    paths = [str(BOOTSTRAP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    if preload is not None:
-        env["LD_PRELOAD"] = ":".join(p for p in (str(preload), env.get("LD_PRELOAD", "")) if p)
-    env[schema.ENV_DIR] = str(run_dir)
-    env[schema.ENV_RUN_ID] = run_id
-    env[schema.ENV_BOOTSTRAP] = str(BOOTSTRAP_DIR)
-    if label:
-        env[schema.ENV_LABEL] = label
-    added, dropped = targets.from_pyproject(str(cwd / "pyproject.toml"))
-    if added or dropped:
-        env_added, env_dropped = targets.parse_env(env.get(schema.ENV_TARGETS, ""))
-        env[schema.ENV_TARGETS] = targets.to_env(added + env_added, dropped | env_dropped)
-    return env
-
-
-def trace_source(path: Path) -> str:
-    """Who wrote a trace file: ``schema.SOURCE_EXEC`` (the preload library) or ``schema.SOURCE_PYTHON``
-    (lynshim in a Python process; also what a file without the key, or one that cannot be read, counts
-    as). The ``lynshim.process`` event is among the first lines of both kinds."""
-    try:
-        with path.open("rb") as f:
-            for _ in range(16):
-                line = f.readline(1 << 20)
-                if not line:
-                    break
-                if schema.EVENT_PROCESS.encode() not in line:
-                    continue
-                event = json.loads(line.strip().strip(b","))
-                if event.get("name") == schema.EVENT_PROCESS:
-                    return event.get("args", {}).get(schema.ARG_SOURCE, schema.SOURCE_PYTHON)
-    except (OSError, ValueError):
-        pass
-    return schema.SOURCE_PYTHON
-
-
-def _process_of(path: Path) -> str:
-    """A trace file's process, ``pid-ticks`` from its name: one for all of a process's files."""
-    return "-".join(path.name.split("-")[:2])
-
-
-class Launch:
-    """What one traced run of a command gave."""
-
-    def __init__(
-        self, returncode: int, run_dir: Path, traces: list[Path], wall_s: float, exec_traced: bool = False
-    ) -> None:
-        self.returncode = returncode
-        self.run_dir = run_dir
-        #: Every trace file of the run, of either source.
-        self.traces = traces
-        self.wall_s = wall_s
-        #: The preload library was in the command's environment.
-        self.exec_traced = exec_traced
-        sources = {path: trace_source(path) for path in traces}
-        #: lynshim's traces of Python processes.
-        self.python_traces = [p for p in traces if sources[p] != schema.SOURCE_EXEC]
-        #: The preload library's exec records (one per program image, Python or not).
-        self.exec_records = [p for p in traces if sources[p] == schema.SOURCE_EXEC]
-
-    def other_processes(self) -> int:
-        """Processes with exec records and no Python trace: make, sh, gpp, pandoc…"""
-        python = {_process_of(p) for p in self.python_traces}
-        return len({_process_of(p) for p in self.exec_records} - python)
-
-
-def launch(
-    out: Path,
-    label: str | None,
-    command: list[str],
-    *,
-    extra_env: dict[str, str] | None = None,
-    quiet: bool = False,
-    exec_trace: bool = True,
-) -> Launch | int:
-    """Run ``command`` traced into a new run directory under ``out``; an int is an exit status on failure.
-    With ``exec_trace``, every program image is recorded too (when the preload library is installed)."""
-    cwd = Path.cwd()
-    run_id = new_run_id()
-    run_dir = (out / run_id).resolve()
-    try:
-        run_dir.mkdir(mode=0o700, parents=True)
-    except OSError as err:
-        print(
-            f"lynshim: cannot create the trace directory {run_dir}: {err.strerror}; choose another with -o DIR",
-            file=sys.stderr,
-        )
-        return 2
-    preload = preload_library()[0] if exec_trace else None
-    try:
-        env = traced_environment(run_dir, run_id, label, cwd, preload)
-    except (ValueError, KeyError, OSError) as err:
-        print(f"lynshim: {cwd / 'pyproject.toml'}: bad [tool.lynshim] table: {err}", file=sys.stderr)
-        return 2
-    env.update(extra_env or {})
-
-    start_ns = time.time_ns()
-    started = time.perf_counter()
-    output = subprocess.DEVNULL if quiet else None
-    try:
-        child = subprocess.Popen(command, env=env, stdout=output, stderr=output)
-    except FileNotFoundError:
-        print(f"lynshim: {command[0]}: command not found", file=sys.stderr)
-        return 127
-    except PermissionError:
-        print(f"lynshim: {command[0]}: permission denied", file=sys.stderr)
-        return 126
-
-    # Like a shell: the terminal's Ctrl-C reaches the child directly; SIGTERM sent to us is passed on.
-    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    previous_term = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
-    try:
-        returncode = child.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
-    wall_s = time.perf_counter() - started
-    end_ns = time.time_ns()
-
-    result = Launch(returncode, run_dir, sorted(run_dir.glob("*" + schema.TRACE_SUFFIX)), wall_s, preload is not None)
-    user_s, sys_s = _native.children_cpu_s()
-    record = {
-        "run_id": run_id,
-        "label": label,
-        "command": command,
-        "cwd": str(cwd),
-        "start_unix_ns": start_ns,
-        "end_unix_ns": end_ns,
-        "exit_status": returncode if returncode >= 0 else None,
-        "exit_signal": -returncode if returncode < 0 else None,
-        "children_user_s": user_s,
-        "children_sys_s": sys_s,
-        # Python processes, as before exec records existed (lynanalyze counts the others from their files).
-        "traced_processes": len(result.python_traces),
-    }
-    try:
-        _native.write_run_record(run_dir / schema.RUN_RECORD, record)
-    except ValueError as err:
-        print(f"lynshim: could not write the run record: {err}", file=sys.stderr)
-    return result
-
-
-def _processes(n: int, kind: str) -> str:
-    return f"{n} {kind} {'process' if n == 1 else 'processes'}"
-
-
-def summary(result: Launch, exec_trace: bool, where: str) -> str:
-    """The one line ``lynshim run`` ends with: what was traced, and where the traces are."""
-    line = f"lynshim: traced {_processes(len(result.python_traces), 'Python')}"
-    others = result.other_processes()
-    if others:
-        line += f" and {_processes(others, 'other')}"
-    if exec_trace and not result.exec_traced:
-        line += f"; non-Python processes were not traced ({preload_library()[1]})"
-    return line + f"; traces in {where}/"
+from lynshim import _launch, _native
 
 
 def run(out: Path, label: str | None, command: list[str], exec_trace: bool = True) -> int:
-    result = launch(out, label, command, exec_trace=exec_trace)
+    result = _launch.launch(out, label, command, exec_trace=exec_trace)
     if isinstance(result, int):
         return result
     cwd = Path.cwd()
     where = os.path.relpath(result.run_dir) if result.run_dir.is_relative_to(cwd) else str(result.run_dir)
-    print(summary(result, exec_trace, where), file=sys.stderr)
+    print(_launch.summary(result, exec_trace, where), file=sys.stderr)
     returncode = result.returncode
     if returncode < 0:
         # Die of the same signal, so whoever started us sees what they would have seen.

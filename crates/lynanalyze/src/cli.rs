@@ -13,7 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::load::LoadOptions;
+use crate::load::{self, LoadOptions};
+use crate::progress::Bar;
 use crate::{frame, metrics, report};
 
 pub use Format as ReportFormat;
@@ -213,7 +214,8 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     if let Some(pct) = args.fail_if_slower {
         anyhow::ensure!(pct.is_finite() && pct >= 0.0, "--fail-if-slower takes a percentage ≥ 0, not {pct}");
     }
-    let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
+    let bar = Bar::default();
+    let load_options = load_options(args.max_file_size, &bar);
     let side_a = diff::read_side(&args.name_a, &a, load_options, args.group_by)?;
     let side_b = diff::read_side(&args.name_b, &b, load_options, args.group_by)?;
     diff::check(&side_a, &side_b)?;
@@ -258,8 +260,15 @@ fn diff_command(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Options for loading traces, with `bar` drawn when stderr is a terminal.
+fn load_options(max_file_bytes: u64, bar: &Bar) -> LoadOptions<'_> {
+    let progress = std::io::stderr().is_terminal().then_some(bar as &dyn load::Progress);
+    LoadOptions { max_file_bytes, progress }
+}
+
 fn export_command(args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
+    let bar = Bar::default();
+    let load_options = load_options(args.max_file_size, &bar);
     let outcome = crate::export::export(&args.inputs, &args.output, load_options)?;
     for problem in &outcome.skipped {
         eprintln!("lynanalyze: skipped {problem}");
@@ -280,7 +289,8 @@ fn export_command(args: &ExportArgs) -> anyhow::Result<ExitCode> {
 
 fn report_command(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let load_options = LoadOptions { max_file_bytes: args.max_file_size, progress: std::io::stderr().is_terminal() };
+    let bar = Bar::default();
+    let load_options = load_options(args.max_file_size, &bar);
     let options = metrics::Options { top: args.top, assumed_request_ms: args.request_cost_ms };
     let analysis = crate::analyse(&args.inputs, load_options, options)?;
     let loaded = &analysis.loaded;

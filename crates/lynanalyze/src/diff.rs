@@ -341,7 +341,7 @@ fn run_dir(loaded: &Loaded, run_id: &str) -> Option<PathBuf> {
 }
 
 /// Read one side: load its inputs and compute every run's figures with the report's accounting.
-pub fn read_side(name: &str, inputs: &[PathBuf], options: LoadOptions, group_by: GroupBy) -> anyhow::Result<Side> {
+pub fn read_side(name: &str, inputs: &[PathBuf], options: LoadOptions<'_>, group_by: GroupBy) -> anyhow::Result<Side> {
     for input in inputs {
         if !input.exists() {
             bail!("{name}: {} does not exist", input.display());

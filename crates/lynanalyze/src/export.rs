@@ -163,7 +163,7 @@ fn processes_frame(loaded: &Loaded, per_process: &[processes::ProcessTimes]) -> 
 }
 
 /// Export everything under `inputs` into the dataset `out`.
-pub fn export(inputs: &[PathBuf], out: &Path, options: LoadOptions) -> anyhow::Result<Outcome> {
+pub fn export(inputs: &[PathBuf], out: &Path, options: LoadOptions<'_>) -> anyhow::Result<Outcome> {
     let loaded = load::load(inputs, options);
     if loaded.processes.is_empty() && loaded.programs.is_empty() && loaded.runs.is_empty() {
         for problem in &loaded.skipped {

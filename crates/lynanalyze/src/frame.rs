@@ -11,7 +11,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use crate::load::{is_call, ProcessTrace};
+use crate::load::{is_call, phases, ProcessTrace};
 
 /// One row per process: proc (index), run_id, pid, process (command), group.
 pub fn processes(processes: &[ProcessTrace]) -> PolarsResult<DataFrame> {
@@ -253,8 +253,7 @@ pub fn spans(processes: &[ProcessTrace]) -> PolarsResult<(DataFrame, Dictionary)
     let (name_table, name_renumber) = names.finish();
     let (category_table, category_renumber) = categories.finish();
     let mut packages = Numbering::new();
-    let package_of_name: Vec<u32> =
-        name_table.iter().map(|n| packages.number(n.split('.').next().unwrap_or(""))).collect();
+    let package_of_name: Vec<u32> = name_table.iter().map(|n| packages.number(phases::package(n))).collect();
     let (package_table, package_renumber) = packages.finish();
     let package_of_name: Vec<u32> = package_of_name.into_iter().map(|p| package_renumber[p as usize]).collect();
     columns.parts(&sizes).into_par_iter().zip(global.par_iter()).for_each(|(part, (local_names, local_categories))| {

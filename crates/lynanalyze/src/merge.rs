@@ -55,7 +55,7 @@ struct Process {
 pub fn merge(inputs: &[PathBuf], output: &Path, max_bytes: u64) -> anyhow::Result<MergeOutcome> {
     // The linked model knows which files can be read and trusted, which lines were dropped, and which
     // exec records describe a Python process that has a trace of its own.
-    let linked = load(inputs, LoadOptions { max_file_bytes: max_bytes, progress: false });
+    let linked = load(inputs, LoadOptions { max_file_bytes: max_bytes, progress: None });
     let mut skipped = linked.skipped.clone();
     // …and which images exec'd another at once (sh -c): the process's lane is its last program's.
     let told_twice: HashSet<&Path> = linked

@@ -94,6 +94,11 @@ pub mod category {
         &[LAMD, CONFIG, FIELD, READ, WRITE, DATAFRAME, COMPUTE, TEMPLATE, SERVER_CLIENT, SERVER, USER];
     /// Operation categories of lynguine entry points (the target table may use only these and `lamd`).
     pub const OPERATIONS: &[&str] = &[CONFIG, FIELD, READ, WRITE, DATAFRAME, COMPUTE, TEMPLATE, SERVER_CLIENT, SERVER];
+
+    /// Is a span of this category a call into lynguine or lamd (not an import, start-up or lynshim's own)?
+    pub fn is_call(cat: &str) -> bool {
+        WORK.contains(&cat)
+    }
 }
 
 /// Argument keys, in span args and in the process/exit metadata.

@@ -12,6 +12,7 @@
 //! Every function here is total from Python's point of view: it never raises because tracing failed
 //! (a failure warns once on stderr and turns tracing off); it raises only for a wrong call.
 
+pub mod bench;
 pub mod fixup;
 pub mod json;
 pub mod pagecache;
@@ -343,6 +344,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_run_record, m)?)?;
     m.add_function(wrap_pyfunction!(page_residency, m)?)?;
     m.add_function(wrap_pyfunction!(evict_from_page_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::process_phases, m)?)?;
 
     let schema = PyModule::new(m.py(), "schema")?;
     for (name, value) in lynschema::PYTHON_CONSTANTS {

@@ -1,8 +1,9 @@
 //! Per process: wall time, start-up, imports, work by category, GC, exit, what is left unattributed.
 //!
-//! A process's time is split by the self time of its spans: each span's own time (its duration less
-//! the spans directly inside it) goes to its category, so an import made inside a lamd command counts
-//! as import and a lynguine call made while a module is importing counts as work. Start-up is the
+//! A process's time is split into phases by the self time of its spans, as [`crate::load::phases`] does
+//! it (and `lynshim bench` with it): each span's own time (its duration less the spans directly inside
+//! it) goes to its phase, so an import made inside a lamd command counts as import and a lynguine call
+//! made while a module is importing counts as work. Start-up is the
 //! interpreter's time before lynshim activated, plus lynshim's own activation; the main program's self
 //! time is the script's own code; then come the `atexit` handlers, lynshim writing its trace, and the
 //! interpreter's teardown up to the process's real exit (from its exec record, when there is one).
@@ -14,12 +15,13 @@
 
 use std::collections::BTreeMap;
 
-use lynschema::{category, event};
+use lynschema::category;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde_json::{json, Value};
 
 use crate::frame::{Dictionary, SpanColumns};
+use crate::load::phases::{Phase, Phases};
 use crate::load::{Loaded, ProcessTrace};
 use crate::report::{ms, Section, Table};
 
@@ -72,58 +74,31 @@ impl ProcessTimes {
 pub fn compute(loaded: &Loaded, columns: &SpanColumns<'_>, dictionary: &Dictionary) -> Vec<ProcessTimes> {
     let processes = &loaded.processes;
     let children = children_by_parent(loaded);
-    let [startup_cat, tracer_cat, import_cat, program_cat, gc_cat, atexit_cat, teardown_cat] = [
-        category::STARTUP,
-        category::TRACER,
-        category::IMPORT,
-        category::PROGRAM,
-        category::GC,
-        category::ATEXIT,
-        category::TEARDOWN,
-    ]
-    .map(|c| dictionary.category(c));
-    let shim_write = dictionary.name(event::SHIM_WRITE);
     processes
         .par_iter()
         .enumerate()
         .map(|(index, p)| {
-            let mut by_cat: BTreeMap<&str, f64> = BTreeMap::new();
-            let mut by_package: FxHashMap<u32, f64> = FxHashMap::default();
-            let (mut startup, mut activation, mut import, mut calls) = (0.0, 0.0, 0.0, 0);
-            let (mut program, mut gc, mut collections, mut atexit, mut write, mut teardown) =
-                (0.0, 0.0, 0, 0.0, 0.0, 0.0);
+            let mut phases: Phases<'_, u32> = Phases::default();
             for row in columns.rows(index) {
-                let cat = columns.cat[row];
-                if cat == startup_cat {
-                    startup += columns.dur_us[row];
-                } else if cat == tracer_cat && columns.name[row] == shim_write {
-                    write += columns.dur_us[row];
-                } else if cat == tracer_cat {
-                    activation += columns.dur_us[row];
-                } else if cat == program_cat {
-                    program += columns.self_us[row];
-                } else if cat == gc_cat {
-                    gc += columns.self_us[row];
-                    collections += 1;
-                } else if cat == atexit_cat {
-                    atexit += columns.self_us[row];
-                } else if cat == teardown_cat {
-                    teardown += columns.dur_us[row];
-                } else if cat == import_cat {
-                    import += columns.self_us[row];
-                    *by_package.entry(columns.package[row]).or_default() += columns.self_us[row];
-                } else if columns.is_call(row) {
-                    *by_cat.entry(dictionary.categories[cat as usize].as_str()).or_default() += columns.self_us[row];
-                    calls += 1;
-                }
+                let cat = dictionary.categories[columns.cat[row] as usize].as_str();
+                let phase = Phase::of(cat, &dictionary.names[columns.name[row] as usize]);
+                phases.add(phase, cat, || columns.package[row], columns.dur_us[row], columns.self_us[row]);
             }
-            let waiting = take_waiting(p, children.get(&(p.run_id.as_str(), p.pid)), &mut by_cat, &mut program);
-            let work: f64 = by_cat.values().sum();
-            // After lynshim's exit event the process still runs the C exit handlers and unmaps itself:
-            // its exec record, when linked, saw the real end.
+            phases.add_unseen_teardown(p);
+            let children = children.get(&(p.run_id.as_str(), p.pid));
+            let waiting = take_waiting(p, children, &mut phases.work_by_category, &mut phases.program_us);
+            let work = phases.work_us();
             let wall = p.end_us();
-            teardown += (wall - p.end_us).max(0.0);
-            let accounted = startup + activation + import + work + program + gc + atexit + write + teardown + waiting;
+            let accounted = phases.startup_us
+                + phases.activation_us
+                + phases.import_us
+                + work
+                + phases.program_us
+                + phases.gc_us
+                + phases.atexit_us
+                + phases.shim_write_us
+                + phases.teardown_us
+                + waiting;
             let exit = match (p.exit_status, p.exit_signal) {
                 (Some(code), _) => code.to_string(),
                 (None, Some(signal)) => format!("signal {signal}"),
@@ -136,27 +111,27 @@ pub fn compute(loaded: &Loaded, columns: &SpanColumns<'_>, dictionary: &Dictiona
                 group: p.group(),
                 lamd_command: p.lamd_command.clone(),
                 wall_us: wall,
-                startup_us: startup,
-                activation_us: activation,
-                import_us: import,
+                startup_us: phases.startup_us,
+                activation_us: phases.activation_us,
+                import_us: phases.import_us,
                 work_us: work,
-                program_us: program,
-                gc_us: gc,
-                gc_collections: collections,
-                atexit_us: atexit,
-                shim_write_us: write,
-                teardown_us: teardown,
+                program_us: phases.program_us,
+                gc_us: phases.gc_us,
+                gc_collections: phases.gc_collections,
+                atexit_us: phases.atexit_us,
+                shim_write_us: phases.shim_write_us,
+                teardown_us: phases.teardown_us,
                 waiting_us: waiting,
                 unattributed_us: (wall - accounted).max(0.0),
-                work_by_category: by_cat.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                work_by_category: phases.work_by_category.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 imports_by_package: {
-                    let mut by_package: Vec<(u32, f64)> = by_package.into_iter().collect();
+                    let mut by_package: Vec<(u32, f64)> = phases.imports_by_package.into_iter().collect();
                     by_package.sort_unstable_by_key(|(package, _)| *package);
                     by_package
                 },
                 peak_rss: p.peak_rss,
                 exit,
-                calls,
+                calls: phases.calls,
             }
         })
         .collect()

@@ -65,9 +65,9 @@ def spread(values: list[float]) -> str:
 
 def in_process_env(out: Path) -> dict[str, str]:
     """What `lynshim run` sets for the traced process, without the launcher process in front of it."""
-    from lynshim import cli
+    from lynshim import _launch
 
-    env = cli.traced_environment(out, "bench", None, Path.cwd())
+    env = _launch.traced_environment(out, "bench", None, Path.cwd())
     return {k: v for k, v in env.items() if k.startswith("LYNSHIM_") or k == "PYTHONPATH"}
 
 
@@ -147,9 +147,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
 def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
     """`lynshim activation` per process, from the spans of a real multi-process build: the sample lamd-shaped
     build of tests/sample (make, one Python process per rule), traced `runs` times."""
-    from lynshim import bench as lynshim_bench
-    from lynshim import cli
-    from lynshim._native import schema
+    from lynshim import _launch, _native
 
     sample = work / "sample"
     shutil.copytree(REPO / "tests" / "sample", sample)
@@ -165,9 +163,9 @@ def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
             check=True,
         )
         for trace in sorted(out.glob("*/*.lynshim.json")):
-            if cli.trace_source(trace) == schema.SOURCE_EXEC:
+            if _launch.trace_source(trace) == schema.SOURCE_EXEC:
                 continue
-            phases = lynshim_bench.phases_of(trace)[1]
+            phases = _native.process_phases(trace)[1]
             if "lynshim activation" in phases:
                 values.append(phases["lynshim activation"] / 1000)
     median = statistics.median(values)

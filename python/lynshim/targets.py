@@ -164,13 +164,16 @@ def to_env(added: "list[Target]", dropped: set[str]) -> str:
 
 def from_pyproject(path: str) -> "tuple[list[Target], set[str]]":
     """Read ``[tool.lynshim]`` from a ``pyproject.toml`` (empty when there is none)."""
-    import tomllib
-
     try:
-        with open(path, "rb") as handle:
-            table = tomllib.load(handle).get("tool", {}).get("lynshim", {})
+        handle = open(path, "rb")
     except FileNotFoundError:
         return [], set()
+    # Imported only when there is a file to read: tomllib costs `lynshim run` about 12 ms here, and
+    # lamd's talk folders have no pyproject.toml.
+    import tomllib
+
+    with handle:
+        table = tomllib.load(handle).get("tool", {}).get("lynshim", {})
     added = [
         Target(row["module"], row["qualname"], row.get("category", schema.CAT_USER)) for row in table.get("targets", [])
     ]

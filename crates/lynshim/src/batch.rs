@@ -142,13 +142,22 @@ impl Batch {
 
 /// The side channel from the emitter to the writer: batches filed under a number until the writer
 /// meets that number in tracing-chrome's output. One per session (a forked child starts its own).
+///
+/// It also brings the lists back: the writer returns a batch's emptied lists ([`Batches::recycle`])
+/// and the traced threads record into them again ([`Batches::spare`]). Memory already touched and
+/// allocated once costs the traced thread less than a fresh allocation per handoff (page faults,
+/// and a free on another thread than the one that allocated, which defeats the allocator's caches).
 #[derive(Clone, Default)]
 pub struct Batches(Arc<BatchesInner>);
+
+/// Emptied lists kept for reuse, at most: enough for the one being filled while another is written.
+const SPARE_LISTS: usize = 2;
 
 #[derive(Default)]
 struct BatchesInner {
     next: AtomicU64,
     filed: Mutex<HashMap<u64, Batch>>,
+    spare: Mutex<Vec<(Vec<Record>, String)>>,
 }
 
 impl Batches {
@@ -169,6 +178,22 @@ impl Batches {
     /// The batch filed under `id`, once: the writer takes it as it meets the batch's line.
     pub fn take(&self, id: u64) -> Option<Batch> {
         self.0.filed.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
+    }
+
+    /// Keep a written batch's lists for the traced threads to fill again.
+    pub fn recycle(&self, mut records: Vec<Record>, mut text: String) {
+        // Emptied before the lock is taken: the traced threads take it at a handoff.
+        records.clear();
+        text.clear();
+        let mut spare = self.0.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < SPARE_LISTS {
+            spare.push((records, text));
+        }
+    }
+
+    /// Emptied lists to record into, when the writer has returned some.
+    pub fn spare(&self) -> Option<(Vec<Record>, String)> {
+        self.0.spare.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Fixup<W: Write> {
     pending: Vec<u8>,
     /// How much of `pending` is known to hold no newline.
     scanned: usize,
+    /// The fixed-up events on their way to the file.
+    events: Vec<u8>,
     batches_parsed_in_full: usize,
     wrote_any: bool,
     /// tracing-chrome wrote its closing `]` (it is not copied: see [`Fixup::close`]).
@@ -73,6 +75,7 @@ impl<W: Write> Fixup<W> {
             shift_us,
             pending: Vec::with_capacity(16 * 1024),
             scanned: 0,
+            events: Vec::with_capacity(16 * 1024),
             batches_parsed_in_full: 0,
             wrote_any: false,
             chrome_done: false,
@@ -93,7 +96,9 @@ impl<W: Write> Fixup<W> {
     }
 
     fn process_pending_lines(&mut self, at_flush: bool) {
-        let mut batch = Vec::new();
+        // Reused: a batch's events are a few hundred KiB, which a fresh Vec would grow to by copying.
+        let mut batch = std::mem::take(&mut self.events);
+        batch.clear();
         // Taken out while its lines are fixed up: they borrow from it.
         let mut pending = std::mem::take(&mut self.pending);
         let mut start = 0;
@@ -114,6 +119,7 @@ impl<W: Write> Fixup<W> {
         self.scanned = pending.len();
         self.pending = pending;
         self.emit(&batch);
+        self.events = batch;
     }
 
     fn fix_line(&mut self, line: &[u8], batch: &mut Vec<u8>) {
@@ -159,20 +165,22 @@ impl<W: Write> Fixup<W> {
     fn fix_batch(&mut self, id: u64, out: &mut Vec<u8>) {
         let Some(Batch { parts }) = self.batches.take(id) else { return };
         for (records, text) in parts {
-            for record in records {
+            // Read in place, not moved out: a record is about 100 bytes.
+            for record in &records {
                 match record {
                     Record::Begin { tid, ns, name, cat, args } => {
-                        self.write_span(b"B", tid, ns, &name, &cat, args, &text, out)
+                        self.write_span(b"B", *tid, *ns, name, cat, *args, &text, out);
                     }
                     Record::End { tid, ns, name, cat, args } => {
-                        self.write_span(b"E", tid, ns, &name, &cat, args, &text, out)
+                        self.write_span(b"E", *tid, *ns, name, cat, *args, &text, out);
                     }
                     Record::Own { tid, ns, event } => {
-                        let events = self.fix_own_event(&event, tid, self.ts_us(ns));
+                        let events = self.fix_own_event(event, *tid, self.ts_us(*ns));
                         self.write_values(&events, out);
                     }
                 }
             }
+            self.batches.recycle(records, text);
         }
     }
 
@@ -280,12 +288,10 @@ impl<W: Write> Fixup<W> {
         if batch.is_empty() || self.failed {
             return;
         }
-        let mut chunk = Vec::with_capacity(batch.len() + 2);
         if !self.wrote_any {
-            chunk.extend_from_slice(b"[\n");
+            self.write_out(b"[\n");
         }
-        chunk.extend_from_slice(batch);
-        self.write_out(&chunk);
+        self.write_out(batch);
         self.wrote_any = true;
     }
 

@@ -92,8 +92,9 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     let writer = Arc::new(Mutex::new(fixup));
     let (dispatch, guard) = emitter::chrome_dispatch(SharedFixup(Arc::clone(&writer)));
     let (sender, receiver) = mpsc::channel();
+    let emitted = batches.clone();
     let emitter = std::thread::Builder::new().name("lynshim-emitter".into()).spawn(move || {
-        emitter::run(&receiver, &dispatch, guard, &batches, || session::collect(generation));
+        emitter::run(&receiver, &dispatch, guard, &emitted, || session::collect(generation));
     })?;
 
     let parent_trace = find_parent_trace(dir, &path);
@@ -123,7 +124,7 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
         .collect::<Vec<_>>()
         .join(", ");
 
-    let mut s = Session::new(sender, emitter, writer, path.clone(), generation, zero_mono_ns);
+    let mut s = Session::new(sender, batches, emitter, writer, path.clone(), generation, zero_mono_ns);
     s.announce_thread(&info.thread_name);
     s.record(OwnEvent::Process { name: info.process_name, labels, meta });
     if info.forked_from.is_none() {

@@ -26,7 +26,7 @@ use lynschema::{category, event, moment};
 use serde_json::{Map, Value};
 
 pub use crate::batch::Name;
-use crate::batch::{OwnEvent, Record, Text};
+use crate::batch::{Batches, OwnEvent, Record, Text};
 use crate::emitter::Message;
 use crate::fixup::Fixup;
 pub use crate::lifecycle::{after_fork_in_child, end, start, End, StartInfo};
@@ -34,7 +34,12 @@ use crate::procinfo;
 
 /// The traced threads hand the list of records to the emitter when it holds this many; the emitter
 /// collects shorter lists itself, so that a traced call never waits for a system call to wake it.
-const HANDOFF_RECORDS: usize = 256;
+/// Each handoff wakes the emitter and then tracing-chrome's writer: fewer, larger handoffs cost the
+/// process less, and the lists are reused (see [`Batches`]), so they stay small enough (about 100
+/// KiB) not to weigh on the memory the trace reports.
+const HANDOFF_RECORDS: usize = 1024;
+/// Bytes of args text per record that the text list starts with room for.
+const HANDOFF_TEXT_BYTES: usize = 64;
 
 /// The trace file, shared by tracing-chrome's writer thread and the exit handler.
 pub(crate) type TraceWriter = Arc<Mutex<Fixup<fs::File>>>;
@@ -42,6 +47,8 @@ pub(crate) type TraceWriter = Arc<Mutex<Fixup<fs::File>>>;
 pub(crate) struct Session {
     /// The traced threads' end of the channel; dropping it lets the emitter finish.
     pub(crate) sender: Sender<Message>,
+    /// Where written lists come back to be filled again.
+    batches: Batches,
     /// Records not handed to the emitter yet, oldest first.
     pending: Vec<Record>,
     /// The args of the pending records, one after another. Copied here rather than kept as a string
@@ -316,6 +323,7 @@ pub(crate) fn forget_parent_session() -> Option<PathBuf> {
 impl Session {
     pub(crate) fn new(
         sender: Sender<Message>,
+        batches: Batches,
         emitter: JoinHandle<()>,
         writer: TraceWriter,
         path: PathBuf,
@@ -324,8 +332,9 @@ impl Session {
     ) -> Self {
         Self {
             sender,
+            batches,
             pending: Vec::with_capacity(HANDOFF_RECORDS),
-            text: String::with_capacity(HANDOFF_RECORDS * 64),
+            text: String::with_capacity(HANDOFF_RECORDS * HANDOFF_TEXT_BYTES),
             emitter: Some(emitter),
             writer,
             path,
@@ -357,8 +366,11 @@ impl Session {
 
     pub(crate) fn hand_off(&mut self) {
         if !self.pending.is_empty() {
-            let records = std::mem::replace(&mut self.pending, Vec::with_capacity(HANDOFF_RECORDS));
-            let text = std::mem::replace(&mut self.text, String::with_capacity(HANDOFF_RECORDS * 64));
+            let (records, text) = self.batches.spare().unwrap_or_else(|| {
+                (Vec::with_capacity(HANDOFF_RECORDS), String::with_capacity(HANDOFF_RECORDS * HANDOFF_TEXT_BYTES))
+            });
+            let records = std::mem::replace(&mut self.pending, records);
+            let text = std::mem::replace(&mut self.text, text);
             // A send fails only once the emitter has stopped, when there is nowhere left to write.
             let _ = self.sender.send(Message::Records(records, text));
         }

@@ -3,11 +3,13 @@
 //!
 //! A traced call must cost well under a microsecond (issue #17), so the traced thread does not create
 //! `tracing` spans (see [`crate::emitter`] for why and for where the records go). [`enter`] and
-//! [`exit`] read the clock, take the session lock and append a [`Record`] to the session's list; the
-//! lock is held for the push only, never across a system call or Python code (the handoff to the
-//! emitter, a channel send, happens every [`HANDOFF_RECORDS`] records). Each thread keeps the names of
-//! its open spans on a stack and Python holds a token (generation, depth) for each, so a span opened
-//! before a fork or a `stop()` can never close into the next session.
+//! [`exit`] read the clock, take the session lock (one process-wide `Mutex`: two atomic operations when
+//! uncontended) and append a [`Record`] to the session's list. The lock is never held across Python
+//! code, and across a system call only every [`HANDOFF_RECORDS`] records, when the list goes to the
+//! emitter (a channel send that may wake it), and at the calls that reach a memory moment (an RSS
+//! sample reads `/proc`). Each thread keeps the names of its open spans on a stack and Python holds a
+//! token (generation, depth) for each, so a span opened before a fork or a `stop()` can never close
+//! into the next session.
 //!
 //! The other jobs of a session live beside this one: the batch format in [`crate::batch`], the emitter
 //! thread in [`crate::emitter`], the file's layout in [`crate::fixup`], starting, ending and forking in
@@ -94,13 +96,44 @@ struct Open {
     cat: Name,
 }
 
-thread_local! {
+/// What a thread keeps for the sessions it records into. One thread-local rather than three: in a
+/// shared library every access to a thread-local is a call (`__tls_get_addr`), and the hot path made
+/// three per span begin.
+struct ThreadState {
     /// The open spans of this thread, and the generation of the session they belong to.
-    static STACK: RefCell<(u64, Vec<Open>)> = const { RefCell::new((0, Vec::new())) };
+    open: RefCell<(u64, Vec<Open>)>,
     /// Generation in which this thread announced its OS tid and name.
-    static THREAD_GENERATION: Cell<u64> = const { Cell::new(0) };
+    announced: Cell<u64>,
     /// This thread's OS id (asked once: `gettid` is a system call).
-    static TID: Cell<u64> = const { Cell::new(0) };
+    tid: Cell<u64>,
+}
+
+impl ThreadState {
+    fn tid(&self) -> u64 {
+        if self.tid.get() == 0 {
+            self.tid.set(procinfo::gettid());
+        }
+        self.tid.get()
+    }
+
+    /// The thread's name when it has not been announced in the current session yet. Asked for before
+    /// the session lock is taken: naming a thread may run Python code, which may switch threads.
+    fn new_name(&self, thread_name: impl FnOnce() -> String) -> Option<String> {
+        let current = GENERATION.load(Ordering::Relaxed);
+        (current != 0 && self.announced.get() != current).then(thread_name)
+    }
+
+    /// Is a span of category `import` open on this thread, in session `generation`?
+    fn inside_import(&self, generation: u64) -> bool {
+        let (open_generation, open) = &*self.open.borrow();
+        *open_generation == generation && open.iter().any(|o| o.cat == category::IMPORT)
+    }
+}
+
+thread_local! {
+    static THREAD: ThreadState = const {
+        ThreadState { open: RefCell::new((0, Vec::new())), announced: Cell::new(0), tid: Cell::new(0) }
+    };
 }
 
 pub(crate) fn session() -> MutexGuard<'static, Option<Session>> {
@@ -108,12 +141,7 @@ pub(crate) fn session() -> MutexGuard<'static, Option<Session>> {
 }
 
 fn tid() -> u64 {
-    TID.with(|t| {
-        if t.get() == 0 {
-            t.set(procinfo::gettid());
-        }
-        t.get()
-    })
+    THREAD.with(ThreadState::tid)
 }
 
 /// Print one warning per process on stderr; tracing problems never say more than that.
@@ -145,28 +173,30 @@ pub fn enter(name: Name, cat: Name, args: Option<&str>, thread_name: impl FnOnce
     if !ACTIVE.load(Ordering::Relaxed) {
         return 0;
     }
-    let new_thread_name = new_thread_name(thread_name);
-    let ns = procinfo::monotonic_ns();
-    let generation = {
-        let mut guard = session();
-        let Some(s) = guard.as_mut() else { return 0 };
-        if let Some(name) = new_thread_name {
-            s.announce_thread(&name);
-        }
-        // "After imports" is the first call the program makes once its imports are done, not one made
-        // while a module is still importing (lynguine calls some of its own functions as it loads).
-        if !s.moments.after_imports && category::WORK.contains(&&*cat) && !inside_import(s.generation) {
-            s.moments.after_imports = true;
-            s.sample_rss(Some(moment::AFTER_IMPORTS));
-        }
-        let args = s.push_text(args);
-        s.push(Record::Begin { tid: tid(), ns, name: name.clone(), cat: cat.clone(), args });
-        s.generation
-    };
-    STACK.with(|stack| {
-        let (stack_generation, open) = &mut *stack.borrow_mut();
-        if *stack_generation != generation {
-            *stack_generation = generation;
+    THREAD.with(|thread| {
+        let new_thread_name = thread.new_name(thread_name);
+        let ns = procinfo::monotonic_ns();
+        let tid = thread.tid();
+        let generation = {
+            let mut guard = session();
+            let Some(s) = guard.as_mut() else { return 0 };
+            if let Some(name) = new_thread_name {
+                s.announce_thread(&name);
+            }
+            // "After imports" is the first call the program makes once its imports are done, not one
+            // made while a module is still importing (lynguine calls some of its own functions as it
+            // loads).
+            if !s.moments.after_imports && category::WORK.contains(&&*cat) && !thread.inside_import(s.generation) {
+                s.moments.after_imports = true;
+                s.sample_rss(Some(moment::AFTER_IMPORTS));
+            }
+            let args = s.push_text(args);
+            s.push(Record::Begin { tid, ns, name: name.clone(), cat: cat.clone(), args });
+            s.generation
+        };
+        let (open_generation, open) = &mut *thread.open.borrow_mut();
+        if *open_generation != generation {
+            *open_generation = generation;
             open.clear();
         }
         open.push(Open { name, cat });
@@ -182,12 +212,12 @@ pub fn exit(token: u64, end_args: Option<&str>) {
     }
     let depth = usize::try_from(token & 0xffff_ffff).unwrap_or(usize::MAX);
     let ns = procinfo::monotonic_ns();
-    let mut guard = session();
-    let Some(s) = guard.as_mut() else { return };
-    let tid = tid();
-    STACK.with(|stack| {
-        let (stack_generation, open) = &mut *stack.borrow_mut();
-        if *stack_generation != s.generation || depth == 0 || open.len() < depth {
+    THREAD.with(|thread| {
+        let tid = thread.tid();
+        let mut guard = session();
+        let Some(s) = guard.as_mut() else { return };
+        let (open_generation, open) = &mut *thread.open.borrow_mut();
+        if *open_generation != s.generation || depth == 0 || open.len() < depth {
             return;
         }
         let mut end_args = end_args;
@@ -205,14 +235,6 @@ pub fn exit(token: u64, end_args: Option<&str>) {
     });
 }
 
-/// Is a span of category `import` open on this thread, in session `generation`?
-fn inside_import(generation: u64) -> bool {
-    STACK.with(|stack| {
-        let (stack_generation, open) = &*stack.borrow();
-        *stack_generation == generation && open.iter().any(|o| o.cat == category::IMPORT)
-    })
-}
-
 /// One of lynshim's own events (instant, complete, flow), as the Python side describes it: a kind
 /// and a JSON payload (see [`OwnEvent::from_payload`]), recorded on the calling thread.
 pub fn emit(kind: &'static str, payload: Value, thread_name: impl FnOnce() -> String) {
@@ -223,7 +245,7 @@ pub fn emit(kind: &'static str, payload: Value, thread_name: impl FnOnce() -> St
 
 /// One of lynshim's own events, recorded on the calling thread.
 pub fn record(event: OwnEvent, thread_name: impl FnOnce() -> String) {
-    let new_thread_name = new_thread_name(thread_name);
+    let new_thread_name = THREAD.with(|thread| thread.new_name(thread_name));
     let mut guard = session();
     if let Some(s) = guard.as_mut() {
         if let Some(name) = new_thread_name {
@@ -231,13 +253,6 @@ pub fn record(event: OwnEvent, thread_name: impl FnOnce() -> String) {
         }
         s.record(event);
     }
-}
-
-/// The calling thread's name when it has not been announced in the current session yet. Asked for
-/// before the session lock is taken: naming a thread may run Python code, which may switch threads.
-fn new_thread_name(thread_name: impl FnOnce() -> String) -> Option<String> {
-    let current = GENERATION.load(Ordering::Relaxed);
-    (current != 0 && THREAD_GENERATION.with(Cell::get) != current).then(thread_name)
 }
 
 /// Activation is over (the import hook, exit and fork handlers are installed): record lynshim's
@@ -311,12 +326,12 @@ pub(crate) fn collect(generation: u64) -> bool {
 /// so it must never be dropped — and this thread's open spans. Returns the parent's trace path.
 pub(crate) fn forget_parent_session() -> Option<PathBuf> {
     // The forking thread's id is the parent's: ask again.
-    TID.with(|t| t.set(0));
+    THREAD.with(|thread| thread.tid.set(0));
     let parent = session().take()?;
     ACTIVE.store(false, Ordering::SeqCst);
     let path = parent.path.clone();
     std::mem::forget(parent);
-    STACK.with(|stack| std::mem::forget(std::mem::take(&mut *stack.borrow_mut())));
+    THREAD.with(|thread| std::mem::forget(std::mem::take(&mut *thread.open.borrow_mut())));
     Some(path)
 }
 
@@ -385,7 +400,7 @@ impl Session {
 
     pub(crate) fn announce_thread(&mut self, name: &str) {
         self.record(OwnEvent::Thread { tid: tid(), name: name.to_owned() });
-        THREAD_GENERATION.with(|g| g.set(self.generation));
+        THREAD.with(|thread| thread.announced.set(self.generation));
     }
 
     /// An RSS counter sample, labelled with the moment of the process it was taken at, if any.
@@ -417,10 +432,10 @@ impl Session {
     /// thread-local storage is gone (the exit handler) there is nothing left to close.
     pub(crate) fn close_open_spans(&mut self) {
         let ns = procinfo::monotonic_ns();
-        let tid = TID.try_with(Cell::get).ok().filter(|&t| t != 0).unwrap_or_else(procinfo::gettid);
-        let _ = STACK.try_with(|stack| {
-            let (stack_generation, open) = &mut *stack.borrow_mut();
-            if *stack_generation == self.generation {
+        let tid = THREAD.try_with(|thread| thread.tid.get()).ok().filter(|&t| t != 0).unwrap_or_else(procinfo::gettid);
+        let _ = THREAD.try_with(|thread| {
+            let (open_generation, open) = &mut *thread.open.borrow_mut();
+            if *open_generation == self.generation {
                 while let Some(span) = open.pop() {
                     self.pending.push(Record::End { tid, ns, name: span.name, cat: span.cat, args: None });
                 }

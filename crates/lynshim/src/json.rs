@@ -1,4 +1,4 @@
-//! Writing JSON text by hand where the hot path and the emitter need it: a serde `Map` or `json!` value
+//! Writing JSON text by hand where the hot path needs it (a probe's args): a serde `Map` or `json!` value
 //! per span would cost a tree and an allocation per key, and `write!` formats integers slowly.
 
 use serde_json::Value;

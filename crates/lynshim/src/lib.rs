@@ -12,10 +12,14 @@
 //! Every function here is total from Python's point of view: it never raises because tracing failed
 //! (a failure warns once on stderr and turns tracing off); it raises only for a wrong call.
 
+pub mod batch;
 pub mod bench;
+pub mod emitter;
 pub mod fixup;
 pub mod json;
+pub mod lifecycle;
 pub mod pagecache;
+pub mod parent_trace;
 pub mod probe;
 pub mod procinfo;
 pub mod session;

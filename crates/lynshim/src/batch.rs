@@ -1,0 +1,294 @@
+//! The shim's internal batch protocol: what the traced threads record ([`Record`], lynshim's own events
+//! as [`OwnEvent`]), how a batch of records travels from the emitter thread to the file's writer
+//! ([`Batches`]), and how the writer recognises a batch's `tracing` event ([`batch_id`]).
+//!
+//! Every batch still goes through `tracing` and tracing-chrome, one `tracing` event per batch, so that
+//! tracing-chrome orders and flushes it with everything else. Around tracing-chrome, though, the
+//! records themselves travel by a side channel: the emitter files the batch under a number in
+//! [`Batches`] and the `tracing` event carries only that number (field [`F_PAYLOAD`]); the writer behind
+//! tracing-chrome ([`crate::fixup`]) takes the batch back by the number it finds in the line. Sending
+//! the records through the event instead — as text, which tracing-chrome escape-checks byte by byte and
+//! the writer parses again — cost the process more than the traced calls themselves (issue #17).
+//! A batch never leaves the process, so it needs no serialised form: the writer reads the typed records.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tracing::Level;
+
+/// Callsite field of lynshim's `tracing` events: which kind of event this is ([`kind::BATCH`]).
+pub const F_KIND: &str = "k";
+/// Callsite field of lynshim's `tracing` events: the batch's number in [`Batches`].
+pub const F_PAYLOAD: &str = "p";
+
+/// Kinds of lynshim's events: [`kind::BATCH`] names the `tracing` event of a batch; the others are
+/// what the Python side passes to [`crate::session::emit`] ([`OwnEvent::from_payload`]).
+pub mod kind {
+    /// A batch of records, by its number in [`super::Batches`].
+    pub const BATCH: &str = "batch";
+    pub const THREAD: &str = "thread";
+    pub const PROCESS: &str = "process";
+    pub const EXIT: &str = "exit";
+    pub const COUNTER: &str = "counter";
+    pub const COMPLETE: &str = "complete";
+    pub const INSTANT: &str = "instant";
+    pub const FLOW_OUT: &str = "flow_out";
+    pub const FLOW_IN: &str = "flow_in";
+}
+
+/// A span's name or category: borrowed from a probe (which lives as long as the process) or owned.
+pub type Name = Cow<'static, str>;
+
+/// A stretch of a batch's text (see [`Batch::text`]): the args of one record, a JSON object.
+#[derive(Clone, Copy, Debug)]
+pub struct Text {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// What a traced thread records. Times are CLOCK_MONOTONIC nanoseconds; `tid` is the OS thread id.
+#[derive(Debug)]
+pub enum Record {
+    /// A span begins, with its args at the begin.
+    Begin { tid: u64, ns: u64, name: Name, cat: Name, args: Option<Text> },
+    /// The innermost open span of thread `tid` ends, with its args at the end.
+    End { tid: u64, ns: u64, name: Name, cat: Name, args: Option<Text> },
+    /// One of lynshim's own events (rare: boxed, so that span records stay small to copy).
+    Own { tid: u64, ns: u64, event: Box<OwnEvent> },
+}
+
+/// Which end of a flow arrow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEnd {
+    /// The client side of a request, where the arrow starts.
+    Out,
+    /// The server side, where it ends.
+    In,
+}
+
+/// lynshim's own events, besides span begins and ends.
+#[derive(Debug)]
+pub enum OwnEvent {
+    /// A thread's name, announced the first time it records something in a session.
+    Thread { tid: u64, name: String },
+    /// The process's name, labels and metadata (at the start of a session).
+    Process { name: String, labels: String, meta: Map<String, Value> },
+    /// The process exits: exit status, peak memory and late metadata.
+    Exit { meta: Map<String, Value> },
+    /// A memory sample in bytes, labelled with the moment it was taken at (a [`lynschema::moment`]).
+    Counter { name: Name, bytes: u64, at: Option<Name> },
+    /// A span timed by its caller: start in microseconds from the session's zero, duration.
+    Complete { name: Name, cat: Name, start_us: f64, dur_us: f64, args: Map<String, Value> },
+    /// An instant event on the recording thread.
+    Instant { name: String, cat: String, args: Map<String, Value> },
+    /// One end of a flow arrow joining a client request to the server span handling it.
+    Flow { end: FlowEnd, id: u64, name: String, cat: String },
+}
+
+impl OwnEvent {
+    /// The event the Python side describes as a kind and a JSON payload (`name`, `cat`, `args`, `ts`,
+    /// `dur`, `id`, as `lib.rs` builds them); `None` for a kind it cannot send.
+    pub fn from_payload(kind: &str, payload: Value) -> Option<Self> {
+        let Value::Object(mut p) = payload else { return None };
+        let mut take_str = |key: &str| match p.remove(key) {
+            Some(Value::String(s)) => s,
+            _ => String::new(),
+        };
+        let (name, cat) = (take_str("name"), take_str("cat"));
+        let args = match p.remove("args") {
+            Some(Value::Object(args)) => args,
+            _ => Map::new(),
+        };
+        let number = |key: &str| p.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+        match kind {
+            kind::INSTANT => Some(Self::Instant { name, cat, args }),
+            kind::COMPLETE => Some(Self::Complete {
+                start_us: number("ts"),
+                dur_us: number("dur"),
+                name: name.into(),
+                cat: cat.into(),
+                args,
+            }),
+            kind::FLOW_OUT | kind::FLOW_IN => Some(Self::Flow {
+                end: if kind == kind::FLOW_OUT { FlowEnd::Out } else { FlowEnd::In },
+                id: p.get("id").and_then(Value::as_u64).unwrap_or(0),
+                name,
+                cat,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Records in the order they were recorded, with their args' text, one handoff after another.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub parts: Vec<(Vec<Record>, String)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|(records, _)| records.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|(records, _)| records.is_empty())
+    }
+}
+
+/// The side channel from the emitter to the writer: batches filed under a number until the writer
+/// meets that number in tracing-chrome's output. One per session (a forked child starts its own).
+///
+/// It also brings the lists back: the writer returns a batch's emptied lists ([`Batches::recycle`])
+/// and the traced threads record into them again ([`Batches::spare`]). Memory already touched and
+/// allocated once costs the traced thread less than a fresh allocation per handoff (page faults,
+/// and a free on another thread than the one that allocated, which defeats the allocator's caches).
+#[derive(Clone, Default)]
+pub struct Batches(Arc<BatchesInner>);
+
+/// Emptied lists kept for reuse, at most: enough for the one being filled while another is written.
+const SPARE_LISTS: usize = 2;
+
+#[derive(Default)]
+struct BatchesInner {
+    next: AtomicU64,
+    filed: Mutex<HashMap<u64, Batch>>,
+    spare: Mutex<Vec<(Vec<Record>, String)>>,
+}
+
+impl Batches {
+    /// Send `batch` through `tracing` (the current default dispatcher, tracing-chrome's): file it and
+    /// emit one `tracing` event carrying its number.
+    pub fn send(&self, batch: Batch) {
+        let id = self.file(batch);
+        tracing::event!(target: "lynshim", Level::INFO, k = %kind::BATCH, p = id);
+    }
+
+    /// File `batch` for the writer; its number.
+    pub fn file(&self, batch: Batch) -> u64 {
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        self.0.filed.lock().unwrap_or_else(PoisonError::into_inner).insert(id, batch);
+        id
+    }
+
+    /// The batch filed under `id`, once: the writer takes it as it meets the batch's line.
+    pub fn take(&self, id: u64) -> Option<Batch> {
+        self.0.filed.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
+    }
+
+    /// Keep a written batch's lists for the traced threads to fill again.
+    pub fn recycle(&self, mut records: Vec<Record>, mut text: String) {
+        // Emptied before the lock is taken: the traced threads take it at a handoff.
+        records.clear();
+        text.clear();
+        let mut spare = self.0.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < SPARE_LISTS {
+            spare.push((records, text));
+        }
+    }
+
+    /// Emptied lists to record into, when the writer has returned some.
+    pub fn spare(&self) -> Option<(Vec<Record>, String)> {
+        self.0.spare.lock().unwrap_or_else(PoisonError::into_inner).pop()
+    }
+}
+
+/// The part of a tracing-chrome line that matters when it is parsed in full: lynshim only writes
+/// events (`ph` `i`) with a kind and a batch number.
+#[derive(Deserialize)]
+struct ChromeLine<'a> {
+    #[serde(borrow)]
+    ph: Cow<'a, str>,
+    #[serde(default, borrow)]
+    args: Option<ChromeArgs<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChromeArgs<'a> {
+    #[serde(default, borrow)]
+    k: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    p: Option<Cow<'a, str>>,
+}
+
+/// How a line of tracing-chrome's output was read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A batch's line, found without parsing it (tracing-chrome writes args first, keys sorted).
+    Batch(u64),
+    /// A batch's line in another shape, found by parsing it in full (should tracing-chrome change
+    /// how it writes a line).
+    BatchParsed(u64),
+    /// Anything else: tracing-chrome's own thread names, or a line that does not parse.
+    Other,
+}
+
+/// What a (trimmed) line of tracing-chrome's output holds.
+pub fn batch_id(line: &[u8]) -> Line {
+    // tracing-chrome writes every field as a string (its `Debug` form).
+    const PREFIX: &[u8] = br#"{"args":{"k":"batch","p":""#;
+    if let Some(rest) = line.strip_prefix(PREFIX) {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && rest[digits..].starts_with(br#""},"#) {
+            if let Some(id) = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()) {
+                return Line::Batch(id);
+            }
+        }
+    }
+    match serde_json::from_slice::<ChromeLine<'_>>(line) {
+        Ok(ChromeLine { ph, args: Some(ChromeArgs { k: Some(k), p: Some(id) }) }) if ph == "i" && k == kind::BATCH => {
+            id.parse().map_or(Line::Other, Line::BatchParsed)
+        }
+        _ => Line::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_batch_line_is_found_quickly_or_by_parsing_it() {
+        let quick =
+            br#"{"args":{"k":"batch","p":"17"},"cat":"lynshim","name":"event","ph":"i","pid":1,"tid":0,"ts":9.0}"#;
+        assert_eq!(batch_id(quick), Line::Batch(17));
+        // tracing-chrome with source locations writes ".file" first.
+        let located = json!({".file": "src/batch.rs", ".line": 1, "args": {"k": kind::BATCH, "p": "18"},
+                             "cat": "lynshim", "name": "event", "ph": "i", "pid": 1, "tid": 0, "ts": 9.0});
+        assert_eq!(batch_id(located.to_string().as_bytes()), Line::BatchParsed(18));
+        let thread_name = br#"{"name":"thread_name","ph":"M","pid":1,"tid":0,"args":{"name":"x"}}"#;
+        assert_eq!(batch_id(thread_name), Line::Other);
+        assert_eq!(batch_id(b"{not json"), Line::Other);
+    }
+
+    #[test]
+    fn payloads_from_python_become_typed_events() {
+        let instant = OwnEvent::from_payload(kind::INSTANT, json!({"name": "n", "cat": "user", "args": {"a": 1}}));
+        assert!(
+            matches!(instant, Some(OwnEvent::Instant { name, cat, args }) if name == "n" && cat == "user" && args["a"] == 1)
+        );
+        let complete = OwnEvent::from_payload(kind::COMPLETE, json!({"name": "c", "cat": "gc", "ts": 2.5, "dur": 1.0}));
+        assert!(
+            matches!(complete, Some(OwnEvent::Complete { start_us, dur_us, .. }) if start_us == 2.5 && dur_us == 1.0)
+        );
+        let flow = OwnEvent::from_payload(kind::FLOW_IN, json!({"id": 5, "name": "r", "cat": "server-client"}));
+        assert!(matches!(flow, Some(OwnEvent::Flow { end: FlowEnd::In, id: 5, .. })));
+        assert!(OwnEvent::from_payload(kind::EXIT, json!({})).is_none());
+    }
+
+    #[test]
+    fn a_filed_batch_is_taken_once() {
+        let batches = Batches::default();
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry());
+        tracing::dispatcher::with_default(&dispatch, || {
+            batches.send(Batch { parts: vec![(Vec::new(), String::new())] });
+        });
+        assert!(batches.take(0).is_some());
+        assert!(batches.take(0).is_none());
+    }
+}

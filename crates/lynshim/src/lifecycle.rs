@@ -1,0 +1,258 @@
+//! How a session begins and ends: opening the trace file and starting the emitter, writing the end of
+//! the trace when the process exits, and starting over in a child after `fork`.
+//!
+//! A session owns a private `tracing` [`Dispatch`](tracing::Dispatch) (a `Registry` with the
+//! tracing-chrome layer, see [`crate::emitter`]) rather than the global default, because a process may
+//! need a second one: after `fork` the child must write its own file, and neither the emitter nor
+//! tracing-chrome's writer thread survives the fork.
+//!
+//! Ending a session happens in two steps when the process exits. Python's `atexit` (the last handler
+//! to run, since lynshim registers first) closes the spans open on the exiting thread, lets the
+//! emitter drain the channel and tracing-chrome write out and stop its thread; then a C `on_exit`
+//! handler, the only place the exit status is known, writes memory figures and the exit event
+//! directly into the file and closes it. By then thread-local storage is gone, so that last step must
+//! not touch `tracing`.
+//!
+//! Nothing here panics into the host program and nothing returns an error to it: a failure to create
+//! or write the file is reported once on stderr and tracing stays off.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+
+use lynschema::{arg, category, event, files, moment, FORMAT_VERSION};
+use serde_json::{Map, Value};
+
+use crate::batch::{Batches, OwnEvent};
+use crate::emitter::{self, Message};
+use crate::fixup::{Fixup, SharedFixup};
+use crate::parent_trace::find_parent_trace;
+use crate::procinfo;
+use crate::session::{self, Session, TraceWriter, ACTIVE, GENERATION};
+
+/// A session whose spans are all written, waiting for the exit status (see the module doc).
+static AWAITING_EXIT: Mutex<Option<Awaiting>> = Mutex::new(None);
+
+/// What the exit handler needs of a session Python's exit has written out.
+struct Awaiting {
+    writer: TraceWriter,
+    meta: Map<String, Value>,
+    zero_mono_ns: u64,
+    /// CLOCK_MONOTONIC when lynshim's `atexit` handler began writing, and when it had finished: the
+    /// exit handler records lynshim's writing and, after it, the interpreter's teardown.
+    writing: Option<(u64, u64)>,
+}
+
+/// What the caller knows about the process when tracing starts.
+pub struct StartInfo {
+    /// argv, cwd, executable, Python version, run id, label… (the Python side gathers these).
+    pub meta: Map<String, Value>,
+    /// Name of the process in Perfetto, made from its command.
+    pub process_name: String,
+    /// Name of the calling thread.
+    pub thread_name: String,
+    /// CLOCK_MONOTONIC when `import lynshim` began, to time the shim's own activation.
+    pub import_started_ns: Option<u64>,
+    /// Trace file of the process this one was forked from.
+    pub forked_from: Option<String>,
+}
+
+/// Start tracing this process into a new file under `dir`. Returns the file's path, or `None` (after
+/// one warning) when the file cannot be created. A running session is finished first.
+pub fn start(dir: &Path, info: StartInfo) -> Option<PathBuf> {
+    end(End::Stop);
+    match open_session(dir, info) {
+        Ok(path) => Some(path),
+        Err(err) => {
+            session::warn_once(&format!("cannot write a trace in {} ({err})", dir.display()));
+            None
+        }
+    }
+}
+
+fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let pid = std::process::id();
+    let (ppid, start_ticks) = procinfo::parent_and_start_ticks("self").unwrap_or((0, 0));
+    let path = dir.join(files::trace_file_name(pid, start_ticks, procinfo::nonce()));
+    // create_new: never clobber a file, whatever the pid; 0600: traces hold paths and arguments.
+    let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+
+    let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+    let zero_mono_ns = procinfo::monotonic_ns();
+    let wall_zero_now = procinfo::unix_ns();
+    let age_ns = if info.forked_from.is_some() { 0 } else { procinfo::process_age_ns(start_ticks) };
+    #[allow(clippy::cast_precision_loss)]
+    let shift_us = age_ns as f64 / 1000.0;
+    let batches = Batches::default();
+    let fixup = Fixup::new(file, batches.clone(), pid, zero_mono_ns, shift_us, Box::new(session::warn_once));
+    let writer = Arc::new(Mutex::new(fixup));
+    let (dispatch, guard) = emitter::chrome_dispatch(SharedFixup(Arc::clone(&writer)));
+    let (sender, receiver) = mpsc::channel();
+    let emitted = batches.clone();
+    let emitter = std::thread::Builder::new().name("lynshim-emitter".into()).spawn(move || {
+        emitter::run(&receiver, &dispatch, guard, &emitted, || session::collect(generation));
+    })?;
+
+    let parent_trace = find_parent_trace(dir, &path);
+    let (cpu_user, cpu_sys) = procinfo::cpu_times_us();
+    let mut meta = info.meta;
+    meta.insert(arg::FORMAT_VERSION.into(), FORMAT_VERSION.into());
+    meta.insert(arg::PID.into(), pid.into());
+    meta.insert(arg::PPID.into(), ppid.into());
+    meta.insert(arg::START_TICKS.into(), start_ticks.into());
+    meta.insert(arg::SOURCE.into(), arg::SOURCE_PYTHON.into());
+    meta.insert(arg::WALL_ZERO_NS.into(), wall_zero_now.saturating_sub(age_ns).into());
+    meta.insert(arg::ACTIVATED_US.into(), shift_us.into());
+    meta.insert(arg::STARTUP_CPU_USER_US.into(), cpu_user.into());
+    meta.insert(arg::STARTUP_CPU_SYS_US.into(), cpu_sys.into());
+    if let Some((parent_path, parent_pid)) = &parent_trace {
+        meta.insert(arg::PARENT_TRACE.into(), parent_path.clone().into());
+        meta.insert(arg::PARENT_PID.into(), (*parent_pid).into());
+    }
+    if let Some(from) = &info.forked_from {
+        meta.insert(arg::FORKED_FROM.into(), from.clone().into());
+    }
+    let labels = [meta.get(arg::LABEL), meta.get(arg::RUN_ID)]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    let mut s = Session::new(sender, batches, emitter, writer, path.clone(), generation, zero_mono_ns);
+    s.announce_thread(&info.thread_name);
+    s.record(OwnEvent::Process { name: info.process_name, labels, meta });
+    if info.forked_from.is_none() {
+        let import_started = info.import_started_ns.unwrap_or(zero_mono_ns).min(zero_mono_ns);
+        let startup_end_us = s.rel_us(import_started);
+        let mut args = Map::new();
+        args.insert(arg::STARTUP_CPU_USER_US.into(), cpu_user.into());
+        args.insert(arg::STARTUP_CPU_SYS_US.into(), cpu_sys.into());
+        s.record(OwnEvent::Complete {
+            name: event::STARTUP.into(),
+            cat: category::STARTUP.into(),
+            start_us: -shift_us,
+            dur_us: shift_us + startup_end_us,
+            args,
+        });
+        // The activation span ends when the Python side has installed its hooks ([`session::activated`]).
+        s.activation_started_ns = Some(import_started);
+    }
+    s.sample_rss(Some(moment::BASELINE));
+    s.hand_off();
+    let _ = s.sender.send(Message::Flush(None));
+    *session::session() = Some(s);
+    ACTIVE.store(true, Ordering::SeqCst);
+    Ok(path)
+}
+
+/// How a session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// `lynshim.stop()`: close the file, no exit event.
+    Stop,
+    /// Python is exiting: write everything out, keep the file open for [`End::Exit`].
+    PythonExit,
+    /// The process is ending with this exit status or signal: write the exit event and close.
+    Exit { status: Option<i32>, signal: Option<i32> },
+}
+
+/// End the session (or, for [`End::Exit`], the session that Python's exit left waiting).
+pub fn end(how: End) {
+    let began_ns = procinfo::monotonic_ns();
+    let running = session::session().take();
+    let awaiting = running.map(|mut s| {
+        ACTIVE.store(false, Ordering::SeqCst);
+        // Spans still open on this thread belong to this session: close them into it first.
+        // (After thread-local storage is gone this fails and there is nothing left to close.)
+        s.close_open_spans();
+        s.hand_off();
+        let Session { sender, emitter, writer, exit_meta, zero_mono_ns, .. } = s;
+        // The emitter drains the channel, then tracing-chrome writes out and stops.
+        drop(sender);
+        if let Some(emitter) = emitter {
+            let _ = emitter.join();
+        }
+        let writing = (how == End::PythonExit).then(|| (began_ns, procinfo::monotonic_ns()));
+        Awaiting { writer, meta: exit_meta, zero_mono_ns, writing }
+    });
+    let mut waiting = AWAITING_EXIT.lock().unwrap_or_else(PoisonError::into_inner);
+    match how {
+        End::Stop => {
+            if let Some(done) = awaiting {
+                lock(&done.writer).close();
+            }
+        }
+        End::PythonExit => *waiting = awaiting.or(waiting.take()),
+        End::Exit { status, signal } => {
+            if let Some(done) = awaiting.or(waiting.take()) {
+                write_exit(done, status, signal);
+            }
+        }
+    }
+}
+
+fn lock(writer: &TraceWriter) -> MutexGuard<'_, Fixup<fs::File>> {
+    writer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// lynshim's writing at Python's exit and the interpreter's teardown after it (when Python's exit
+/// came first), memory at exit, peak memory and the exit event, written directly, then the closing `]`.
+fn write_exit(done: Awaiting, status: Option<i32>, signal: Option<i32>) {
+    let Awaiting { writer, mut meta, zero_mono_ns, writing } = done;
+    let fixup = &mut lock(&writer);
+    let tid = procinfo::gettid();
+    let now_ns = procinfo::monotonic_ns();
+    #[allow(clippy::cast_precision_loss)]
+    let rel_us = |ns: u64| (ns as f64 - zero_mono_ns as f64) / 1000.0;
+    #[allow(clippy::cast_precision_loss)]
+    let dur_us = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
+    if let Some((began, written)) = writing {
+        let spans = [
+            (event::SHIM_WRITE, category::TRACER, began, written),
+            (event::TEARDOWN, category::TEARDOWN, written, now_ns),
+        ];
+        for (name, cat, from, to) in spans {
+            let span = OwnEvent::Complete {
+                name: name.into(),
+                cat: cat.into(),
+                start_us: rel_us(from),
+                dur_us: dur_us(from, to),
+                args: Map::new(),
+            };
+            fixup.write_own(&span, tid);
+        }
+    }
+    if let Some(bytes) = procinfo::rss_bytes() {
+        fixup.write_own(&OwnEvent::Counter { name: event::RSS.into(), bytes, at: Some(moment::EXIT.into()) }, tid);
+    }
+    let peak = procinfo::peak_rss_bytes();
+    if let Some(peak) = peak {
+        fixup.write_own(&OwnEvent::Counter { name: event::PEAK_RSS.into(), bytes: peak, at: None }, tid);
+    }
+    meta.insert(arg::EXIT_STATUS.into(), status.map_or(Value::Null, Value::from));
+    meta.insert(arg::EXIT_SIGNAL.into(), signal.map_or(Value::Null, Value::from));
+    meta.insert(arg::PEAK_RSS_BYTES.into(), peak.map_or(Value::Null, Value::from));
+    fixup.write_own(&OwnEvent::Exit { meta }, tid);
+    fixup.close();
+}
+
+/// In a child after `fork`: forget the parent's session without touching its file, its channel or
+/// its threads (which do not exist here), and start the child's own.
+pub fn after_fork_in_child(info: impl FnOnce(Option<String>) -> StartInfo) {
+    let parent = session::forget_parent_session();
+    let Some(parent_path) = parent else { return };
+    if let Some(waiting) = AWAITING_EXIT.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        std::mem::forget(waiting);
+    }
+    let dir = parent_path.parent().map(Path::to_path_buf);
+    let forked_from = parent_path.to_string_lossy().into_owned();
+    if let Some(dir) = dir {
+        start(&dir, info(Some(forked_from)));
+    }
+}

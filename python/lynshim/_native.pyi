@@ -6,6 +6,7 @@ from types import ModuleType
 from typing import Any, final
 
 __all__ = [
+    "ImportHook",
     "Probe",
     "__version__",
     "activated",
@@ -50,6 +51,22 @@ def trace_path() -> str | None: ...
 def enter(name: str, cat: str, args: dict[str, Any] | None = None) -> int: ...
 def exit(token: int, args: dict[str, Any] | None = None) -> None: ...
 def instant(name: str, cat: str, args: dict[str, Any] | None = None) -> None: ...
+
+@final
+class ImportHook:
+    """Stands in for ``importlib._bootstrap._find_and_load_unlocked``: a span per import, then patching."""
+
+    def __new__(
+        cls,
+        find_and_load_unlocked: Callable[[str, Callable[..., Any]], ModuleType],
+        call_with_frames_removed: Callable[..., Any],
+        sys: ModuleType,
+        watched: set[str],
+        module_loaded: Callable[[ModuleType], None],
+        record_imports: bool,
+    ) -> ImportHook: ...
+    def set_record_imports(self, on: bool) -> None: ...
+    def __call__(self, name: str, import_: Callable[..., Any]) -> ModuleType: ...
 
 @final
 class Probe:

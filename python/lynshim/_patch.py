@@ -85,10 +85,9 @@ def _patch_main_then(serve: "Callable[..., Any]") -> "Callable[..., Any]":
 _WATCHED = frozenset(("threading", "socketserver"))
 
 
-def interesting(module: "ModuleType") -> bool:
-    """Might :func:`module_loaded` do anything for ``module``? (The import hook's fast path.)"""
-    name = getattr(module, "__name__", None)
-    return name in _WATCHED or name in (_by_module if _by_module is not None else _targets_by_module())
+def watched_modules() -> set[str]:
+    """Names of the modules :func:`module_loaded` may act on: the import hook calls it for these only."""
+    return set(_WATCHED) | set(_targets_by_module())
 
 
 def module_loaded(module: "ModuleType") -> None:

@@ -3,16 +3,18 @@
 //! The Python package (`python/lynshim`) decides *what* to trace — the bootstrap, the import hook, the
 //! wrappers around lynguine and lamd — and calls in here to record it. This module owns *how* it is
 //! recorded: a wrapped call runs through its [`probe`], which describes the call and records its span
-//! without leaving Rust; spans go through `tracing` and tracing-chrome into one Chrome-trace file per
-//! process ([`session`], which hands them to `tracing` in batches from a background thread), fixed up on
-//! the way with the real pid and tid, process and thread names, counters and flows ([`fixup`]); the
-//! process facts come from `/proc` ([`procinfo`]); names and keys come from the shared schema crate,
-//! re-exported to Python as `lynshim._native.schema`.
+//! without leaving Rust; a module import runs through the [`imports`] hook, which records its span and
+//! leaves Rust only for the modules whose functions are patched; spans go through `tracing` and
+//! tracing-chrome into one Chrome-trace file per process ([`session`], which hands them to `tracing` in
+//! batches from a background thread), fixed up on the way with the real pid and tid, process and thread
+//! names, counters and flows ([`fixup`]); the process facts come from `/proc` ([`procinfo`]); names and
+//! keys come from the shared schema crate, re-exported to Python as `lynshim._native.schema`.
 //!
 //! Every function here is total from Python's point of view: it never raises because tracing failed
 //! (a failure warns once on stderr and turns tracing off); it raises only for a wrong call.
 
 pub mod fixup;
+pub mod imports;
 pub mod json;
 pub mod pagecache;
 pub mod probe;
@@ -326,6 +328,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(trace_path, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;
+    m.add_class::<imports::ImportHook>()?;
     m.add_class::<probe::Probe>()?;
     m.add_function(wrap_pyfunction!(probe::call, m)?)?;
     m.add_function(wrap_pyfunction!(probe::probe_begin, m)?)?;

@@ -8,6 +8,7 @@ from typing import Any, final
 __all__ = [
     "ImportHook",
     "Probe",
+    "TracedFunction",
     "__version__",
     "activated",
     "after_fork_child",
@@ -90,6 +91,15 @@ class Probe:
         result: Any = None,
         error: BaseException | None = None,
     ) -> str: ...
+
+@final
+class TracedFunction:
+    """The wrapper of a traced function: calls it through its probe; transparent as a wrapt proxy is."""
+
+    def __new__(cls, probe: Probe, method_type: type) -> TracedFunction: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
+    def __reduce__(self) -> str: ...
 
 def call(probe: Probe, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
 def probe_begin(probe: Probe, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> tuple[int, bool]: ...

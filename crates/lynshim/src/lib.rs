@@ -330,6 +330,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_class::<imports::ImportHook>()?;
     m.add_class::<probe::Probe>()?;
+    m.add_class::<probe::TracedFunction>()?;
     m.add_function(wrap_pyfunction!(probe::call, m)?)?;
     m.add_function(wrap_pyfunction!(probe::probe_begin, m)?)?;
     m.add_function(wrap_pyfunction!(probe::probe_end, m)?)?;

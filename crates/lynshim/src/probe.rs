@@ -20,6 +20,7 @@ use std::cell::RefCell;
 
 use lynschema::{arg, is_credential_name, DETAIL_KEYS, DETAIL_PARAMS, MAX_ARG_CHARS, SKIP_PARAMS};
 use pyo3::exceptions::PyAttributeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
 use pyo3::Borrowed;
@@ -406,7 +407,8 @@ fn result_size(result: &Bound<'_, PyAny>) -> Option<(&'static str, Value)> {
 }
 
 /// Call `probe`'s function with `args` and `kwargs`, as a span when tracing is on: returns what the
-/// function returns, raises what it raises.
+/// function returns, raises what it raises. (The call a [`TracedFunction`] makes, callable by itself
+/// for benchmarks that take the wrapper apart.)
 #[pyfunction]
 pub fn call<'py>(
     py: Python<'py>,
@@ -414,8 +416,15 @@ pub fn call<'py>(
     args: &Bound<'py, PyTuple>,
     kwargs: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let probe = probe.get();
-    let kwargs = (!kwargs.is_empty()).then_some(kwargs);
+    call_through(py, probe.get(), args, (!kwargs.is_empty()).then_some(kwargs))
+}
+
+fn call_through<'py>(
+    py: Python<'py>,
+    probe: &Probe,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
     let function = probe.function.bind(py);
     if !session::is_recording() {
         return function.call(args, kwargs);
@@ -425,6 +434,68 @@ pub fn call<'py>(
     let outcome = function.call(args, kwargs);
     crate::guarded((), || probe.finish(py, token, asked, &outcome));
     outcome
+}
+
+/// The wrapper of a traced function, as the program sees it (`python/lynshim/_patch.py` makes one per
+/// target): calling it is [`call`] with its probe, without a Python frame of its own in between, which
+/// is most of what a Python-level wrapper added to a traced call.
+///
+/// It stays transparent as a wrapt-style proxy does: `_patch` gives it the original's `__name__`,
+/// `__qualname__`, `__doc__`, `__module__`, `__annotations__`, `__dict__` and `__wrapped__` (so
+/// `inspect.signature` reports the original signature); any other attribute (`__code__`,
+/// `__defaults__`, ...) is the original's; it binds as a plain function does (a `types.MethodType` on an
+/// instance, itself on a class, and so through `classmethod` and `staticmethod`); it pickles and copies
+/// by its qualified name, as a function does.
+#[pyclass(frozen, dict, weakref, module = "lynshim._native")]
+pub struct TracedFunction {
+    probe: Py<Probe>,
+    /// `types.MethodType`, handed over by `_patch` (lynshim never imports `types` itself).
+    method_type: Py<PyAny>,
+}
+
+#[pymethods]
+impl TracedFunction {
+    #[new]
+    fn new(probe: Py<Probe>, method_type: Py<PyAny>) -> Self {
+        Self { probe, method_type }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        call_through(py, self.probe.get(), args, kwargs.filter(|k| !k.is_empty()))
+    }
+
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        instance: Option<&Bound<'py, PyAny>>,
+        owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = owner;
+        match instance {
+            Some(instance) if !instance.is_none() => slf.get().method_type.bind(slf.py()).call1((slf, instance)),
+            _ => Ok(slf.clone().into_any()),
+        }
+    }
+
+    /// What is not the wrapper's own is the original's.
+    fn __getattr__<'py>(&self, py: Python<'py>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.probe.get().function.bind(py).getattr(name)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let name = slf.getattr(intern!(slf.py(), "__qualname__"))?;
+        Ok(format!("<function {name} at {:#x}>", slf.as_ptr() as usize))
+    }
+
+    /// Pickled and copied by name, as a function is: the name finds this wrapper where it was patched.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.getattr(intern!(slf.py(), "__qualname__"))
+    }
 }
 
 /// The begin half of [`call`], for wrappers that must act between begin and call (server requests):

@@ -25,7 +25,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
 use pyo3::Borrowed;
 use serde_json::Value;
-use smallvec::{smallvec, SmallVec};
+use smallvec::SmallVec;
 
 use crate::json::{push_int, push_str, push_value};
 use crate::{session, to_json};
@@ -40,6 +40,8 @@ enum Arg<'a> {
     Redacted,
     /// A mapping recorded by its size: `dict[n]`.
     DictLen(usize),
+    /// An integer, written without going through a `serde_json::Value`.
+    Int(i64),
 }
 
 impl Arg<'_> {
@@ -51,6 +53,7 @@ impl Arg<'_> {
             Arg::Value(v) => Arg::Value(v),
             Arg::Redacted => Arg::Redacted,
             Arg::DictLen(n) => Arg::DictLen(n),
+            Arg::Int(n) => Arg::Int(n),
         }
     }
 
@@ -62,6 +65,7 @@ impl Arg<'_> {
             Arg::Default(v) => v.clone(),
             Arg::Redacted => arg::REDACTED.into(),
             Arg::DictLen(n) => format!("dict[{n}]").into(),
+            Arg::Int(n) => n.into(),
         }
     }
 
@@ -81,6 +85,7 @@ impl Arg<'_> {
                 push_int(out, *n);
                 out.push_str("]\"");
             }
+            Arg::Int(n) => push_int(out, *n),
         }
     }
 }
@@ -198,32 +203,44 @@ impl Probe {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Described<'a>> {
         let mut out = Described::new();
+        self.describe_into(&mut out, args, kwargs)?;
+        Ok(out)
+    }
+
+    /// [`Self::describe_call`] into `out`, in place: on the hot path the list of args, a few hundred
+    /// bytes on the stack, is not moved from function to function.
+    fn describe_into<'a>(
+        &'a self,
+        out: &mut Described<'a>,
+        args: &'a Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
         for (index, value) in args.iter_borrowed().enumerate() {
             let (name, secret) = match self.positional.get(index) {
                 Some((name, secret)) => (Cow::Borrowed(name.as_str()), *secret),
                 None => (Cow::Owned(format!("arg{index}")), false),
             };
-            if !self.by_rule(&mut out, &name, secret, &value)? {
+            if !self.by_rule(out, &name, secret, &value)? {
                 let described = Self::value_borrowed(&self.describe_value, value)?;
-                set(&mut out, name, described);
+                set(out, name, described);
             }
         }
         if let Some(kwargs) = kwargs {
             for (name, value) in kwargs.iter() {
                 let name = name.cast::<PyString>()?.to_cow()?.into_owned();
                 let secret = is_credential_name(&name);
-                if !self.by_rule(&mut out, &name, secret, &value)? {
+                if !self.by_rule(out, &name, secret, &value)? {
                     let described = self.value(&value)?;
-                    set(&mut out, Cow::Owned(name), described);
+                    set(out, Cow::Owned(name), described);
                 }
             }
         }
         for (name, described) in &self.defaults {
-            if !has(&out, name) && !kwargs.is_some_and(|k| k.contains(name).unwrap_or(false)) {
+            if !has(out, name) && !kwargs.is_some_and(|k| k.contains(name).unwrap_or(false)) {
                 out.push((Cow::Borrowed(name), Arg::Default(described)));
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Apply the rules that decide an argument without describing its value — skipped, redacted,
@@ -289,7 +306,7 @@ impl Probe {
             return Ok(Arg::Value(Value::Bool(flag.is_true())));
         } else if value.is_exact_instance_of::<PyInt>() {
             if let Ok(number) = value.extract::<i64>() {
-                return Ok(Arg::Value(number.into()));
+                return Ok(Arg::Int(number));
             }
         } else if let Ok(number) = value.cast_exact::<PyFloat>() {
             return Ok(Arg::Value(serde_json::json!(number.value())));
@@ -336,15 +353,15 @@ impl Probe {
 
     /// Record the begin of a call; returns its token and whether it asks for a field.
     fn begin(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> (u64, bool) {
-        let (described, asked) = match self.describe_call(args, kwargs) {
-            Ok(described) => {
-                let asked = self.asks_for_field(&described);
-                (described, asked)
-            }
+        let mut described = Described::new();
+        let asked = match self.describe_into(&mut described, args, kwargs) {
+            Ok(()) => self.asks_for_field(&described),
             // Describing must never break the call.
             Err(err) => {
                 let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
-                (smallvec![(Cow::Borrowed(lynschema::arg::SHIM_ERROR), Arg::String(name))], false)
+                described.clear();
+                described.push((Cow::Borrowed(lynschema::arg::SHIM_ERROR), Arg::String(name)));
+                false
             }
         };
         let token = with_json(&described, |args| {

@@ -137,6 +137,22 @@ def test_wrappers_are_thread_safe(patched: None) -> None:
     assert sorted(results) == sorted([i * 2 for i in range(200)] * 4)
 
 
+def test_wrappers_pickle_copy_and_show_the_original_attributes(patched: None) -> None:
+    import copy
+    import pickle
+    import weakref
+
+    wrapper = sys.modules[__name__].recursive
+    assert wrapper is not wrapper.__wrapped__ and hasattr(wrapper, "__lynshim_target__")
+    # Pickled and copied by name, as a function is; attributes a wrapper does not set are the original's.
+    assert pickle.loads(pickle.dumps(wrapper)) is wrapper and copy.deepcopy(wrapper) is wrapper
+    assert wrapper.__code__ is recursive.__wrapped__.__code__ and wrapper.__defaults__ is None
+    assert weakref.ref(wrapper)() is wrapper
+    assert repr(wrapper).startswith("<function recursive at 0x")
+    bound = Base().method
+    assert inspect.ismethod(bound) and bound.__func__ is vars(Base)["method"] and bound(2) == 4
+
+
 def test_patching_twice_does_not_double_wrap(patched: None) -> None:
     before = vars(Base)["method"]
     _patch._patch_attribute(Base, "method", "fixture.method", schema.CAT_COMPUTE)

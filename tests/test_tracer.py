@@ -121,6 +121,32 @@ def test_parent_links_between_python_processes(tmp_path: Path) -> None:
     assert child.meta["wall_zero_ns"] > parent.meta["wall_zero_ns"]
 
 
+IMPORTS_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, sys
+    assert importlib.util.find_spec("csv") is not None  # asks only: no span
+    import xml.dom.minidom  # each parent package first, as a span of its own
+    assert xml.dom.minidom.__loader__ is xml.dom.minidom.__spec__.loader
+    assert type(xml.dom.minidom.__loader__).__name__ == "SourceFileLoader"
+    try:
+        import no_such_module_here
+    except ModuleNotFoundError:
+        print("not found")
+    """
+)
+
+
+def test_import_spans_leave_the_import_system_as_it_was(tmp_path: Path) -> None:
+    run = lynshim_run(tmp_path / "t", [PY, "-c", IMPORTS_SCRIPT], env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout == b"not found\n"
+    (trace,) = run.traces
+    spans = {s["name"]: s for s in trace.spans(schema.CAT_IMPORT)}
+    assert "csv" not in spans
+    assert spans["xml"]["depth"] == spans["xml.dom"]["depth"] == spans["xml.dom.minidom"]["depth"] == 0
+    assert spans["no_such_module_here"]["args"][schema.ARG_ERROR] == "ModuleNotFoundError"
+
+
 OUTPUT_SCRIPT = textwrap.dedent(
     """
     import sys

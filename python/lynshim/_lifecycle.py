@@ -12,8 +12,9 @@ handlers and the interpreter's teardown — was one "unattributed" lump, a fifth
   own code. Memory is sampled there ("after operations").
 - ``atexit handlers`` (category ``atexit``) from then until lynshim's ``atexit`` handler, which runs last
   (registered first). It includes waiting for non-daemon threads.
-- one ``gc`` span per collection (category ``gc``), through :data:`gc.callbacks`, with the generation at
-  its begin and the objects collected and found uncollectable at its end.
+- one ``gc`` span per collection (category ``gc``), through :data:`gc.callbacks` (the native
+  ``_native.on_gc``), with the generation at its begin and the objects collected and found
+  uncollectable at its end.
 - ``lynshim writing`` and ``interpreter teardown`` are recorded by the native exit handler (it alone sees
   the end of finalisation).
 """
@@ -29,7 +30,6 @@ from lynshim._native import schema
 
 _main_token = 0
 _atexit_token = 0
-_gc_token = 0
 _installed = False
 
 
@@ -41,7 +41,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    gc.callbacks.append(_on_gc)
+    gc.callbacks.append(_native.on_gc)
     threading = sys.modules.get("threading")
     if threading is not None:
         threading_loaded(threading)
@@ -87,13 +87,3 @@ def python_exiting() -> None:
     if _atexit_token:
         _native.exit(_atexit_token)
         _atexit_token = 0
-
-
-def _on_gc(phase: str, info: dict[str, int]) -> None:
-    global _gc_token
-    if phase == "start":
-        if _state.active:
-            _gc_token = _native.enter(schema.EVENT_GC, schema.CAT_GC, {schema.ARG_GENERATION: info["generation"]})
-    elif _gc_token:
-        token, _gc_token = _gc_token, 0
-        _native.exit(token, {schema.ARG_COLLECTED: info["collected"], schema.ARG_UNCOLLECTABLE: info["uncollectable"]})

@@ -6,7 +6,9 @@ from types import ModuleType
 from typing import Any, final
 
 __all__ = [
+    "ImportHook",
     "Probe",
+    "TracedFunction",
     "__version__",
     "activated",
     "after_fork_child",
@@ -23,6 +25,7 @@ __all__ = [
     "is_active",
     "killed_by_signal",
     "monotonic_ns",
+    "on_gc",
     "page_residency",
     "probe_begin",
     "probe_end",
@@ -50,7 +53,24 @@ def is_active() -> bool: ...
 def trace_path() -> str | None: ...
 def enter(name: str, cat: str, args: dict[str, Any] | None = None) -> int: ...
 def exit(token: int, args: dict[str, Any] | None = None) -> None: ...
+def on_gc(phase: str, info: dict[str, int]) -> None: ...
 def instant(name: str, cat: str, args: dict[str, Any] | None = None) -> None: ...
+
+@final
+class ImportHook:
+    """Stands in for ``importlib._bootstrap._find_and_load_unlocked``: a span per import, then patching."""
+
+    def __new__(
+        cls,
+        find_and_load_unlocked: Callable[[str, Callable[..., Any]], ModuleType],
+        call_with_frames_removed: Callable[..., Any],
+        sys: ModuleType,
+        watched: set[str],
+        module_loaded: Callable[[ModuleType], None],
+        record_imports: bool,
+    ) -> ImportHook: ...
+    def set_record_imports(self, on: bool) -> None: ...
+    def __call__(self, name: str, import_: Callable[..., Any]) -> ModuleType: ...
 
 @final
 class Probe:
@@ -74,6 +94,15 @@ class Probe:
         result: Any = None,
         error: BaseException | None = None,
     ) -> str: ...
+
+@final
+class TracedFunction:
+    """The wrapper of a traced function: calls it through its probe; transparent as a wrapt proxy is."""
+
+    def __new__(cls, probe: Probe, method_type: type) -> TracedFunction: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
+    def __reduce__(self) -> str: ...
 
 def call(probe: Probe, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any: ...
 def probe_begin(probe: Probe, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> tuple[int, bool]: ...

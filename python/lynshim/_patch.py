@@ -1,9 +1,10 @@
 """Transparent wrappers around the targets of :mod:`lynshim.targets`, applied as their modules load.
 
-A wrapper is a plain function updated as :func:`functools.wraps` does, so ``__name__``, ``__qualname__``,
-``__doc__``, ``__module__``, ``__dict__`` and ``__wrapped__`` are the original's and
-:func:`inspect.signature` reports the original signature. It passes every argument through, returns the
-original's result and re-raises its exception unchanged (the traceback gains only the wrapper's frame).
+A wrapper is a native :class:`lynshim._native.TracedFunction`, updated as :func:`functools.wraps` does,
+so ``__name__``, ``__qualname__``, ``__doc__``, ``__module__``, ``__dict__`` and ``__wrapped__`` are the
+original's, :func:`inspect.signature` reports the original signature, and any other attribute is the
+original's; it binds to instances as a function does. It passes every argument through, returns the
+original's result and re-raises its exception unchanged (the traceback gains no frame).
 Class attributes are replaced in the ``__dict__`` of the class that defines them, keeping their kind —
 ``classmethod`` stays a classmethod, ``staticmethod`` a staticmethod — so calls through subclasses and
 aliases are traced, once. A class target wraps the class's own ``__init__``.
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _FunctionType = type(lambda: None)  # types.FunctionType, without importing types
+_MethodType = type((lambda: None).__get__(0))  # types.MethodType, likewise: what a wrapper binds as
 
 # functools.update_wrapper's attribute list, copied here so that activating lynshim does not import
 # functools (and collections) ahead of the traced program, which would hide their cost from its trace.
@@ -85,10 +87,9 @@ def _patch_main_then(serve: "Callable[..., Any]") -> "Callable[..., Any]":
 _WATCHED = frozenset(("threading", "socketserver"))
 
 
-def interesting(module: "ModuleType") -> bool:
-    """Might :func:`module_loaded` do anything for ``module``? (The import hook's fast path.)"""
-    name = getattr(module, "__name__", None)
-    return name in _WATCHED or name in (_by_module if _by_module is not None else _targets_by_module())
+def watched_modules() -> set[str]:
+    """Names of the modules :func:`module_loaded` may act on: the import hook calls it for these only."""
+    return set(_WATCHED) | set(_targets_by_module())
 
 
 def module_loaded(module: "ModuleType") -> None:
@@ -200,21 +201,18 @@ def _signature_facts(fn: "Callable[..., Any]") -> "tuple[tuple[str, ...], dict[s
 def wrap(fn: "Callable[..., Any]", span_name: str, category: str) -> "Callable[..., Any]":
     """A transparent wrapper that records each call of ``fn`` as a span.
 
-    The wrapper only packs the call's arguments and hands them to the native probe, which describes
-    them, records the span, calls ``fn`` and describes its result (``lynshim._native.call``): a traced
-    call must cost at most a microsecond more than the bare call. Server requests also carry a flow
-    id, set around the call in Python (:mod:`lynshim._flows`).
+    The wrapper is native: calling it hands the arguments to the probe, which describes them, records
+    the span, calls ``fn`` and describes its result, with no Python frame in between (a traced call
+    must cost at most a few hundred nanoseconds more than the bare call). Server requests also carry a
+    flow id, set around the call in Python (:mod:`lynshim._flows`).
     """
     positional, defaults, takes_field = _signature_facts(fn)
     probe = _native.Probe(span_name, category, fn, positional, defaults, takes_field, _args.describe_value)
+    wrapper: Callable[..., Any]
     if category in (schema.CAT_SERVER_CLIENT, schema.CAT_SERVER):
         wrapper = _request_wrapper(fn, probe, category == schema.CAT_SERVER_CLIENT)
     else:
-        call = _native.call
-
-        def wrapper(*args: "Any", **kwargs: "Any") -> "Any":
-            return call(probe, args, kwargs)
-
+        wrapper = _native.TracedFunction(probe, _MethodType)
     _look_like(wrapper, fn)
     setattr(wrapper, _MARK, span_name)
     return wrapper

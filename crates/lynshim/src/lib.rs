@@ -3,11 +3,12 @@
 //! The Python package (`python/lynshim`) decides *what* to trace — the bootstrap, the import hook, the
 //! wrappers around lynguine and lamd — and calls in here to record it. This module owns *how* it is
 //! recorded: a wrapped call runs through its [`probe`], which describes the call and records its span
-//! without leaving Rust; spans go through `tracing` and tracing-chrome into one Chrome-trace file per
-//! process ([`session`], which hands them to `tracing` in batches from a background thread), fixed up on
-//! the way with the real pid and tid, process and thread names, counters and flows ([`fixup`]); the
-//! process facts come from `/proc` ([`procinfo`]); names and keys come from the shared schema crate,
-//! re-exported to Python as `lynshim._native.schema`.
+//! without leaving Rust; a module import runs through the [`imports`] hook, which records its span and
+//! leaves Rust only for the modules whose functions are patched; spans go through `tracing` and
+//! tracing-chrome into one Chrome-trace file per process ([`session`], which hands them to `tracing` in
+//! batches from a background thread), fixed up on the way with the real pid and tid, process and thread
+//! names, counters and flows ([`fixup`]); the process facts come from `/proc` ([`procinfo`]); names and
+//! keys come from the shared schema crate, re-exported to Python as `lynshim._native.schema`.
 //!
 //! Every function here is total from Python's point of view: it never raises because tracing failed
 //! (a failure warns once on stderr and turns tracing off); it raises only for a wrong call.
@@ -16,6 +17,7 @@ pub mod batch;
 pub mod bench;
 pub mod emitter;
 pub mod fixup;
+pub mod imports;
 pub mod json;
 pub mod lifecycle;
 pub mod pagecache;
@@ -26,6 +28,7 @@ pub mod session;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
 
 use pyo3::exceptions::PyValueError;
@@ -195,6 +198,55 @@ fn enter(py: Python<'_>, name: &str, cat: &str, args: Option<&Bound<'_, PyDict>>
     })
 }
 
+/// The `gc` span open now: a collection runs holding the GIL and never starts inside another.
+static GC_TOKEN: AtomicU64 = AtomicU64::new(0);
+
+/// The `gc.callbacks` entry (`python/lynshim/_lifecycle.py`): one `gc` span per collection, with its
+/// generation at the begin and the objects collected and found uncollectable at the end. Native, so a
+/// collection costs no Python frame and no dict of args on top of its own work.
+#[pyfunction]
+fn on_gc(py: Python<'_>, phase: &str, info: &Bound<'_, PyDict>) {
+    let count = |key: &'static str| -> (&'static str, i64) {
+        let value = info.get_item(key).ok().flatten().and_then(|value| value.extract::<i64>().ok());
+        (key, value.unwrap_or_default())
+    };
+    if phase == "start" {
+        if !session::is_recording() {
+            return;
+        }
+        let args = counts_json(&[count(lynschema::arg::GENERATION)]);
+        let token = guarded(0, || {
+            session::enter(lynschema::event::GC.into(), lynschema::category::GC.into(), Some(&args), || {
+                python_thread_name(py)
+            })
+        });
+        GC_TOKEN.store(token, Ordering::Relaxed);
+    } else {
+        let token = GC_TOKEN.swap(0, Ordering::Relaxed);
+        if token == 0 {
+            return;
+        }
+        let args = counts_json(&[count(lynschema::arg::COLLECTED), count(lynschema::arg::UNCOLLECTABLE)]);
+        guarded((), || session::exit(token, Some(&args)));
+    }
+}
+
+/// `{"key": n, ...}`.
+fn counts_json(pairs: &[(&str, i64)]) -> String {
+    let mut out = String::with_capacity(48);
+    out.push('{');
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json::push_str(&mut out, key);
+        out.push(':');
+        json::push_int(&mut out, *value);
+    }
+    out.push('}');
+    out
+}
+
 /// Close the span `token` names, with `args` recorded at its end.
 #[pyfunction]
 #[pyo3(signature = (token, args=None))]
@@ -331,11 +383,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(trace_path, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;
+    m.add_class::<imports::ImportHook>()?;
     m.add_class::<probe::Probe>()?;
+    m.add_class::<probe::TracedFunction>()?;
     m.add_function(wrap_pyfunction!(probe::call, m)?)?;
     m.add_function(wrap_pyfunction!(probe::probe_begin, m)?)?;
     m.add_function(wrap_pyfunction!(probe::probe_end, m)?)?;
     m.add_function(wrap_pyfunction!(exit, m)?)?;
+    m.add_function(wrap_pyfunction!(on_gc, m)?)?;
     m.add_function(wrap_pyfunction!(instant, m)?)?;
     m.add_function(wrap_pyfunction!(complete, m)?)?;
     m.add_function(wrap_pyfunction!(sample_rss, m)?)?;

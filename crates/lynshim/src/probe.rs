@@ -20,11 +20,12 @@ use std::cell::RefCell;
 
 use lynschema::{arg, is_credential_name, DETAIL_KEYS, DETAIL_PARAMS, MAX_ARG_CHARS, SKIP_PARAMS};
 use pyo3::exceptions::PyAttributeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
 use pyo3::Borrowed;
 use serde_json::Value;
-use smallvec::{smallvec, SmallVec};
+use smallvec::SmallVec;
 
 use crate::json::{push_int, push_str, push_value};
 use crate::{session, to_json};
@@ -39,6 +40,8 @@ enum Arg<'a> {
     Redacted,
     /// A mapping recorded by its size: `dict[n]`.
     DictLen(usize),
+    /// An integer, written without going through a `serde_json::Value`.
+    Int(i64),
 }
 
 impl Arg<'_> {
@@ -50,6 +53,7 @@ impl Arg<'_> {
             Arg::Value(v) => Arg::Value(v),
             Arg::Redacted => Arg::Redacted,
             Arg::DictLen(n) => Arg::DictLen(n),
+            Arg::Int(n) => Arg::Int(n),
         }
     }
 
@@ -61,6 +65,7 @@ impl Arg<'_> {
             Arg::Default(v) => v.clone(),
             Arg::Redacted => arg::REDACTED.into(),
             Arg::DictLen(n) => format!("dict[{n}]").into(),
+            Arg::Int(n) => n.into(),
         }
     }
 
@@ -80,6 +85,7 @@ impl Arg<'_> {
                 push_int(out, *n);
                 out.push_str("]\"");
             }
+            Arg::Int(n) => push_int(out, *n),
         }
     }
 }
@@ -197,32 +203,44 @@ impl Probe {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Described<'a>> {
         let mut out = Described::new();
+        self.describe_into(&mut out, args, kwargs)?;
+        Ok(out)
+    }
+
+    /// [`Self::describe_call`] into `out`, in place: on the hot path the list of args, a few hundred
+    /// bytes on the stack, is not moved from function to function.
+    fn describe_into<'a>(
+        &'a self,
+        out: &mut Described<'a>,
+        args: &'a Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
         for (index, value) in args.iter_borrowed().enumerate() {
             let (name, secret) = match self.positional.get(index) {
                 Some((name, secret)) => (Cow::Borrowed(name.as_str()), *secret),
                 None => (Cow::Owned(format!("arg{index}")), false),
             };
-            if !self.by_rule(&mut out, &name, secret, &value)? {
+            if !self.by_rule(out, &name, secret, &value)? {
                 let described = Self::value_borrowed(&self.describe_value, value)?;
-                set(&mut out, name, described);
+                set(out, name, described);
             }
         }
         if let Some(kwargs) = kwargs {
             for (name, value) in kwargs.iter() {
                 let name = name.cast::<PyString>()?.to_cow()?.into_owned();
                 let secret = is_credential_name(&name);
-                if !self.by_rule(&mut out, &name, secret, &value)? {
+                if !self.by_rule(out, &name, secret, &value)? {
                     let described = self.value(&value)?;
-                    set(&mut out, Cow::Owned(name), described);
+                    set(out, Cow::Owned(name), described);
                 }
             }
         }
         for (name, described) in &self.defaults {
-            if !has(&out, name) && !kwargs.is_some_and(|k| k.contains(name).unwrap_or(false)) {
+            if !has(out, name) && !kwargs.is_some_and(|k| k.contains(name).unwrap_or(false)) {
                 out.push((Cow::Borrowed(name), Arg::Default(described)));
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Apply the rules that decide an argument without describing its value — skipped, redacted,
@@ -288,7 +306,7 @@ impl Probe {
             return Ok(Arg::Value(Value::Bool(flag.is_true())));
         } else if value.is_exact_instance_of::<PyInt>() {
             if let Ok(number) = value.extract::<i64>() {
-                return Ok(Arg::Value(number.into()));
+                return Ok(Arg::Int(number));
             }
         } else if let Ok(number) = value.cast_exact::<PyFloat>() {
             return Ok(Arg::Value(serde_json::json!(number.value())));
@@ -335,15 +353,15 @@ impl Probe {
 
     /// Record the begin of a call; returns its token and whether it asks for a field.
     fn begin(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> (u64, bool) {
-        let (described, asked) = match self.describe_call(args, kwargs) {
-            Ok(described) => {
-                let asked = self.asks_for_field(&described);
-                (described, asked)
-            }
+        let mut described = Described::new();
+        let asked = match self.describe_into(&mut described, args, kwargs) {
+            Ok(()) => self.asks_for_field(&described),
             // Describing must never break the call.
             Err(err) => {
                 let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
-                (smallvec![(Cow::Borrowed(lynschema::arg::SHIM_ERROR), Arg::String(name))], false)
+                described.clear();
+                described.push((Cow::Borrowed(lynschema::arg::SHIM_ERROR), Arg::String(name)));
+                false
             }
         };
         let token = with_json(&described, |args| {
@@ -406,7 +424,8 @@ fn result_size(result: &Bound<'_, PyAny>) -> Option<(&'static str, Value)> {
 }
 
 /// Call `probe`'s function with `args` and `kwargs`, as a span when tracing is on: returns what the
-/// function returns, raises what it raises.
+/// function returns, raises what it raises. (The call a [`TracedFunction`] makes, callable by itself
+/// for benchmarks that take the wrapper apart.)
 #[pyfunction]
 pub fn call<'py>(
     py: Python<'py>,
@@ -414,8 +433,15 @@ pub fn call<'py>(
     args: &Bound<'py, PyTuple>,
     kwargs: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let probe = probe.get();
-    let kwargs = (!kwargs.is_empty()).then_some(kwargs);
+    call_through(py, probe.get(), args, (!kwargs.is_empty()).then_some(kwargs))
+}
+
+fn call_through<'py>(
+    py: Python<'py>,
+    probe: &Probe,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
     let function = probe.function.bind(py);
     if !session::is_recording() {
         return function.call(args, kwargs);
@@ -425,6 +451,68 @@ pub fn call<'py>(
     let outcome = function.call(args, kwargs);
     crate::guarded((), || probe.finish(py, token, asked, &outcome));
     outcome
+}
+
+/// The wrapper of a traced function, as the program sees it (`python/lynshim/_patch.py` makes one per
+/// target): calling it is [`call`] with its probe, without a Python frame of its own in between, which
+/// is most of what a Python-level wrapper added to a traced call.
+///
+/// It stays transparent as a wrapt-style proxy does: `_patch` gives it the original's `__name__`,
+/// `__qualname__`, `__doc__`, `__module__`, `__annotations__`, `__dict__` and `__wrapped__` (so
+/// `inspect.signature` reports the original signature); any other attribute (`__code__`,
+/// `__defaults__`, ...) is the original's; it binds as a plain function does (a `types.MethodType` on an
+/// instance, itself on a class, and so through `classmethod` and `staticmethod`); it pickles and copies
+/// by its qualified name, as a function does.
+#[pyclass(frozen, dict, weakref, module = "lynshim._native")]
+pub struct TracedFunction {
+    probe: Py<Probe>,
+    /// `types.MethodType`, handed over by `_patch` (lynshim never imports `types` itself).
+    method_type: Py<PyAny>,
+}
+
+#[pymethods]
+impl TracedFunction {
+    #[new]
+    fn new(probe: Py<Probe>, method_type: Py<PyAny>) -> Self {
+        Self { probe, method_type }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        call_through(py, self.probe.get(), args, kwargs.filter(|k| !k.is_empty()))
+    }
+
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        instance: Option<&Bound<'py, PyAny>>,
+        owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = owner;
+        match instance {
+            Some(instance) if !instance.is_none() => slf.get().method_type.bind(slf.py()).call1((slf, instance)),
+            _ => Ok(slf.clone().into_any()),
+        }
+    }
+
+    /// What is not the wrapper's own is the original's.
+    fn __getattr__<'py>(&self, py: Python<'py>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.probe.get().function.bind(py).getattr(name)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let name = slf.getattr(intern!(slf.py(), "__qualname__"))?;
+        Ok(format!("<function {name} at {:#x}>", slf.as_ptr() as usize))
+    }
+
+    /// Pickled and copied by name, as a function is: the name finds this wrapper where it was patched.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.getattr(intern!(slf.py(), "__qualname__"))
+    }
 }
 
 /// The begin half of [`call`], for wrappers that must act between begin and call (server requests):

@@ -1,0 +1,136 @@
+//! The import hook: a span per module import, and post-import patching, without running Python code
+//! for the imports that need none.
+//!
+//! CPython loads every module not yet in `sys.modules` through `importlib._bootstrap._find_and_load`,
+//! which, holding the module's import lock, calls `_find_and_load_unlocked(name, import_)` by a global
+//! lookup in `importlib._bootstrap` (the frozen `_frozen_importlib`, whatever imports: the `import`
+//! statement, `__import__`, `importlib.import_module`). lynshim puts an [`ImportHook`] in that global's
+//! place (`python/lynshim/_imports.py`). For each module the hook
+//!
+//! - imports the module's parent package first, as the original would (with the same
+//!   `_call_with_frames_removed`, so tracebacks are trimmed the same way), so that the parent's span is
+//!   its own and not nested inside the child's;
+//! - opens a span named after the module in category `import`, unless the parent's import brought
+//!   the module in already;
+//! - calls the original, which finds, creates and executes the module, as `python -X importtime` times
+//!   it; nested imports nest;
+//! - closes the span, with the exception's type name as `error` when the import failed;
+//! - and, for the few modules `lynshim._patch` acts on (decided here from a set of names), calls
+//!   `_patch.module_loaded`. That is still inside the import lock and before the import returns, so
+//!   before any other module can copy a patched name with `from m import f`.
+//!
+//! Nothing else is touched: finders, loaders, `module.__loader__` and `__spec__.loader` stay what the
+//! import system made them, and `importlib.util.find_spec` (which only asks) opens no span.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lynschema::{arg, category};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use crate::json::push_str;
+use crate::session;
+
+/// Stands in for `importlib._bootstrap._find_and_load_unlocked`.
+#[pyclass(frozen, module = "lynshim._native")]
+pub struct ImportHook {
+    /// The original `_find_and_load_unlocked`.
+    find_and_load_unlocked: Py<PyAny>,
+    /// `importlib._bootstrap._call_with_frames_removed`, through which the original imports a parent.
+    call_with_frames_removed: Py<PyAny>,
+    /// The `sys` module: `sys.modules` is read from it on each import, as importlib does.
+    sys: Py<PyAny>,
+    /// Names of the modules `module_loaded` acts on.
+    watched: HashSet<String>,
+    /// `lynshim._patch.module_loaded`.
+    module_loaded: Py<PyAny>,
+    /// Open import spans (`LYNSHIM_IMPORTS=0` turns them off; patching goes on).
+    record_imports: AtomicBool,
+}
+
+#[pymethods]
+impl ImportHook {
+    #[new]
+    #[pyo3(signature = (find_and_load_unlocked, call_with_frames_removed, sys, watched, module_loaded, record_imports))]
+    fn new(
+        find_and_load_unlocked: Py<PyAny>,
+        call_with_frames_removed: Py<PyAny>,
+        sys: Py<PyAny>,
+        watched: HashSet<String>,
+        module_loaded: Py<PyAny>,
+        record_imports: bool,
+    ) -> Self {
+        Self {
+            find_and_load_unlocked,
+            call_with_frames_removed,
+            sys,
+            watched,
+            module_loaded,
+            record_imports: AtomicBool::new(record_imports),
+        }
+    }
+
+    /// Turn import spans on or off.
+    fn set_record_imports(&self, on: bool) {
+        self.record_imports.store(on, Ordering::Relaxed);
+    }
+
+    /// Import `name` as `_find_and_load_unlocked(name, import_)` does, as a span.
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyString>,
+        import_: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let original = self.find_and_load_unlocked.bind(py);
+        let text = name.to_cow()?;
+        if let Some((parent, _)) = text.rsplit_once('.') {
+            let modules = self.sys.bind(py).getattr(intern!(py, "modules"))?;
+            if !modules.contains(parent)? {
+                self.call_with_frames_removed.bind(py).call1((import_, parent))?;
+            }
+            // Importing the parent may have imported this module too: the original just returns it.
+            if modules.contains(name)? {
+                return original.call1((name, import_));
+            }
+        }
+        let token = if self.record_imports.load(Ordering::Relaxed) && session::is_recording() {
+            crate::guarded(0, || {
+                session::enter(Cow::Owned(text.as_ref().to_owned()), Cow::Borrowed(category::IMPORT), None, || {
+                    crate::python_thread_name(py)
+                })
+            })
+        } else {
+            0
+        };
+        let outcome = original.call1((name, import_));
+        if token != 0 {
+            let end = outcome.as_ref().err().map(|err| error_json(py, err));
+            crate::guarded((), || session::exit(token, end.as_deref()));
+        }
+        if let Ok(module) = &outcome {
+            if self.watched.contains(text.as_ref()) {
+                // Patching must never break the import it follows.
+                if let Err(err) = self.module_loaded.bind(py).call1((module,)) {
+                    session::warn_once(&format!("patching {text} failed: {err}"));
+                }
+            }
+        }
+        outcome
+    }
+}
+
+/// `{"error": "<exception type name>"}`, what a failed import records at its end.
+fn error_json(py: Python<'_>, err: &PyErr) -> String {
+    let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
+    let mut out = String::with_capacity(16 + name.len());
+    out.push('{');
+    push_str(&mut out, arg::ERROR);
+    out.push(':');
+    push_str(&mut out, &name);
+    out.push('}');
+    out
+}

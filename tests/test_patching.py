@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,9 @@ def test_wrappers_pickle_copy_and_show_the_original_attributes(patched: None) ->
     assert wrapper.__code__ is recursive.__wrapped__.__code__ and wrapper.__defaults__ is None
     assert weakref.ref(wrapper)() is wrapper
     assert repr(wrapper).startswith("<function recursive at 0x")
+    # A function to inspect and isinstance, as the original was (wrapt's proxies answer the same way).
+    assert inspect.isfunction(wrapper) and isinstance(wrapper, types.FunctionType)
+    assert inspect.isfunction(vars(Base)["method"]) and not inspect.isclass(wrapper)
     bound = Base().method
     assert inspect.ismethod(bound) and bound.__func__ is vars(Base)["method"] and bound(2) == 4
 

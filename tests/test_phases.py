@@ -65,7 +65,7 @@ def test_a_process_is_phased_from_start_to_exit(tmp_path: Path) -> None:
     assert main["name"] == schema.EVENT_MAIN_PROGRAM and main["depth"] == 0
     (startup,) = trace.spans(schema.CAT_STARTUP)
     # The main program begins where activation ended and holds the program's imports and calls.
-    activation = [s for s in trace.spans(schema.CAT_TRACER) if s["name"] == schema.EVENT_SHIM_IMPORT]
+    activation = [s for s in trace.spans(schema.CAT_TRACER) if s["name"] == schema.EVENT_SHIM_ACTIVATION]
     assert abs(activation[0]["ts"] + activation[0]["dur"] - main["ts"]) < 1_000
     lynguine_import = next(s for s in trace.spans(schema.CAT_IMPORT) if s["name"] == "lynguine")
     assert inside(lynguine_import, main)

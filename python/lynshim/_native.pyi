@@ -192,7 +192,7 @@ class _Schema(ModuleType):
     EVENT_PROCESS: str
     EVENT_REQUEST_FLOW: str
     EVENT_RSS: str
-    EVENT_SHIM_IMPORT: str
+    EVENT_SHIM_ACTIVATION: str
     EVENT_SHIM_WRITE: str
     EVENT_STARTUP: str
     EVENT_TEARDOWN: str

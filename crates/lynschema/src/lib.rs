@@ -29,8 +29,9 @@ pub mod event {
     pub const EXIT: &str = "lynshim.exit";
     /// Complete event covering the interpreter's start-up before lynshim activated.
     pub const STARTUP: &str = "interpreter start-up";
-    /// Complete event covering the import of lynshim itself (its own cost, reported apart).
-    pub const SHIM_IMPORT: &str = "lynshim activation";
+    /// Complete event covering lynshim's activation, from its bootstrap to the main program's start
+    /// (importing lynshim, opening the trace, installing the hooks): its own cost, reported apart.
+    pub const SHIM_ACTIVATION: &str = "lynshim activation";
     /// Counter: resident set size in bytes.
     pub const RSS: &str = "rss";
     /// Counter: peak resident set size in bytes, written at exit.
@@ -280,7 +281,7 @@ pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[
     ("EVENT_PROCESS", event::PROCESS),
     ("EVENT_EXIT", event::EXIT),
     ("EVENT_STARTUP", event::STARTUP),
-    ("EVENT_SHIM_IMPORT", event::SHIM_IMPORT),
+    ("EVENT_SHIM_ACTIVATION", event::SHIM_ACTIVATION),
     ("EVENT_RSS", event::RSS),
     ("EVENT_REQUEST_FLOW", event::REQUEST_FLOW),
     ("EVENT_MAIN_PROGRAM", event::MAIN_PROGRAM),

@@ -25,19 +25,10 @@ pub const F_KIND: &str = "k";
 /// Callsite field of lynshim's `tracing` events: the batch's number in [`Batches`].
 pub const F_PAYLOAD: &str = "p";
 
-/// Kinds of lynshim's events: [`kind::BATCH`] names the `tracing` event of a batch; the others are
-/// what the Python side passes to [`crate::session::emit`] ([`OwnEvent::from_payload`]).
+/// Kinds of lynshim's `tracing` events (field [`F_KIND`]).
 pub mod kind {
     /// A batch of records, by its number in [`super::Batches`].
     pub const BATCH: &str = "batch";
-    pub const THREAD: &str = "thread";
-    pub const PROCESS: &str = "process";
-    pub const EXIT: &str = "exit";
-    pub const COUNTER: &str = "counter";
-    pub const COMPLETE: &str = "complete";
-    pub const INSTANT: &str = "instant";
-    pub const FLOW_OUT: &str = "flow_out";
-    pub const FLOW_IN: &str = "flow_in";
 }
 
 /// A span's name or category: borrowed from a probe (which lives as long as the process) or owned.
@@ -87,41 +78,6 @@ pub enum OwnEvent {
     Instant { name: String, cat: String, args: Map<String, Value> },
     /// One end of a flow arrow joining a client request to the server span handling it.
     Flow { end: FlowEnd, id: u64, name: String, cat: String },
-}
-
-impl OwnEvent {
-    /// The event the Python side describes as a kind and a JSON payload (`name`, `cat`, `args`, `ts`,
-    /// `dur`, `id`, as `lib.rs` builds them); `None` for a kind it cannot send.
-    pub fn from_payload(kind: &str, payload: Value) -> Option<Self> {
-        let Value::Object(mut p) = payload else { return None };
-        let mut take_str = |key: &str| match p.remove(key) {
-            Some(Value::String(s)) => s,
-            _ => String::new(),
-        };
-        let (name, cat) = (take_str("name"), take_str("cat"));
-        let args = match p.remove("args") {
-            Some(Value::Object(args)) => args,
-            _ => Map::new(),
-        };
-        let number = |key: &str| p.get(key).and_then(Value::as_f64).unwrap_or(0.0);
-        match kind {
-            kind::INSTANT => Some(Self::Instant { name, cat, args }),
-            kind::COMPLETE => Some(Self::Complete {
-                start_us: number("ts"),
-                dur_us: number("dur"),
-                name: name.into(),
-                cat: cat.into(),
-                args,
-            }),
-            kind::FLOW_OUT | kind::FLOW_IN => Some(Self::Flow {
-                end: if kind == kind::FLOW_OUT { FlowEnd::Out } else { FlowEnd::In },
-                id: p.get("id").and_then(Value::as_u64).unwrap_or(0),
-                name,
-                cat,
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// Records in the order they were recorded, with their args' text, one handoff after another.
@@ -264,21 +220,6 @@ mod tests {
         let thread_name = br#"{"name":"thread_name","ph":"M","pid":1,"tid":0,"args":{"name":"x"}}"#;
         assert_eq!(batch_id(thread_name), Line::Other);
         assert_eq!(batch_id(b"{not json"), Line::Other);
-    }
-
-    #[test]
-    fn payloads_from_python_become_typed_events() {
-        let instant = OwnEvent::from_payload(kind::INSTANT, json!({"name": "n", "cat": "user", "args": {"a": 1}}));
-        assert!(
-            matches!(instant, Some(OwnEvent::Instant { name, cat, args }) if name == "n" && cat == "user" && args["a"] == 1)
-        );
-        let complete = OwnEvent::from_payload(kind::COMPLETE, json!({"name": "c", "cat": "gc", "ts": 2.5, "dur": 1.0}));
-        assert!(
-            matches!(complete, Some(OwnEvent::Complete { start_us, dur_us, .. }) if start_us == 2.5 && dur_us == 1.0)
-        );
-        let flow = OwnEvent::from_payload(kind::FLOW_IN, json!({"id": 5, "name": "r", "cat": "server-client"}));
-        assert!(matches!(flow, Some(OwnEvent::Flow { end: FlowEnd::In, id: 5, .. })));
-        assert!(OwnEvent::from_payload(kind::EXIT, json!({})).is_none());
     }
 
     #[test]

@@ -27,8 +27,6 @@ use std::io::{self, Write};
 use lynschema::{arg, category, event};
 use serde_json::{json, Map, Value};
 
-/// The kinds of lynshim's events, where `lib.rs` names them (their home is [`crate::batch`]).
-pub use crate::batch::kind;
 use crate::batch::{batch_id, Batch, Batches, FlowEnd, Line, OwnEvent, Record, Text};
 
 /// Where fixed-up events go: a file in production, a `Vec<u8>` in tests.

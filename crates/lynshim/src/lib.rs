@@ -5,8 +5,8 @@
 //! recorded: a wrapped call runs through its [`probe`], which describes the call and records its span
 //! without leaving Rust; a module import runs through the [`imports`] hook, which records its span and
 //! leaves Rust only for the modules whose functions are patched; spans go through `tracing` and
-//! tracing-chrome into one Chrome-trace file per process ([`session`], which hands them to `tracing` in
-//! batches from a background thread), fixed up on the way with the real pid and tid, process and thread
+//! tracing-chrome into one Chrome-trace file per process (recorded by [`session`], handed to `tracing`
+//! in batches by the [`emitter`] thread in the protocol of [`batch`]), fixed up on the way with the real pid and tid, process and thread
 //! names, counters and flows ([`fixup`]); the process facts come from `/proc` ([`procinfo`]); names and
 //! keys come from the shared schema crate, re-exported to Python as `lynshim._native.schema`.
 //!
@@ -36,7 +36,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{json, Map, Value};
 
-use crate::fixup::kind;
+use crate::batch::{FlowEnd, OwnEvent};
 use crate::session::{End, StartInfo};
 
 /// Run `f`, turning a panic into one warning and `fallback`: the host program must never see one.
@@ -258,8 +258,9 @@ fn exit(token: u64, args: Option<&Bound<'_, PyDict>>) {
     guarded((), || session::exit(token, args.as_deref()));
 }
 
-fn emit_own(py: Python<'_>, kind: &'static str, payload: Value) {
-    guarded((), || session::emit(kind, payload, || python_thread_name(py)));
+/// Record one of lynshim's own events on the calling thread.
+fn record_own(py: Python<'_>, event: OwnEvent) {
+    guarded((), || session::record(event, || python_thread_name(py)));
 }
 
 /// An instant event on the calling thread.
@@ -267,7 +268,7 @@ fn emit_own(py: Python<'_>, kind: &'static str, payload: Value) {
 #[pyo3(signature = (name, cat, args=None))]
 fn instant(py: Python<'_>, name: &str, cat: &str, args: Option<&Bound<'_, PyDict>>) {
     let args = args.map(dict_to_map).unwrap_or_default();
-    emit_own(py, kind::INSTANT, json!({"name": name, "cat": cat, "args": args}));
+    record_own(py, OwnEvent::Instant { name: name.to_owned(), cat: cat.to_owned(), args });
 }
 
 /// A complete span timed by the caller on CLOCK_MONOTONIC (`time.monotonic_ns()`).
@@ -278,7 +279,16 @@ fn complete(py: Python<'_>, name: &str, cat: &str, start_ns: u64, end_ns: u64, a
     #[allow(clippy::cast_precision_loss)]
     let dur = end_ns.saturating_sub(start_ns) as f64 / 1000.0;
     let args = args.map(dict_to_map).unwrap_or_default();
-    emit_own(py, kind::COMPLETE, json!({"name": name, "cat": cat, "ts": ts, "dur": dur, "args": args}));
+    record_own(
+        py,
+        OwnEvent::Complete {
+            name: name.to_owned().into(),
+            cat: cat.to_owned().into(),
+            start_us: ts,
+            dur_us: dur,
+            args,
+        },
+    );
 }
 
 /// Sample the resident set size now (an `rss` counter event), labelled with a memory moment
@@ -289,24 +299,26 @@ fn sample_rss(at: Option<&str>) {
     guarded((), || session::sample_rss(at));
 }
 
+/// One end of the flow arrow joining a lynguine request to the server span that handles it.
+fn request_flow(end: FlowEnd, id: u64) -> OwnEvent {
+    OwnEvent::Flow {
+        end,
+        id,
+        name: lynschema::event::REQUEST_FLOW.to_owned(),
+        cat: lynschema::category::SERVER_CLIENT.to_owned(),
+    }
+}
+
 /// Start of a flow arrow (the client side of a request), bound to the enclosing span.
 #[pyfunction]
 fn flow_out(py: Python<'_>, id: u64) {
-    emit_own(
-        py,
-        kind::FLOW_OUT,
-        json!({"id": id, "name": lynschema::event::REQUEST_FLOW, "cat": lynschema::category::SERVER_CLIENT}),
-    );
+    record_own(py, request_flow(FlowEnd::Out, id));
 }
 
 /// End of a flow arrow (the server side), bound to the enclosing span.
 #[pyfunction]
 fn flow_in(py: Python<'_>, id: u64) {
-    emit_own(
-        py,
-        kind::FLOW_IN,
-        json!({"id": id, "name": lynschema::event::REQUEST_FLOW, "cat": lynschema::category::SERVER_CLIENT}),
-    );
+    record_own(py, request_flow(FlowEnd::In, id));
 }
 
 /// Metadata written with the exit event.
@@ -338,7 +350,7 @@ fn children_cpu_s() -> (f64, f64) {
 #[pyfunction]
 fn write_run_record(path: PathBuf, record: &Bound<'_, PyDict>) -> PyResult<()> {
     let mut map = dict_to_map(record);
-    map.entry("format_version").or_insert(lynschema::FORMAT_VERSION.into());
+    map.entry(lynschema::arg::FORMAT_VERSION).or_insert(lynschema::FORMAT_VERSION.into());
     let record: lynschema::RunRecord = serde_json::from_value(Value::Object(map))
         .map_err(|e| PyValueError::new_err(format!("bad run record: {e}")))?;
     let text = serde_json::to_string_pretty(&record).map_err(|e| PyValueError::new_err(e.to_string()))?;

@@ -22,7 +22,7 @@ use lynschema::{arg, is_credential_name, DETAIL_KEYS, DETAIL_PARAMS, MAX_ARG_CHA
 use pyo3::exceptions::PyAttributeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple, PyType};
 use pyo3::Borrowed;
 use serde_json::Value;
 use smallvec::SmallVec;
@@ -460,9 +460,9 @@ fn call_through<'py>(
 /// It stays transparent as a wrapt-style proxy does: `_patch` gives it the original's `__name__`,
 /// `__qualname__`, `__doc__`, `__module__`, `__annotations__`, `__dict__` and `__wrapped__` (so
 /// `inspect.signature` reports the original signature); any other attribute (`__code__`,
-/// `__defaults__`, ...) is the original's; it binds as a plain function does (a `types.MethodType` on an
-/// instance, itself on a class, and so through `classmethod` and `staticmethod`); it pickles and copies
-/// by its qualified name, as a function does.
+/// `__defaults__`, ...) is the original's, `__class__` too (so `inspect.isfunction` holds); it binds as
+/// a plain function does (a `types.MethodType` on an instance, itself on a class, and so through
+/// `classmethod` and `staticmethod`); it pickles and copies by its qualified name, as a function does.
 #[pyclass(frozen, dict, weakref, module = "lynshim._native")]
 pub struct TracedFunction {
     probe: Py<Probe>,
@@ -497,6 +497,14 @@ impl TracedFunction {
             Some(instance) if !instance.is_none() => slf.get().method_type.bind(slf.py()).call1((slf, instance)),
             _ => Ok(slf.clone().into_any()),
         }
+    }
+
+    /// The original's class, as wrapt's proxies report it: `isinstance(wrapper, types.FunctionType)` and
+    /// so `inspect.isfunction(wrapper)` stay what they were for the original (`type(wrapper)` is still
+    /// this class).
+    #[getter(__class__)]
+    fn original_class<'py>(&self, py: Python<'py>) -> Bound<'py, PyType> {
+        self.probe.get().function.bind(py).get_type()
     }
 
     /// What is not the wrapper's own is the original's.

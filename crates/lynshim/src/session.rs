@@ -235,14 +235,6 @@ pub fn exit(token: u64, end_args: Option<&str>) {
     });
 }
 
-/// One of lynshim's own events (instant, complete, flow), as the Python side describes it: a kind
-/// and a JSON payload (see [`OwnEvent::from_payload`]), recorded on the calling thread.
-pub fn emit(kind: &'static str, payload: Value, thread_name: impl FnOnce() -> String) {
-    if let Some(event) = OwnEvent::from_payload(kind, payload) {
-        record(event, thread_name);
-    }
-}
-
 /// One of lynshim's own events, recorded on the calling thread.
 pub fn record(event: OwnEvent, thread_name: impl FnOnce() -> String) {
     let new_thread_name = THREAD.with(|thread| thread.new_name(thread_name));
@@ -266,7 +258,7 @@ pub fn activated() {
         let dur_us = now.saturating_sub(started) as f64 / 1000.0;
         let start_us = s.rel_us(started);
         s.record(OwnEvent::Complete {
-            name: event::SHIM_IMPORT.into(),
+            name: event::SHIM_ACTIVATION.into(),
             cat: category::TRACER.into(),
             start_us,
             dur_us,

@@ -359,12 +359,15 @@ BREAKDOWN = textwrap.dedent(
     positional, defaults, takes_field = _patch._signature_facts(header_field)
     probe = _native.Probe("header_field", "field", header_field, positional, defaults, takes_field, _args.describe_value)
     args, kwargs = ("title", fields), {}
+    traced = ny.header_field  # the TracedFunction the import hook put in place at lynshim.start
+    assert traced.__wrapped__ is header_field
     out = {
         "header_field, bare": per(lambda: header_field("title", fields)),
+        "header_field as the program calls it (its `TracedFunction` wrapper), tracing on": per(lambda: traced("title", fields)),
         "header_field through the probe, tracing on (`_native.call`)": per(lambda: _native.call(probe, args, kwargs)),
         "describing its args alone (`Probe.describe`, JSON returned to Python as a str)": per(lambda: probe.describe(args, kwargs)),
         "describing its args and its end (`Probe.describe_end`, returned as a str)": per(lambda: probe.describe_end(args, kwargs, result="t")),
-        "a span opened and closed from Python (`_native.enter` + `_native.exit`: two calls, as `lynshim.span` and the import hook make)": per(lambda: _native.exit(_native.enter("x", "compute"))),
+        "a span opened and closed from Python (`_native.enter` + `_native.exit`: two calls, as `lynshim.span` makes)": per(lambda: _native.exit(_native.enter("x", "compute"))),
         "empty lambda (loop cost)": per(lambda: None),
     }
     print(json.dumps(out))
@@ -379,6 +382,89 @@ def per_call_profile(work: Path, loops: int) -> list[str]:
         [PY, str(script), str(work / "bd"), str(loops)], env=clean_env(), capture_output=True, text=True, check=True
     )
     return [f"| {k} | {v:.0f} |" for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()]
+
+
+def unstripped_package(work: Path) -> Path | None:
+    """A copy of the lynshim package whose native module keeps its symbols, for a profile to name them
+    (the installed one is stripped, see pyproject.toml): built by `cargo rustc`, which passes `-C
+    strip=none` to lynshim's own link only, so no dependency is rebuilt. None when the build fails."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    build = subprocess.run(
+        ["cargo", "rustc", "--release", "--quiet", "-p", "lynshim", "--lib", "--", "-C", "strip=none"],
+        cwd=REPO,
+        env=os.environ | {"PYO3_PYTHON": PY},
+        capture_output=True,
+        text=True,
+    )
+    library = target / "release" / "lib_native.so"
+    if build.returncode != 0 or not library.is_file():
+        print(f"profile: cannot build an unstripped lynshim ({build.stderr.strip()[-300:]})", file=sys.stderr)
+        return None
+    copy = work / "unstripped"
+    shutil.copytree(REPO / "python" / "lynshim", copy / "lynshim", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copy2(library, copy / "lynshim" / "_native.abi3.so")
+    return copy
+
+
+def per_call_perf(work: Path, loops: int) -> tuple[list[str], list[str]]:
+    """A sampling profile (`perf record`) of the per-call benchmark's lynshim process, run with an unstripped
+    copy of lynshim: the share of its CPU samples by thread and library, and the top symbols of lynshim's
+    native module. Both functions' loops run in it, so the interpreter's share includes the calls
+    themselves and the loop."""
+    if shutil.which("perf") is None:
+        return [], ["`perf` is not installed: no profile of the per-call cost"]
+    package = unstripped_package(work)
+    if package is None:
+        return [], ["lynshim could not be built with its symbols: no profile of the per-call cost"]
+    data = work / "perf.data"
+    record = subprocess.run(
+        ["perf", "record", "-q", "-F", "1999", "-o", str(data), "--", PY, str(work / "per_call.py"), "lynshim"]
+        + [str(loops), str(work / "perf-traces")],
+        env=clean_env() | {"PYTHONPATH": str(package)},
+        capture_output=True,
+        text=True,
+    )
+    if record.returncode != 0:
+        return [], [f"`perf record` failed ({record.stderr.strip()[-200:]}): no profile of the per-call cost"]
+
+    def report(*options: str) -> list[list[str]]:
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", *options], capture_output=True, text=True, check=True
+        ).stdout
+        return [line.split(None, 2) for line in out.splitlines() if line.strip() and not line.startswith("#")]
+
+    # Threads by role: the traced thread is the process's first; lynshim names its emitter; tracing-chrome's
+    # writer threads (one per session: the script starts a session per function) are unnamed but run
+    # lynshim's native code; anything else is the libraries' own (OpenBLAS...).
+    rows = report("--sort", "pid,dso", "--percent-limit", "0.5")
+    main_tid = min(int(who.split(":")[0]) for _, who, _ in rows)
+    writers = {
+        who for _, who, dso in rows if "_native" in dso and who.endswith(":python") and who != f"{main_tid}:python"
+    }
+    shares: dict[tuple[str, str], float] = {}
+    for pct, who, dso in rows:
+        role = (
+            "the traced thread"
+            if who.startswith(f"{main_tid}:")
+            else "lynshim's emitter"
+            if who.endswith(":lynshim-emitter")
+            else "tracing-chrome's writer"
+            if who in writers
+            else "other threads"
+        )
+        key = (role, dso.strip())
+        shares[key] = shares.get(key, 0.0) + float(pct.rstrip("%"))
+    by_thread = [
+        f"| {role} | {dso} | {share:.1f} % |" for (role, dso), share in sorted(shares.items(), key=lambda kv: -kv[1])
+    ]
+    # Lines of `--sort sym` read "12.34%  [.] symbol".
+    native = [
+        f"| `{sym.strip()[:100]}` | {pct} |"
+        for pct, _, sym in report(
+            "--sort", "sym", "--dsos", "_native.abi3.so", "--percentage", "relative", "--percent-limit", "2"
+        )
+    ]
+    return by_thread, native
 
 
 # --- 3. import lynshim, tracing off ------------------------------------------------------------------
@@ -566,6 +652,7 @@ def main() -> None:
         print("per call…", file=sys.stderr)
         c_rows, c_notes = per_call(work, loops, rounds)
         c_profile = per_call_profile(work, loops)
+        c_perf_threads, c_perf_native = per_call_perf(work, loops)
         print("import lynshim…", file=sys.stderr)
         i_rows, i_note = import_cost(20)
         print("analyzer throughput…", file=sys.stderr)
@@ -585,22 +672,25 @@ to reproduce; expect other numbers on another machine or under other load.
 
 {chr(10).join("- " + n for n in [a_note] + s_notes + c_notes + [i_note] + t_notes)}
 
-## Why the missed targets are missed (from the figures below)
+## How the tracing cost arises, and where each part is measured
 
-- Start-up: lynshim's in-process cost is its activation (quoted under table 1) plus, for every module
-  imported, a Python-level `find_spec`, a loader proxy and a native span, with the background threads
-  writing on the second core; `lynshim run` adds its launcher (`python -m lynshim run`) in front of the
-  command, once per run, not once per traced process. The interquartile ranges show how large this
-  machine's run-to-run noise is next to a 2 % target.
-- Per call (table 2): a traced call is one native call (`_native.call`) that describes the arguments,
-  timestamps the begin and end and appends them to a list; a background thread hands the list to `tracing`
-  in batches and tracing-chrome's writer thread writes them. "ns/call" is the caller's wall time in a tight
-  loop, where the two background threads compete with it for this machine's two cores; "caller CPU" is what
-  the calling thread itself spends; "process CPU" adds the background threads' work, until the last event is
-  in the file. wrapt's timer records no arguments and writes nothing, and viztracer's C tracer stores a
-  fixed record per call in a ring buffer and writes at exit.
-- `import lynshim`: compared with `import json` in the same run (table 3); the package's own import finds and
-  loads the native module. This machine's interpreter is slow to import (see the yardstick).
+- Start-up (table 1): in a traced process lynshim's own activation (importing lynshim, opening the trace,
+  installing the hooks; from its own spans), then one span per module imported — a native hook in place of
+  `importlib._bootstrap._find_and_load_unlocked` opens and closes it — and one per garbage collection (a
+  native `gc.callbacks` entry), recorded into a list that a background thread hands to `tracing` in
+  batches; tracing-chrome's writer thread writes them. The breakdown under table 1 measures the parts: the
+  same command bare, traced, and traced with import spans off, side by side. `lynshim run` adds its
+  launcher (`python -m lynshim run`) in front of the command, once per run, and the exec preload library
+  once per program. The interquartile ranges show this machine's run-to-run noise next to a 2 % target.
+- Per call (table 2): a traced function is a native `TracedFunction` that describes the arguments,
+  timestamps the begin and end and appends them to the session's list under its lock; the emitter thread
+  files full lists as one batch and sends one `tracing` event naming it, and the writer behind
+  tracing-chrome writes the batch's events. "ns/call" is the caller's wall time in a tight loop, where the
+  two background threads compete with it for this machine's two cores; "caller CPU" is what the calling
+  thread itself spends; "process CPU" adds the background threads' work, until the last event is in the
+  file. The component table under it times each piece. wrapt's timer records no arguments and writes
+  nothing, and viztracer's C tracer stores a fixed record per call in a ring buffer and writes at exit.
+- `import lynshim`: compared with `import json` in the same run (table 3).
 - Analyzer: the phase timings in the summary (a second run on 1 000 files). Nearly every line of a trace
   is an import's begin or end in lynshim's own key order: those are read by a fast path and serde_json reads
   the rest; span names are held once per loading thread; the span frame is filled in place, in parallel;
@@ -633,11 +723,26 @@ Where the start-up overhead goes, measured (ms):
 {chr(10).join(c_rows)}
 
 What a lynshim-wrapped call of header_field costs, piece by piece (ns per call, wall, tracing on, best of 5
-loops, one process; each call made from a lambda, hence the loop cost row):
+loops, one process; each call made from a lambda, hence the loop cost row; profiles of what remains are in
+the notes below the summary when a target is missed):
 
 | component | ns |
 | --- | --- |
 {chr(10).join(c_profile)}
+
+Where the lynshim process of the per-call benchmark spends its CPU: a profile (`perf record -F 1999`, with a
+copy of lynshim built with its symbols), share of all samples by thread and library, 0.5 % and more. Both
+functions' loops run in it: the interpreter's share is mostly the loop and the functions themselves.
+
+| thread | library | share |
+| --- | --- | --- |
+{chr(10).join(c_perf_threads)}
+
+Top symbols of lynshim's native module in the same profile (share of that module's samples):
+
+| symbol | share |
+| --- | --- |
+{chr(10).join(c_perf_native)}
 
 ## 3. `import lynshim` with tracing off (`python -X importtime`, cumulative)
 

@@ -39,6 +39,8 @@ pub struct Fixup<W: Write> {
     zero_mono_ns: u64,
     /// Added to every timestamp: microseconds from the process's start to tracing-chrome's zero.
     shift_us: f64,
+    /// The same in nanoseconds, for span times written exactly (see [`push_micros`]).
+    shift_ns: i64,
     /// Bytes received but not yet ended by a newline (tracing-chrome writes `,\n` before each event).
     pending: Vec<u8>,
     /// How much of `pending` is known to hold no newline.
@@ -71,6 +73,8 @@ impl<W: Write> Fixup<W> {
             pid,
             zero_mono_ns,
             shift_us,
+            #[allow(clippy::cast_possible_truncation)]
+            shift_ns: (shift_us * 1000.0).round() as i64,
             pending: Vec::with_capacity(16 * 1024),
             scanned: 0,
             events: Vec::with_capacity(16 * 1024),
@@ -208,7 +212,9 @@ impl<W: Write> Fixup<W> {
         out.extend_from_slice(br#","tid":"#);
         out.extend_from_slice(itoa::Buffer::new().format(tid).as_bytes());
         out.extend_from_slice(br#","ts":"#);
-        let _ = serde_json::to_writer(&mut *out, &self.ts_us(ns));
+        #[allow(clippy::cast_possible_wrap)]
+        let rel_ns = ns.wrapping_sub(self.zero_mono_ns) as i64;
+        push_micros(out, rel_ns.saturating_add(self.shift_ns));
         let args = args.and_then(|Text { start, len }| text.get(start..start + len));
         if let Some(args) = args.filter(|a| *a != "{}") {
             out.extend_from_slice(br#","args":"#);
@@ -393,9 +399,52 @@ impl<W: Write> Write for SharedFixup<W> {
     }
 }
 
+/// A time in nanoseconds as JSON microseconds, `1234.567`, written as serde_json writes the float
+/// `ns / 1000.0` (no trailing zeros, `.0` for a whole microsecond) but without formatting a float, which
+/// was a tenth of the writer thread's time per traced call, and exactly: the float sum it replaces (time
+/// since the zero plus the process's age) could end in `…000001`.
+fn push_micros(out: &mut Vec<u8>, ns: i64) {
+    if ns < 0 {
+        out.push(b'-');
+    }
+    let abs = ns.unsigned_abs();
+    out.extend_from_slice(itoa::Buffer::new().format(abs / 1000).as_bytes());
+    let frac = abs % 1000;
+    out.push(b'.');
+    if frac == 0 {
+        out.push(b'0');
+        return;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+    let len = if frac % 100 == 0 {
+        1
+    } else if frac % 10 == 0 {
+        2
+    } else {
+        3
+    };
+    out.extend_from_slice(&digits[..len]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_times_are_written_as_serde_json_writes_their_float() {
+        let mut values: Vec<i64> =
+            vec![0, 1, 9, 10, 100, 999, 1000, 1001, 1010, 1100, -1, -999, -1000, -1500, 1_234_567];
+        values.extend((0..2000).map(|i: i64| i * 7919 + i * i * 104_729));
+        values.push(86_400 * 1_000_000_000 + 123_456); // a day in, to the nanosecond
+        for ns in values {
+            let mut ours = Vec::new();
+            push_micros(&mut ours, ns);
+            #[allow(clippy::cast_precision_loss)]
+            let theirs = serde_json::to_string(&(ns as f64 / 1000.0)).expect("a float");
+            assert_eq!(String::from_utf8(ours).expect("UTF-8"), theirs, "{ns} ns");
+        }
+    }
 
     fn fixup() -> (Fixup<Vec<u8>>, Batches) {
         let batches = Batches::default();

@@ -12,14 +12,12 @@ use crate::load;
 pub struct Bar(Mutex<Option<ProgressBar>>);
 
 impl Bar {
+    /// Fewer files than this load too fast for a bar to be more than a flicker.
+    const MIN_FILES: usize = 21;
+
     fn current(&self) -> Option<ProgressBar> {
         self.0.lock().ok().and_then(|bar| bar.clone())
     }
-}
-
-impl Bar {
-    /// Fewer files than this load too fast for a bar to be more than a flicker.
-    const MIN_FILES: usize = 21;
 }
 
 impl load::Progress for Bar {

@@ -2,8 +2,9 @@
 //! as [`OwnEvent`]), how a batch of records travels from the emitter thread to the file's writer
 //! ([`Batches`]), and how the writer recognises a batch's `tracing` event ([`batch_id`]).
 //!
-//! Every batch still goes through `tracing` and tracing-chrome, one `tracing` event per batch, so that
-//! tracing-chrome orders and flushes it with everything else. Around tracing-chrome, though, the
+//! Every batch still goes through `tracing` and tracing-chrome, one `tracing` event per batch: the
+//! project writes its traces through them, tracing-chrome's writer thread does the file I/O, and the
+//! order of its lines is the order the batches are written in. Around tracing-chrome, though, the
 //! records themselves travel by a side channel: the emitter files the batch under a number in
 //! [`Batches`] and the `tracing` event carries only that number (field [`F_PAYLOAD`]); the writer behind
 //! tracing-chrome ([`crate::fixup`]) takes the batch back by the number it finds in the line. Sending
@@ -12,7 +13,7 @@
 //! A batch never leaves the process, so it needs no serialised form: the writer reads the typed records.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -87,10 +88,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(|(records, _)| records.len()).sum()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.parts.iter().all(|(records, _)| records.is_empty())
     }
@@ -109,10 +106,19 @@ pub struct Batches(Arc<BatchesInner>);
 /// Emptied lists kept for reuse, at most: enough for the one being filled while another is written.
 const SPARE_LISTS: usize = 2;
 
+/// Batches filed and not taken, at most. The writer takes every batch up to the one whose line it meets
+/// ([`Batches::take_through`]), so they only pile up if it recognises no line at all (a tracing-chrome
+/// that writes lines in a shape [`batch_id`] cannot read): then the oldest go, rather than the host
+/// program's memory (a batch holds up to a few thousand records).
+const MAX_FILED: usize = 256;
+
 #[derive(Default)]
 struct BatchesInner {
     next: AtomicU64,
-    filed: Mutex<HashMap<u64, Batch>>,
+    /// By number, which is the order they were sent in.
+    filed: Mutex<BTreeMap<u64, Batch>>,
+    /// Batches dropped at [`MAX_FILED`].
+    dropped: AtomicU64,
     spare: Mutex<Vec<(Vec<Record>, String)>>,
 }
 
@@ -127,13 +133,32 @@ impl Batches {
     /// File `batch` for the writer; its number.
     pub fn file(&self, batch: Batch) -> u64 {
         let id = self.0.next.fetch_add(1, Ordering::Relaxed);
-        self.0.filed.lock().unwrap_or_else(PoisonError::into_inner).insert(id, batch);
+        let mut filed = self.0.filed.lock().unwrap_or_else(PoisonError::into_inner);
+        filed.insert(id, batch);
+        if filed.len() > MAX_FILED {
+            filed.pop_first();
+            self.0.dropped.fetch_add(1, Ordering::Relaxed);
+        }
         id
     }
 
-    /// The batch filed under `id`, once: the writer takes it as it meets the batch's line.
-    pub fn take(&self, id: u64) -> Option<Batch> {
-        self.0.filed.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
+    /// The batch filed under `id` and every batch filed before it and not taken, in the order they were
+    /// sent, once each: the writer takes them as it meets `id`'s line. A batch before `id` still here
+    /// is one whose line the writer did not recognise; its records are written all the same, in order.
+    pub fn take_through(&self, id: u64) -> Vec<Batch> {
+        let mut filed = self.0.filed.lock().unwrap_or_else(PoisonError::into_inner);
+        let later = filed.split_off(&(id + 1));
+        std::mem::replace(&mut *filed, later).into_values().collect()
+    }
+
+    /// Every batch still filed, in order (at the end of the session, when no line is still to come).
+    pub fn take_all(&self) -> Vec<Batch> {
+        std::mem::take(&mut *self.0.filed.lock().unwrap_or_else(PoisonError::into_inner)).into_values().collect()
+    }
+
+    /// How many batches were dropped at [`MAX_FILED`].
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
     }
 
     /// Keep a written batch's lists for the traced threads to fill again.
@@ -168,7 +193,16 @@ struct ChromeArgs<'a> {
     #[serde(default, borrow)]
     k: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    p: Option<Cow<'a, str>>,
+    p: Option<BatchNumber<'a>>,
+}
+
+/// A batch's number as tracing-chrome wrote it: a string today (the field's `Debug` form), a number
+/// should it ever write numbers as numbers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BatchNumber<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Number(u64),
 }
 
 /// How a line of tracing-chrome's output was read.
@@ -197,7 +231,10 @@ pub fn batch_id(line: &[u8]) -> Line {
     }
     match serde_json::from_slice::<ChromeLine<'_>>(line) {
         Ok(ChromeLine { ph, args: Some(ChromeArgs { k: Some(k), p: Some(id) }) }) if ph == "i" && k == kind::BATCH => {
-            id.parse().map_or(Line::Other, Line::BatchParsed)
+            match id {
+                BatchNumber::Text(text) => text.parse().map_or(Line::Other, Line::BatchParsed),
+                BatchNumber::Number(id) => Line::BatchParsed(id),
+            }
         }
         _ => Line::Other,
     }
@@ -217,6 +254,8 @@ mod tests {
         let located = json!({".file": "src/batch.rs", ".line": 1, "args": {"k": kind::BATCH, "p": "18"},
                              "cat": "lynshim", "name": "event", "ph": "i", "pid": 1, "tid": 0, "ts": 9.0});
         assert_eq!(batch_id(located.to_string().as_bytes()), Line::BatchParsed(18));
+        let numbered = json!({"args": {"k": kind::BATCH, "p": 19}, "ph": "i", "ts": 9.0});
+        assert_eq!(batch_id(numbered.to_string().as_bytes()), Line::BatchParsed(19));
         let thread_name = br#"{"name":"thread_name","ph":"M","pid":1,"tid":0,"args":{"name":"x"}}"#;
         assert_eq!(batch_id(thread_name), Line::Other);
         assert_eq!(batch_id(b"{not json"), Line::Other);
@@ -229,7 +268,23 @@ mod tests {
         tracing::dispatcher::with_default(&dispatch, || {
             batches.send(Batch { parts: vec![(Vec::new(), String::new())] });
         });
-        assert!(batches.take(0).is_some());
-        assert!(batches.take(0).is_none());
+        assert_eq!(batches.take_through(0).len(), 1);
+        assert!(batches.take_through(0).is_empty());
+    }
+
+    #[test]
+    fn batches_whose_line_was_missed_come_with_the_next_and_never_pile_up() {
+        let batches = Batches::default();
+        let one = || Batch { parts: vec![(Vec::new(), "x".to_owned())] };
+        let ids: Vec<u64> = (0..4).map(|_| batches.file(one())).collect();
+        assert_eq!(ids, [0, 1, 2, 3]);
+        // The writer meets batch 2's line (0's and 1's were not recognised): 0, 1 and 2, in order.
+        assert_eq!(batches.take_through(2).len(), 3);
+        assert_eq!(batches.take_all().len(), 1);
+        // A writer that recognises nothing: the oldest go beyond MAX_FILED, counted.
+        for _ in 0..MAX_FILED + 10 {
+            batches.file(one());
+        }
+        assert_eq!((batches.take_all().len(), batches.dropped()), (MAX_FILED, 10));
     }
 }

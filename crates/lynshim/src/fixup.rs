@@ -49,8 +49,6 @@ pub struct Fixup<W: Write> {
     events: Vec<u8>,
     batches_parsed_in_full: usize,
     wrote_any: bool,
-    /// tracing-chrome wrote its closing `]` (it is not copied: see [`Fixup::close`]).
-    chrome_done: bool,
     /// We wrote ours; nothing more goes to the file.
     finished: bool,
     failed: bool,
@@ -80,7 +78,6 @@ impl<W: Write> Fixup<W> {
             events: Vec::with_capacity(16 * 1024),
             batches_parsed_in_full: 0,
             wrote_any: false,
-            chrome_done: false,
             finished: false,
             failed: false,
             on_error,
@@ -127,8 +124,8 @@ impl<W: Write> Fixup<W> {
     fn fix_line(&mut self, line: &[u8], batch: &mut Vec<u8>) {
         let line = trim_line(line);
         match line {
-            b"" | b"[" => {}
-            b"]" => self.chrome_done = true,
+            // tracing-chrome's own brackets: ours are written around the events (see [`Fixup::close`]).
+            b"" | b"[" | b"]" => {}
             // A line that is not a batch's is tracing-chrome's own thread names (or does not parse):
             // dropped rather than written, the file must stay valid.
             _ => match batch_id(line) {
@@ -156,16 +153,28 @@ impl<W: Write> Fixup<W> {
         }
     }
 
+    /// Nanoseconds from the process's start to CLOCK_MONOTONIC `ns`. Subtracted as integers: the
+    /// clock's nanoseconds pass 2^53 (what a float holds exactly) after some 104 days up.
+    #[allow(clippy::cast_possible_wrap)]
+    fn ts_ns(&self, ns: u64) -> i64 {
+        (ns.wrapping_sub(self.zero_mono_ns) as i64).saturating_add(self.shift_ns)
+    }
+
     #[allow(clippy::cast_precision_loss)]
     fn ts_us(&self, ns: u64) -> f64 {
-        (ns as f64 - self.zero_mono_ns as f64) / 1000.0 + self.shift_us
+        self.ts_ns(ns) as f64 / 1000.0
     }
 
     /// The batch filed as `id`, each record with its own time and OS thread id. Span records are the
     /// bulk of a trace: they are written straight from the records, args copied as the JSON text the
     /// traced thread wrote, without building JSON values.
     fn fix_batch(&mut self, id: u64, out: &mut Vec<u8>) {
-        let Some(Batch { parts }) = self.batches.take(id) else { return };
+        for batch in self.batches.take_through(id) {
+            self.write_batch(batch, out);
+        }
+    }
+
+    fn write_batch(&mut self, Batch { parts }: Batch, out: &mut Vec<u8>) {
         for (records, text) in parts {
             // Read in place, not moved out: a record is about 100 bytes.
             for record in &records {
@@ -212,9 +221,7 @@ impl<W: Write> Fixup<W> {
         out.extend_from_slice(br#","tid":"#);
         out.extend_from_slice(itoa::Buffer::new().format(tid).as_bytes());
         out.extend_from_slice(br#","ts":"#);
-        #[allow(clippy::cast_possible_wrap)]
-        let rel_ns = ns.wrapping_sub(self.zero_mono_ns) as i64;
-        push_micros(out, rel_ns.saturating_add(self.shift_ns));
+        push_micros(out, self.ts_ns(ns));
         let args = args.and_then(|Text { start, len }| text.get(start..start + len));
         if let Some(args) = args.filter(|a| *a != "{}") {
             out.extend_from_slice(br#","args":"#);
@@ -329,6 +336,16 @@ impl<W: Write> Fixup<W> {
             return;
         }
         self.process_pending_lines(true);
+        // tracing-chrome has written every line it will: a batch still filed is one whose line was not
+        // recognised, and its records go out all the same.
+        let mut leftover = std::mem::take(&mut self.events);
+        leftover.clear();
+        for batch in self.batches.take_all() {
+            self.write_batch(batch, &mut leftover);
+        }
+        if !leftover.is_empty() {
+            self.emit(&leftover);
+        }
         let tail: &[u8] = if self.wrote_any { b"\n]\n" } else { b"[\n]\n" };
         self.write_out(tail);
         self.pending.clear();

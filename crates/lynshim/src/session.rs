@@ -27,8 +27,7 @@ use std::time::Duration;
 use lynschema::{category, event, moment};
 use serde_json::{Map, Value};
 
-pub use crate::batch::Name;
-use crate::batch::{Batches, OwnEvent, Record, Text};
+use crate::batch::{Batches, Name, OwnEvent, Record, Text};
 use crate::emitter::Message;
 use crate::fixup::Fixup;
 pub use crate::lifecycle::{after_fork_in_child, end, start, End, StartInfo};

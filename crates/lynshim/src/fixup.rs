@@ -346,6 +346,12 @@ impl<W: Write> Fixup<W> {
         if !leftover.is_empty() {
             self.emit(&leftover);
         }
+        let dropped = self.batches.dropped();
+        if dropped > 0 {
+            (self.on_error)(&format!(
+                "{dropped} batches of trace records were lost: none of tracing-chrome's lines was recognised"
+            ));
+        }
         let tail: &[u8] = if self.wrote_any { b"\n]\n" } else { b"[\n]\n" };
         self.write_out(tail);
         self.pending.clear();

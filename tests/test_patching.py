@@ -454,3 +454,31 @@ def test_lamd_style_build_on_the_corpus_in_several_processes(tmp_path: Path, cor
             assert span["cat"] == schema.CAT_FIELD
         # Nested inside lamd's calls: talk_field → header_fields → read_markdown_file, and so on.
         assert any(s["depth"] > 0 and s["ts"] >= top[0]["ts"] for s in work_spans), command
+
+
+def test_patching_lets_ctrl_c_through_and_reports_its_own_failures(tmp_path: Path) -> None:
+    # A module __getattr__ raises while _patch looks a target's class up: the KeyboardInterrupt goes on to
+    # the program, as it would have reached it anywhere else. A module whose __name__ is not a string
+    # makes _patch fail with a TypeError: that only costs the module its spans, and says so.
+    (tmp_path / "interrupts.py").write_text("def __getattr__(name):\n    raise KeyboardInterrupt\n")
+    (tmp_path / "breaks.py").write_text("__name__ = ['not', 'a', 'string']\n")
+    env = clean_env()
+    env[schema.ENV_TARGETS] = "interrupts:Cls.f=compute;breaks:Cls.f=compute"
+    code = textwrap.dedent(
+        """
+        try:
+            import interrupts
+        except KeyboardInterrupt:
+            print("interrupted")
+        import breaks
+        print("imported", breaks.__name__[0])
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], cwd=tmp_path, env=env)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout == b"interrupted\nimported not\n"
+    lines = run.proc.stderr.decode().splitlines()
+    assert not any("tracing is off" in line for line in lines), lines
+    (failed,) = [line for line in lines if "patching breaks failed" in line]
+    assert "TypeError" in failed and "not traced" in failed
+    assert run.traces[0].spans(schema.CAT_IMPORT)

@@ -27,6 +27,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lynschema::{arg, category};
+use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -113,13 +114,31 @@ impl ImportHook {
         }
         if let Ok(module) = &outcome {
             if self.watched.contains(text.as_ref()) {
-                // Patching must never break the import it follows.
+                // Patching must never break the import it follows, but Ctrl-C and `sys.exit` raised
+                // meanwhile are the program's own and go on to it.
                 if let Err(err) = self.module_loaded.bind(py).call1((module,)) {
-                    session::warn_once(&format!("patching {text} failed: {err}"));
+                    if !err.is_instance_of::<PyException>(py) {
+                        return Err(err);
+                    }
+                    warn_patch_failed(&text, &err);
                 }
             }
         }
         outcome
+    }
+}
+
+/// Set by the first patch failure: one line per process is enough to point at the problem.
+static PATCH_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Say once that a module could not be patched. Tracing stays on (imports and the other modules'
+/// targets are still traced), so this is not [`session::warn_once`], which says tracing is off and is
+/// kept for when it is.
+fn warn_patch_failed(module: &str, err: &PyErr) {
+    if !PATCH_WARNED.swap(true, Ordering::SeqCst) {
+        eprintln!(
+            "lynshim: patching {module} failed ({err}); its functions are not traced, the program runs on unchanged"
+        );
     }
 }
 

@@ -455,3 +455,60 @@ def test_bootstrap_leaves_sys_path_as_an_untraced_run_has_it(tmp_path: Path) -> 
     run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
     assert run.proc.returncode == 0
     assert json.loads(run.proc.stdout) == json.loads(bare.stdout)
+
+
+def _activate_with_bootstrap(tmp_path: Path, stand_in: str) -> subprocess.CompletedProcess[bytes]:
+    # lynshim.start sees `stand_in` as importlib's bootstrap module (the import system keeps using the
+    # real one, which is put back at once), then the program imports, forks and exits.
+    code = textwrap.dedent(
+        f"""
+        import os, sys, types
+        real = sys.modules["_frozen_importlib"]
+        {stand_in}
+        import lynshim
+        path = lynshim.start(DIR)
+        sys.modules["_frozen_importlib"] = real
+        print(path is not None, lynshim.is_active(), os.getpid())
+        import csv
+        pid = os.fork()
+        if pid == 0:
+            raise SystemExit(0)
+        os.waitpid(pid, 0)
+        """
+    ).replace("DIR", repr(str(tmp_path / "out")))
+    return subprocess.run([PY, "-c", code], env=clean_env(), capture_output=True, cwd=tmp_path)
+
+
+def test_a_python_without_the_hooks_private_names_is_traced_without_import_spans(tmp_path: Path) -> None:
+    proc = _activate_with_bootstrap(tmp_path, 'sys.modules["_frozen_importlib"] = types.ModuleType("bare")')
+    assert proc.returncode == 0, proc.stderr
+    started, active, pid = proc.stdout.split()
+    assert started == active == b"True"
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "import spans and patching are off on this Python" in lines[0], lines
+    traces = [Trace(p, json.loads(p.read_text())) for p in sorted((tmp_path / "out").glob("*" + schema.TRACE_SUFFIX))]
+    assert len(traces) == 2  # the fork handler gave the child its own file
+    parent = next(t for t in traces if t.pid == int(pid))
+    child = next(t for t in traces if t is not parent)
+    assert child.meta["forked_from"] == str(parent.path)
+    assert parent.exit["exit_status"] == child.exit["exit_status"] == 0  # the atexit handler closed both
+    assert all(not t.spans(schema.CAT_IMPORT) for t in traces)
+
+
+def test_hooks_that_fail_to_install_leave_tracing_off(tmp_path: Path) -> None:
+    stand_in = textwrap.dedent(
+        """
+        class Frozen(types.ModuleType):
+            def __setattr__(self, name, value):
+                raise AttributeError(name + " is read-only")
+        frozen = Frozen("frozen")
+        vars(frozen).update(vars(real))
+        sys.modules["_frozen_importlib"] = frozen
+        """
+    ).replace("\n", "\n        ")
+    proc = _activate_with_bootstrap(tmp_path, stand_in)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == [b"False", b"False"]
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "tracing is off for this process (installing its hooks failed" in lines[0], lines
+    assert len(list((tmp_path / "out").glob("*" + schema.TRACE_SUFFIX))) == 1  # no file from the child

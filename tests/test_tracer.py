@@ -512,3 +512,22 @@ def test_hooks_that_fail_to_install_leave_tracing_off(tmp_path: Path) -> None:
     lines = proc.stderr.decode().splitlines()
     assert len(lines) == 1 and "tracing is off for this process (installing its hooks failed" in lines[0], lines
     assert len(list((tmp_path / "out").glob("*" + schema.TRACE_SUFFIX))) == 1  # no file from the child
+
+
+def test_a_module_name_that_is_not_utf8_fails_to_import_as_in_bare_python(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import importlib, traceback
+        for name in ["x\\udcff", "json.x\\udcff", "x\\udcff.y"]:
+            try:
+                importlib.import_module(name)
+            except BaseException as err:
+                print(type(err).__name__, ascii(str(err)), ascii(getattr(err, "name", None)))
+                traceback.print_exc()
+        """
+    )
+    bare = untraced([PY, "-c", code], env=clean_env(), cwd=tmp_path)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == bare.returncode == 0
+    assert run.proc.stdout == bare.stdout and run.proc.stdout.startswith(b"ModuleNotFoundError")
+    assert run.proc.stderr.splitlines()[:-1] == bare.stderr.splitlines()

@@ -87,7 +87,11 @@ impl ImportHook {
         import_: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let original = self.find_and_load_unlocked.bind(py);
-        let text = name.to_cow()?;
+        // A name that is not valid UTF-8 (a lone surrogate) cannot name a span; the original gives it
+        // whatever outcome bare Python does (ModuleNotFoundError, as a rule).
+        let Ok(text) = name.to_cow() else {
+            return original.call1((name, import_));
+        };
         if let Some((parent, _)) = text.rsplit_once('.') {
             let modules = self.sys.bind(py).getattr(intern!(py, "modules"))?;
             if !modules.contains(parent)? {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE, clean_env, lynshim_run
-from lynshim import _patch, _state, targets
+from lynshim import _native, _patch, _state, targets
 from lynshim._native import schema
 
 PY = sys.executable
@@ -113,6 +113,25 @@ def test_wrappers_keep_names_signatures_and_binding(patched: None) -> None:
     assert Child.build("x") == (Child, "x")  # the subclass binds, through the wrapper on Base
     assert Base.helper(5) == 4 and Child().helper(5, 2) == 3
     assert recursive(20) == 20
+
+
+def test_wrappers_bind_natively_as_functions_do(patched: None) -> None:
+    wrapper = vars(Base)["method"]
+    again = _patch.wrap(wrapper.__wrapped__, "fixture.again", schema.CAT_COMPUTE)
+    obj = Child()
+    for bound in (obj.method, again.__get__(obj, Child)):
+        assert type(bound) is types.MethodType and bound.__self__ is obj
+    assert obj.method.__func__ is wrapper and again.__get__(obj).__func__ is again
+    assert obj.method == obj.method and obj.method is not obj.method  # a new bound method each access
+    assert Base.method is wrapper and Child.method is wrapper and wrapper.__get__(None, Child) is wrapper
+    assert again.__get__(obj)(4) == 8
+    assert Child.build.__self__ is Child and Child().build.__self__ is Child
+    assert Child().helper is vars(Base)["helper"].__func__
+    # The wrapper makes its bound methods itself (PyMethod_New): it is built from its probe alone.
+    probe = _native.Probe("fixture.probe", schema.CAT_COMPUTE, Base.method.__wrapped__, ("self", "x"), {}, False, repr)
+    assert type(wrapper)(probe).__get__(obj)(5) == 10
+    with pytest.raises(TypeError):
+        type(wrapper)(probe, types.MethodType)
 
 
 def test_wrappers_reraise_the_same_exception(patched: None) -> None:

@@ -253,7 +253,7 @@ def test_namespace_packages_behave_as_in_bare_python(tmp_path: Path) -> None:
     assert spans["nspkg.part"]["depth"] == 0
 
 
-@pytest.mark.parametrize("how", ["statement", "import_module", "uncaught"])
+@pytest.mark.parametrize("how", ["statement", "import_module", "uncaught", "parent"])
 def test_a_module_raising_a_non_import_error_gives_the_bare_traceback(tmp_path: Path, how: str) -> None:
     files = {
         "broken/__init__.py": "",

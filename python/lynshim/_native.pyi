@@ -63,7 +63,6 @@ class ImportHook:
     def __new__(
         cls,
         find_and_load_unlocked: Callable[[str, Callable[..., Any]], ModuleType],
-        call_with_frames_removed: Callable[..., Any],
         sys: ModuleType,
         watched: set[str],
         module_loaded: Callable[[ModuleType], None],

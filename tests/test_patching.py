@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE, clean_env, lynshim_run
-from lynshim import _patch, _state, targets
+from lynshim import _native, _patch, _state, targets
 from lynshim._native import schema
 
 PY = sys.executable
@@ -113,6 +113,25 @@ def test_wrappers_keep_names_signatures_and_binding(patched: None) -> None:
     assert Child.build("x") == (Child, "x")  # the subclass binds, through the wrapper on Base
     assert Base.helper(5) == 4 and Child().helper(5, 2) == 3
     assert recursive(20) == 20
+
+
+def test_wrappers_bind_natively_as_functions_do(patched: None) -> None:
+    wrapper = vars(Base)["method"]
+    again = _patch.wrap(wrapper.__wrapped__, "fixture.again", schema.CAT_COMPUTE)
+    obj = Child()
+    for bound in (obj.method, again.__get__(obj, Child)):
+        assert type(bound) is types.MethodType and bound.__self__ is obj
+    assert obj.method.__func__ is wrapper and again.__get__(obj).__func__ is again
+    assert obj.method == obj.method and obj.method is not obj.method  # a new bound method each access
+    assert Base.method is wrapper and Child.method is wrapper and wrapper.__get__(None, Child) is wrapper
+    assert again.__get__(obj)(4) == 8
+    assert Child.build.__self__ is Child and Child().build.__self__ is Child
+    assert Child().helper is vars(Base)["helper"].__func__
+    # The wrapper makes its bound methods itself (PyMethod_New): it is built from its probe alone.
+    probe = _native.Probe("fixture.probe", schema.CAT_COMPUTE, Base.method.__wrapped__, ("self", "x"), {}, False, repr)
+    assert type(wrapper)(probe).__get__(obj)(5) == 10
+    with pytest.raises(TypeError):
+        type(wrapper)(probe, types.MethodType)
 
 
 def test_wrappers_reraise_the_same_exception(patched: None) -> None:
@@ -454,3 +473,31 @@ def test_lamd_style_build_on_the_corpus_in_several_processes(tmp_path: Path, cor
             assert span["cat"] == schema.CAT_FIELD
         # Nested inside lamd's calls: talk_field → header_fields → read_markdown_file, and so on.
         assert any(s["depth"] > 0 and s["ts"] >= top[0]["ts"] for s in work_spans), command
+
+
+def test_patching_lets_ctrl_c_through_and_reports_its_own_failures(tmp_path: Path) -> None:
+    # A module __getattr__ raises while _patch looks a target's class up: the KeyboardInterrupt goes on to
+    # the program, as it would have reached it anywhere else. A module whose __name__ is not a string
+    # makes _patch fail with a TypeError: that only costs the module its spans, and says so.
+    (tmp_path / "interrupts.py").write_text("def __getattr__(name):\n    raise KeyboardInterrupt\n")
+    (tmp_path / "breaks.py").write_text("__name__ = ['not', 'a', 'string']\n")
+    env = clean_env()
+    env[schema.ENV_TARGETS] = "interrupts:Cls.f=compute;breaks:Cls.f=compute"
+    code = textwrap.dedent(
+        """
+        try:
+            import interrupts
+        except KeyboardInterrupt:
+            print("interrupted")
+        import breaks
+        print("imported", breaks.__name__[0])
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], cwd=tmp_path, env=env)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.proc.stdout == b"interrupted\nimported not\n"
+    lines = run.proc.stderr.decode().splitlines()
+    assert not any("tracing is off" in line for line in lines), lines
+    (failed,) = [line for line in lines if "patching breaks failed" in line]
+    assert "TypeError" in failed and "not traced" in failed
+    assert run.traces[0].spans(schema.CAT_IMPORT)

@@ -147,6 +147,145 @@ def test_import_spans_leave_the_import_system_as_it_was(tmp_path: Path) -> None:
     assert spans["no_such_module_here"]["args"][schema.ARG_ERROR] == "ModuleNotFoundError"
 
 
+def _import_spans_traced_and_bare(tmp_path: Path, files: dict[str, str], code: str) -> list[dict]:
+    """Run ``code`` beside ``files`` bare and traced; check the program saw the same (output, exit status,
+    tracebacks) and return the traced process's import spans."""
+    work = tmp_path / "work"
+    for name, text in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(textwrap.dedent(text))
+    code = textwrap.dedent(code)
+    # Without bytecode files, so that the second run finds exactly what the first did.
+    env = clean_env() | {"PYTHONDONTWRITEBYTECODE": "1"}
+    bare = untraced([PY, "-c", code], cwd=work, env=env)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], cwd=work, env=env)
+    assert run.proc.returncode == bare.returncode, run.proc.stderr
+    assert run.proc.stdout == bare.stdout
+    assert run.proc.stderr.decode().splitlines()[:-1] == bare.stderr.decode().splitlines()
+    (trace,) = run.traces
+    return trace.spans(schema.CAT_IMPORT)
+
+
+def test_two_threads_importing_one_package_share_the_module_and_one_span(tmp_path: Path) -> None:
+    files = {"slowpkg/__init__.py": "import time\ntime.sleep(0.3)\nTOKEN = object()\n"}
+    code = """
+        import importlib, threading
+        barrier = threading.Barrier(2)
+        got = []
+        def load():
+            barrier.wait()
+            got.append(importlib.import_module("slowpkg"))
+        threads = [threading.Thread(target=load) for _ in range(2)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(len(got), got[0] is got[1], got[0].TOKEN is got[1].TOKEN)
+        """
+    spans = _import_spans_traced_and_bare(tmp_path, files, code)
+    assert [s["name"] for s in spans].count("slowpkg") == 1
+
+
+def test_import_module_of_a_package_and_its_submodules_nests_spans(tmp_path: Path) -> None:
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/sub.py": "from . import leaf\nVALUE = leaf.VALUE + 1\n",
+        "pkg/leaf.py": "VALUE = 41\n",
+        "other/__init__.py": "",
+        "other/deep.py": "NAME = __name__\n",
+    }
+    code = """
+        import importlib, sys
+        pkg = importlib.import_module("pkg")
+        sub = importlib.import_module("pkg.sub")
+        deep = importlib.import_module("other.deep")  # its parent package first, as its own span
+        print(sub.VALUE, pkg.sub is sub, deep.NAME, sys.modules["other"].deep is deep)
+        """
+    spans = {s["name"]: s for s in _import_spans_traced_and_bare(tmp_path, files, code)}
+    assert spans["pkg"]["depth"] == spans["pkg.sub"]["depth"] == 0
+    assert spans["pkg.leaf"]["parent"] == "pkg.sub"
+    assert spans["other"]["depth"] == spans["other.deep"]["depth"] == 0
+
+
+def test_circular_imports_behave_as_in_bare_python(tmp_path: Path) -> None:
+    files = {
+        "ring_a.py": "import ring_b\nX = 1\ndef f():\n    return ring_b.Y\n",
+        "ring_b.py": "import ring_a\nY = 2\ndef g():\n    return ring_a.X\n",
+        "knot_a.py": "from knot_b import B\nA = 1\n",
+        "knot_b.py": "from knot_a import A\nB = 2\n",
+    }
+    code = """
+        import traceback
+        import ring_a
+        print(ring_a.f(), ring_a.ring_b.g())
+        try:
+            import knot_a
+        except ImportError as err:
+            print(type(err).__name__, err, err.name)
+            traceback.print_exc()
+        """
+    spans = {s["name"]: s for s in _import_spans_traced_and_bare(tmp_path, files, code)}
+    assert spans["ring_b"]["parent"] == "ring_a"
+    assert spans["knot_b"]["parent"] == "knot_a"
+    assert spans["knot_a"]["args"][schema.ARG_ERROR] == spans["knot_b"]["args"][schema.ARG_ERROR] == "ImportError"
+
+
+def test_reload_behaves_as_in_bare_python(tmp_path: Path) -> None:
+    files = {"counted.py": "import builtins\nbuiltins.runs = getattr(builtins, 'runs', 0) + 1\nRUNS = runs\n"}
+    code = """
+        import importlib
+        import counted
+        again = importlib.reload(counted)
+        print(again is counted, counted.RUNS)
+        """
+    spans = _import_spans_traced_and_bare(tmp_path, files, code)
+    assert [s["name"] for s in spans].count("counted") == 1  # reload runs the module without importing it
+
+
+def test_namespace_packages_behave_as_in_bare_python(tmp_path: Path) -> None:
+    files = {"nspkg/part.py": "V = 'part'\n", "elsewhere/nspkg/other.py": "V = 'other'\n"}
+    code = """
+        import sys
+        sys.path.append("elsewhere")
+        import nspkg.part, nspkg.other
+        print(nspkg.__file__, list(nspkg.__path__), nspkg.__spec__.origin, nspkg.part.V, nspkg.other.V)
+        """
+    spans = {s["name"]: s for s in _import_spans_traced_and_bare(tmp_path, files, code)}
+    assert {"nspkg", "nspkg.part", "nspkg.other"} <= set(spans)
+    assert spans["nspkg.part"]["depth"] == 0
+
+
+@pytest.mark.parametrize("how", ["statement", "import_module", "uncaught", "parent"])
+def test_a_module_raising_a_non_import_error_gives_the_bare_traceback(tmp_path: Path, how: str) -> None:
+    files = {
+        "broken/__init__.py": "",
+        "broken/child.py": "X = 1\nraise ValueError('boom')\n",
+        "brokenparent/__init__.py": "raise ValueError('boom')\n",
+        "brokenparent/child.py": "",
+    }
+    load = {
+        "statement": "import broken.child",
+        "import_module": "importlib.import_module('broken.child')",
+        "uncaught": "import broken.child",
+        "parent": "importlib.import_module('brokenparent.child')",
+    }[how]
+    if how == "uncaught":
+        code = load
+    else:
+        code = f"""
+        import importlib, traceback
+        try:
+            {load}
+        except ValueError:
+            traceback.print_exc()
+        """
+    spans = {s["name"]: s for s in _import_spans_traced_and_bare(tmp_path, files, code)}
+    if how == "parent":
+        assert spans["brokenparent"]["args"][schema.ARG_ERROR] == "ValueError"
+        assert "brokenparent.child" not in spans
+    else:
+        assert spans["broken.child"]["args"][schema.ARG_ERROR] == "ValueError"
+        assert schema.ARG_ERROR not in spans["broken"]["args"]
+
+
 OUTPUT_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -455,3 +594,79 @@ def test_bootstrap_leaves_sys_path_as_an_untraced_run_has_it(tmp_path: Path) -> 
     run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
     assert run.proc.returncode == 0
     assert json.loads(run.proc.stdout) == json.loads(bare.stdout)
+
+
+def _activate_with_bootstrap(tmp_path: Path, stand_in: str) -> subprocess.CompletedProcess[bytes]:
+    # lynshim.start sees `stand_in` as importlib's bootstrap module (the import system keeps using the
+    # real one, which is put back at once), then the program imports, forks and exits.
+    code = textwrap.dedent(
+        f"""
+        import os, sys, types
+        real = sys.modules["_frozen_importlib"]
+        {stand_in}
+        import lynshim
+        path = lynshim.start(DIR)
+        sys.modules["_frozen_importlib"] = real
+        print(path is not None, lynshim.is_active(), os.getpid())
+        import csv
+        pid = os.fork()
+        if pid == 0:
+            raise SystemExit(0)
+        os.waitpid(pid, 0)
+        """
+    ).replace("DIR", repr(str(tmp_path / "out")))
+    return subprocess.run([PY, "-c", code], env=clean_env(), capture_output=True, cwd=tmp_path)
+
+
+def test_a_python_without_the_hooks_private_names_is_traced_without_import_spans(tmp_path: Path) -> None:
+    proc = _activate_with_bootstrap(tmp_path, 'sys.modules["_frozen_importlib"] = types.ModuleType("bare")')
+    assert proc.returncode == 0, proc.stderr
+    started, active, pid = proc.stdout.split()
+    assert started == active == b"True"
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "import spans and patching are off on this Python" in lines[0], lines
+    traces = [Trace(p, json.loads(p.read_text())) for p in sorted((tmp_path / "out").glob("*" + schema.TRACE_SUFFIX))]
+    assert len(traces) == 2  # the fork handler gave the child its own file
+    parent = next(t for t in traces if t.pid == int(pid))
+    child = next(t for t in traces if t is not parent)
+    assert child.meta["forked_from"] == str(parent.path)
+    assert parent.exit["exit_status"] == child.exit["exit_status"] == 0  # the atexit handler closed both
+    assert all(not t.spans(schema.CAT_IMPORT) for t in traces)
+
+
+def test_hooks_that_fail_to_install_leave_tracing_off(tmp_path: Path) -> None:
+    stand_in = textwrap.dedent(
+        """
+        class Frozen(types.ModuleType):
+            def __setattr__(self, name, value):
+                raise AttributeError(name + " is read-only")
+        frozen = Frozen("frozen")
+        vars(frozen).update(vars(real))
+        sys.modules["_frozen_importlib"] = frozen
+        """
+    ).replace("\n", "\n        ")
+    proc = _activate_with_bootstrap(tmp_path, stand_in)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == [b"False", b"False"]
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "tracing is off for this process (installing its hooks failed" in lines[0], lines
+    assert len(list((tmp_path / "out").glob("*" + schema.TRACE_SUFFIX))) == 1  # no file from the child
+
+
+def test_a_module_name_that_is_not_utf8_fails_to_import_as_in_bare_python(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import importlib, traceback
+        for name in ["x\\udcff", "json.x\\udcff", "x\\udcff.y"]:
+            try:
+                importlib.import_module(name)
+            except BaseException as err:
+                print(type(err).__name__, ascii(str(err)), ascii(getattr(err, "name", None)))
+                traceback.print_exc()
+        """
+    )
+    bare = untraced([PY, "-c", code], env=clean_env(), cwd=tmp_path)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == bare.returncode == 0
+    assert run.proc.stdout == bare.stdout and run.proc.stdout.startswith(b"ModuleNotFoundError")
+    assert run.proc.stderr.splitlines()[:-1] == bare.stderr.splitlines()

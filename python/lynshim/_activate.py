@@ -101,8 +101,13 @@ def activate(
     if path is None:
         return None
     _state.active = True
-    _install_hooks()
-    _lifecycle.install()
+    try:
+        _install_hooks()
+        _lifecycle.install()
+    except Exception as err:  # noqa: BLE001 - a session without its exit and fork handlers would be half-on
+        deactivate()
+        print(f"lynshim: tracing is off for this process (installing its hooks failed: {err!r})", file=sys.stderr)
+        return None
     return path
 
 
@@ -129,13 +134,14 @@ def _install_hooks() -> None:
     global _hooks_installed
     if _hooks_installed:
         return
-    _hooks_installed = True
     _imports.install(record_imports=os.environ.get(schema.ENV_IMPORTS, "1") != "0")
     if os.environ.get(schema.ENV_RECORD_FILES) == "1":
         sys.addaudithook(_record_open)
     atexit.register(_at_python_exit)
     os.register_at_fork(before=_native.flush, after_in_child=_after_fork_in_child)
     _install_sigterm_handler()
+    # Set last: after a failure (activate stops the session) a later activation tries again.
+    _hooks_installed = True
 
 
 def _library_version(name: str) -> str | None:

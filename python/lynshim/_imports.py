@@ -29,9 +29,18 @@ def install(record_imports: bool = True) -> None:
     global _installed
     if _installed is None:
         bootstrap = sys.modules["_frozen_importlib"]
+        # A private name of CPython's: a Python without it gets no import spans and no patching (said
+        # once), and the rest of tracing is set up as usual.
+        find_and_load_unlocked = getattr(bootstrap, "_find_and_load_unlocked", None)
+        if find_and_load_unlocked is None:
+            print(
+                f"lynshim: import spans and patching are off on this Python {sys.version.split()[0]} (its "
+                "importlib lacks _find_and_load_unlocked); the rest is traced",
+                file=sys.stderr,
+            )
+            return
         _installed = _native.ImportHook(
-            bootstrap._find_and_load_unlocked,
-            bootstrap._call_with_frames_removed,
+            find_and_load_unlocked,
             sys,
             _patch.watched_modules(),
             _patch.module_loaded,

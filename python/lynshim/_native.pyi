@@ -63,7 +63,6 @@ class ImportHook:
     def __new__(
         cls,
         find_and_load_unlocked: Callable[[str, Callable[..., Any]], ModuleType],
-        call_with_frames_removed: Callable[..., Any],
         sys: ModuleType,
         watched: set[str],
         module_loaded: Callable[[ModuleType], None],
@@ -99,7 +98,7 @@ class Probe:
 class TracedFunction:
     """The wrapper of a traced function: calls it through its probe; transparent as a wrapt proxy is."""
 
-    def __new__(cls, probe: Probe, method_type: type) -> TracedFunction: ...
+    def __new__(cls, probe: Probe) -> TracedFunction: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
     def __reduce__(self) -> str: ...

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 _FunctionType = type(lambda: None)  # types.FunctionType, without importing types
-_MethodType = type((lambda: None).__get__(0))  # types.MethodType, likewise: what a wrapper binds as
 
 # functools.update_wrapper's attribute list, copied here so that activating lynshim does not import
 # functools (and collections) ahead of the traced program, which would hide their cost from its trace.
@@ -212,7 +211,7 @@ def wrap(fn: "Callable[..., Any]", span_name: str, category: str) -> "Callable[.
     if category in (schema.CAT_SERVER_CLIENT, schema.CAT_SERVER):
         wrapper = _request_wrapper(fn, probe, category == schema.CAT_SERVER_CLIENT)
     else:
-        wrapper = _native.TracedFunction(probe, _MethodType)
+        wrapper = _native.TracedFunction(probe)
     _look_like(wrapper, fn)
     setattr(wrapper, _MARK, span_name)
     return wrapper

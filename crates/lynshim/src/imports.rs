@@ -7,11 +7,11 @@
 //! statement, `__import__`, `importlib.import_module`). lynshim puts an [`ImportHook`] in that global's
 //! place (`python/lynshim/_imports.py`). For each module the hook
 //!
-//! - imports the module's parent package first, as the original would (with the same
-//!   `_call_with_frames_removed`, so tracebacks are trimmed the same way), so that the parent's span is
-//!   its own and not nested inside the child's;
 //! - opens a span named after the module in category `import`, unless the parent's import brought
-//!   the module in already;
+//!   the module in already; when the parent package is not imported yet, the span opens only once the
+//!   original has imported it (through a stand-in for its `import_`, [`ParentThenSpan`]), so that the
+//!   parent's span is its own and not nested inside the child's, and every Python frame of the import
+//!   (a failing parent's traceback included) is the one bare Python has;
 //! - calls the original, which finds, creates and executes the module, as `python -X importtime` times
 //!   it; nested imports nest;
 //! - closes the span, with the exception's type name as `error` when the import failed;
@@ -24,9 +24,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lynschema::{arg, category};
+use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -39,8 +40,6 @@ use crate::session;
 pub struct ImportHook {
     /// The original `_find_and_load_unlocked`.
     find_and_load_unlocked: Py<PyAny>,
-    /// `importlib._bootstrap._call_with_frames_removed`, through which the original imports a parent.
-    call_with_frames_removed: Py<PyAny>,
     /// The `sys` module: `sys.modules` is read from it on each import, as importlib does.
     sys: Py<PyAny>,
     /// Names of the modules `module_loaded` acts on.
@@ -54,23 +53,15 @@ pub struct ImportHook {
 #[pymethods]
 impl ImportHook {
     #[new]
-    #[pyo3(signature = (find_and_load_unlocked, call_with_frames_removed, sys, watched, module_loaded, record_imports))]
+    #[pyo3(signature = (find_and_load_unlocked, sys, watched, module_loaded, record_imports))]
     fn new(
         find_and_load_unlocked: Py<PyAny>,
-        call_with_frames_removed: Py<PyAny>,
         sys: Py<PyAny>,
         watched: HashSet<String>,
         module_loaded: Py<PyAny>,
         record_imports: bool,
     ) -> Self {
-        Self {
-            find_and_load_unlocked,
-            call_with_frames_removed,
-            sys,
-            watched,
-            module_loaded,
-            record_imports: AtomicBool::new(record_imports),
-        }
+        Self { find_and_load_unlocked, sys, watched, module_loaded, record_imports: AtomicBool::new(record_imports) }
     }
 
     /// Turn import spans on or off.
@@ -86,40 +77,124 @@ impl ImportHook {
         import_: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let original = self.find_and_load_unlocked.bind(py);
-        let text = name.to_cow()?;
+        // A name that is not valid UTF-8 (a lone surrogate) cannot name a span; the original gives it
+        // whatever outcome bare Python does (ModuleNotFoundError, as a rule).
+        let Ok(text) = name.to_cow() else {
+            return original.call1((name, import_));
+        };
+        let record = self.record_imports.load(Ordering::Relaxed) && session::is_recording();
         if let Some((parent, _)) = text.rsplit_once('.') {
             let modules = self.sys.bind(py).getattr(intern!(py, "modules"))?;
             if !modules.contains(parent)? {
-                self.call_with_frames_removed.bind(py).call1((import_, parent))?;
-            }
-            // Importing the parent may have imported this module too: the original just returns it.
-            if modules.contains(name)? {
-                return original.call1((name, import_));
+                // The original imports the parent itself, through `import_`: handing it a stand-in that
+                // opens this module's span once the parent is in keeps the parent's span its own, and
+                // every Python frame (tracebacks of a failing parent included) where bare Python has it.
+                let then = Bound::new(
+                    py,
+                    ParentThenSpan {
+                        import_: import_.clone().unbind(),
+                        name: name.clone().unbind(),
+                        sys: self.sys.clone_ref(py),
+                        record,
+                        token: AtomicU64::new(0),
+                    },
+                )?;
+                let outcome = original.call1((name, &then));
+                let token = then.get().token.load(Ordering::Relaxed);
+                return self.finish(py, &text, token, outcome);
             }
         }
-        let token = if self.record_imports.load(Ordering::Relaxed) && session::is_recording() {
-            crate::guarded(0, || {
-                session::enter(Cow::Owned(text.as_ref().to_owned()), Cow::Borrowed(category::IMPORT), None, || {
-                    crate::python_thread_name(py)
-                })
-            })
-        } else {
-            0
-        };
+        let token = if record { open_span(py, &text) } else { 0 };
         let outcome = original.call1((name, import_));
+        self.finish(py, &text, token, outcome)
+    }
+}
+
+impl ImportHook {
+    /// Close the import's span and patch the module if it is one `_patch` acts on.
+    fn finish<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        token: u64,
+        outcome: PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         if token != 0 {
             let end = outcome.as_ref().err().map(|err| error_json(py, err));
             crate::guarded((), || session::exit(token, end.as_deref()));
         }
         if let Ok(module) = &outcome {
-            if self.watched.contains(text.as_ref()) {
-                // Patching must never break the import it follows.
+            if self.watched.contains(text) {
+                // Patching must never break the import it follows, but Ctrl-C and `sys.exit` raised
+                // meanwhile are the program's own and go on to it.
                 if let Err(err) = self.module_loaded.bind(py).call1((module,)) {
-                    session::warn_once(&format!("patching {text} failed: {err}"));
+                    if !err.is_instance_of::<PyException>(py) {
+                        return Err(err);
+                    }
+                    warn_patch_failed(text, &err);
                 }
             }
         }
         outcome
+    }
+}
+
+/// What the original `_find_and_load_unlocked` is given as `import_` for a submodule whose parent is
+/// not imported yet: it imports the parent (the original calls it for nothing else) and then opens the
+/// submodule's span, which the hook closes.
+#[pyclass(frozen, module = "lynshim._native")]
+struct ParentThenSpan {
+    /// The `import_` the hook was given (`_gcd_import`).
+    import_: Py<PyAny>,
+    /// The submodule's name.
+    name: Py<PyString>,
+    /// The `sys` module.
+    sys: Py<PyAny>,
+    /// Open the span (import spans on and a session recording, when the import began).
+    record: bool,
+    /// The span's token once open; 0 until then.
+    token: AtomicU64,
+}
+
+#[pymethods]
+impl ParentThenSpan {
+    fn __call__<'py>(&self, py: Python<'py>, parent: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let module = self.import_.bind(py).call1((parent,))?;
+        let name = self.name.bind(py);
+        // As with the hook's own check: the parent's import may have imported the submodule, and the
+        // original then returns it with no import of its own to time.
+        if self.record {
+            let modules = self.sys.bind(py).getattr(intern!(py, "modules"))?;
+            if !modules.contains(name)? {
+                if let Ok(text) = name.to_cow() {
+                    self.token.store(open_span(py, &text), Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(module)
+    }
+}
+
+/// Open an import span named `module` on this thread; 0 when none opens.
+fn open_span(py: Python<'_>, module: &str) -> u64 {
+    crate::guarded(0, || {
+        session::enter(Cow::Owned(module.to_owned()), Cow::Borrowed(category::IMPORT), None, || {
+            crate::python_thread_name(py)
+        })
+    })
+}
+
+/// Set by the first patch failure: one line per process is enough to point at the problem.
+static PATCH_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Say once that a module could not be patched. Tracing stays on (imports and the other modules'
+/// targets are still traced), so this is not [`session::warn_once`], which says tracing is off and is
+/// kept for when it is.
+fn warn_patch_failed(module: &str, err: &PyErr) {
+    if !PATCH_WARNED.swap(true, Ordering::SeqCst) {
+        eprintln!(
+            "lynshim: patching {module} failed ({err}); its functions are not traced, the program runs on unchanged"
+        );
     }
 }
 

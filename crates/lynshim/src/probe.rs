@@ -461,20 +461,24 @@ fn call_through<'py>(
 /// `__qualname__`, `__doc__`, `__module__`, `__annotations__`, `__dict__` and `__wrapped__` (so
 /// `inspect.signature` reports the original signature); any other attribute (`__code__`,
 /// `__defaults__`, ...) is the original's, `__class__` too (so `inspect.isfunction` holds); it binds as
-/// a plain function does (a `types.MethodType` on an instance, itself on a class, and so through
+/// a plain function does (a `types.MethodType`, made by `PyMethod_New`, on an instance, itself on a class, and so through
 /// `classmethod` and `staticmethod`); it pickles and copies by its qualified name, as a function does.
 #[pyclass(frozen, dict, weakref, module = "lynshim._native")]
 pub struct TracedFunction {
     probe: Py<Probe>,
-    /// `types.MethodType`, handed over by `_patch` (lynshim never imports `types` itself).
-    method_type: Py<PyAny>,
+}
+
+extern "C" {
+    /// CPython's `PyMethod_New(func, self)`, what `types.MethodType(func, self)` calls: public C API
+    /// since Python 2, though outside the limited API pyo3-ffi declares for abi3 builds.
+    fn PyMethod_New(func: *mut pyo3::ffi::PyObject, instance: *mut pyo3::ffi::PyObject) -> *mut pyo3::ffi::PyObject;
 }
 
 #[pymethods]
 impl TracedFunction {
     #[new]
-    fn new(probe: Py<Probe>, method_type: Py<PyAny>) -> Self {
-        Self { probe, method_type }
+    fn new(probe: Py<Probe>) -> Self {
+        Self { probe }
     }
 
     #[pyo3(signature = (*args, **kwargs))]
@@ -494,7 +498,14 @@ impl TracedFunction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = owner;
         match instance {
-            Some(instance) if !instance.is_none() => slf.get().method_type.bind(slf.py()).call1((slf, instance)),
+            // Built natively: `obj.method` runs on every method call, and calling `types.MethodType`
+            // through Python cost a tuple and a type call each time.
+            Some(instance) if !instance.is_none() => {
+                // SAFETY: both pointers are live references held by the GIL-bound `slf` and `instance`
+                // for the whole call; PyMethod_New takes new references to them and returns a new
+                // reference, or NULL with an exception set, which `from_owned_ptr_or_err` turns into Err.
+                unsafe { Bound::from_owned_ptr_or_err(slf.py(), PyMethod_New(slf.as_ptr(), instance.as_ptr())) }
+            }
             _ => Ok(slf.clone().into_any()),
         }
     }

@@ -461,8 +461,9 @@ fn call_through<'py>(
 /// `__qualname__`, `__doc__`, `__module__`, `__annotations__`, `__dict__` and `__wrapped__` (so
 /// `inspect.signature` reports the original signature); any other attribute (`__code__`,
 /// `__defaults__`, ...) is the original's, `__class__` too (so `inspect.isfunction` holds); it binds as
-/// a plain function does (a `types.MethodType`, made by `PyMethod_New`, on an instance, itself on a class, and so through
-/// `classmethod` and `staticmethod`); it pickles and copies by its qualified name, as a function does.
+/// a plain function does (a `types.MethodType`, made by `PyMethod_New`, on an instance, itself on a
+/// class, and so through `classmethod` and `staticmethod`); it pickles and copies by its qualified name,
+/// as a function does.
 #[pyclass(frozen, dict, weakref, module = "lynshim._native")]
 pub struct TracedFunction {
     probe: Py<Probe>,

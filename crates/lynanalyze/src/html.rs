@@ -69,14 +69,22 @@ fn cut(text: &str, n: usize) -> String {
     }
 }
 
-/// Horizontal bars, one row per label (first at the top), each row a stack of `(value, colour)`
-/// segments starting at `from` (for a timeline) or 0; a legend of `legend` when given.
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-/// A chart of labelled rows: `(0..n).into_segmented()` rows from the top, x in µs drawn in ms.
+/// An axis label for microseconds, in whole milliseconds.
+fn ms(us: &f64) -> String {
+    format!("{:.0}", us / 1000.0)
+}
+
+/// A chart of labelled rows: `(0..n).into_segmented()` rows from the top.
 type RowChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, SegmentedCoord<RangedCoordusize>>>;
 
-/// The grid and axes of a row chart: one label per row (the first label at the top), x in ms.
-fn draw_row_mesh(chart: &mut RowChart<'_, '_>, labels: &[String], x_desc: &str) -> Drawn {
+/// The grid and axes of a row chart: one label per row (the first label at the top), x labelled by
+/// `x_label`.
+fn draw_row_mesh(
+    chart: &mut RowChart<'_, '_>,
+    labels: &[String],
+    x_desc: &str,
+    x_label: &dyn Fn(&f64) -> String,
+) -> Drawn {
     let n = labels.len();
     chart
         .configure_mesh()
@@ -89,7 +97,7 @@ fn draw_row_mesh(chart: &mut RowChart<'_, '_>, labels: &[String], x_desc: &str) 
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
             _ => String::new(),
         })
-        .x_label_formatter(&|v| format!("{:.0}", v / 1000.0))
+        .x_label_formatter(x_label)
         .x_desc(x_desc)
         .draw()?;
     Ok(())
@@ -117,6 +125,9 @@ fn draw_legend<'a, 'b: 'a>(chart: &mut RowChart<'a, 'b>, at: SeriesLabelPosition
     Ok(())
 }
 
+/// Horizontal bars, one row per label (first at the top), each row a stack of `(value, colour)`
+/// segments starting at `from` (for a timeline) or 0; a legend of `legend` when given.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 fn bar_rows(
     labels: &[String],
     rows: &[(f64, Vec<(f64, usize)>)],
@@ -145,7 +156,7 @@ fn bar_rows(
                     },
                 (0..n).into_segmented(),
             )?;
-        draw_row_mesh(&mut chart, &labels, x_desc)?;
+        draw_row_mesh(&mut chart, &labels, x_desc, &ms)?;
         for &(name, series) in legend {
             add_legend_entry(&mut chart, name, series)?;
         }
@@ -265,7 +276,7 @@ fn diff_phases_chart(sections: &[Section]) -> String {
             .x_label_area_size(32)
             .y_label_area_size(200)
             .build_cartesian_2d(0.0..max, (0..n).into_segmented())?;
-        draw_row_mesh(&mut chart, &labels, "ms: median over each side's runs")?;
+        draw_row_mesh(&mut chart, &labels, "ms: median over each side's runs", &ms)?;
         for (series, name) in [(0_usize, &name_a), (1, &name_b)] {
             add_legend_entry(&mut chart, name, series)?;
         }
@@ -373,20 +384,12 @@ fn diff_change_chart(sections: &[Section]) -> String {
             .x_label_area_size(32)
             .y_label_area_size(400)
             .build_cartesian_2d(-extent..extent, (0..n).into_segmented())?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .light_line_style(WHITE)
-            .y_labels(n)
-            .y_label_style(FONT)
-            .x_label_style(FONT)
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < n => labels[n - 1 - *i].clone(),
-                _ => String::new(),
-            })
-            .x_label_formatter(&|v| format!("{v:+.0}%"))
-            .x_desc("B − A in % of A's median; bar: its 95 % interval (beyond the axis: drawn at its edge)")
-            .draw()?;
+        draw_row_mesh(
+            &mut chart,
+            &labels,
+            "B − A in % of A's median; bar: its 95 % interval (beyond the axis: drawn at its edge)",
+            &|v| format!("{v:+.0}%"),
+        )?;
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(0.0, SegmentValue::Exact(0)), (0.0, SegmentValue::Exact(n))],
             BLACK.stroke_width(1),

@@ -18,27 +18,32 @@ PY = sys.executable
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "traces"
 
 
+def bench_command(out: Path, runs: int, *flags: str, code: str = "import lynguine") -> list[str]:
+    """`lynshim bench` of `python -c code`, `runs` times without warm-up, into `out`."""
+    return [
+        PY,
+        "-m",
+        "lynshim",
+        "bench",
+        "-n",
+        str(runs),
+        "--warmup",
+        "0",
+        *flags,
+        "-o",
+        str(out),
+        "--",
+        PY,
+        "-c",
+        code,
+    ]
+
+
 def bench(tmp_path: Path, *flags: str) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [
-            PY,
-            "-m",
-            "lynshim",
-            "bench",
-            "-n",
-            "2",
-            "--warmup",
-            "0",
-            *flags,
-            "-o",
-            str(out),
-            "--",
-            PY,
-            "-c",
-            "import lynguine",
-        ],
+        bench_command(out, 2, *flags),
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -87,23 +92,7 @@ def test_cold_bench_names_the_processes_that_keep_pages_resident(tmp_path: Path)
         assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
         out = tmp_path / "bench"
         proc = subprocess.run(
-            [
-                PY,
-                "-m",
-                "lynshim",
-                "bench",
-                "-n",
-                "1",
-                "--warmup",
-                "0",
-                "--cold",
-                "-o",
-                str(out),
-                "--",
-                PY,
-                "-c",
-                "import numpy",
-            ],
+            bench_command(out, 1, "--cold", code="import numpy"),
             env=clean_env(),
             capture_output=True,
             text=True,

@@ -103,6 +103,12 @@ def phase_group(k: str) -> str:
     return k
 
 
+def variant_cells(mode: str, r: dict[str, Any]) -> list[str]:
+    """The cells every comparison of a variant with direct mode starts with: variant, talk, format, and
+    both sides' build times."""
+    return [VARIANT_NAMES[mode], f"`{Path(r['talk']).stem}`", r["format"], rng(r["direct"], s_), rng(r["variant"], s_)]
+
+
 class Report:
     def __init__(self, data_dir: Path):
         self.d = {p.stem: json.loads(p.read_text()) for p in data_dir.glob("*.json")}
@@ -691,18 +697,7 @@ class Report:
         rows = []
         for mode in ("server-cold", "server-warm", "quickwin:thin-client"):
             for r in self.compare(mode):
-                same, total, stable = self.identical(mode)
-                rows.append(
-                    [
-                        VARIANT_NAMES[mode],
-                        f"`{Path(r['talk']).stem}`",
-                        r["format"],
-                        rng(r["direct"], s_),
-                        rng(r["variant"], s_),
-                        pct(r["rel"]),
-                        "yes" if r["distinct"] else "no (within noise)",
-                    ]
-                )
+                rows.append(variant_cells(mode, r) + [pct(r["rel"]), "yes" if r["distinct"] else "no (within noise)"])
         self.w(table(["variant", "talk", "format", "direct s", "variant s", "change", "outside the noise?"], rows), "")
         starts = s.get("warm_server_starts") or []
         if starts:
@@ -845,17 +840,8 @@ class Report:
             same, total, stable = self.identical(mode)
             for r in self.compare(mode):
                 rows.append(
-                    [
-                        VARIANT_NAMES[mode],
-                        f"`{Path(r['talk']).stem}`",
-                        r["format"],
-                        rng(r["direct"], s_),
-                        rng(r["variant"], s_),
-                        ms(r["diff_us"]),
-                        pct(r["rel"]),
-                        "yes" if r["distinct"] else "no",
-                        f"{same}/{total}",
-                    ]
+                    variant_cells(mode, r)
+                    + [ms(r["diff_us"]), pct(r["rel"]), "yes" if r["distinct"] else "no", f"{same}/{total}"]
                 )
         self.w(
             table(

@@ -11,8 +11,8 @@ use crate::build::RawEvent;
 
 /// Nearly every line lynshim writes is the begin or end of an import, shaped exactly like
 /// `{"cat":"import","name":"numpy","ph":"B","pid":7,"tid":7,"ts":210.5}` (serde_json writes keys in
-/// sorted order), or, from newer sessions, like [`written_in_order`]'s. Such a line is read here without a general JSON parser — which was most of the
-/// time spent loading a build — and any other line (args, escapes, another key order) gives `None`
+/// sorted order), or, from newer sessions, like [`written_in_order`]'s. Such a line is read here
+/// without a general JSON parser — which was most of the time spent loading a build — and any other line (args, escapes, another key order) gives `None`
 /// and goes to serde_json. Numbers are read as serde_json reads them ([`PlainNumber`]), so both paths
 /// give the same event to the bit (a test compares them on every recorded line).
 pub(crate) fn plain_event(line: &str) -> Option<RawEvent<'_>> {
@@ -26,6 +26,21 @@ pub(crate) fn plain_event(line: &str) -> Option<RawEvent<'_>> {
     };
     let (name, rest) = plain_string(rest.strip_prefix(r#","name":""#)?)?;
     let (ph, rest) = plain_string(rest.strip_prefix(r#","ph":""#)?)?;
+    ids_and_time(rest, ph, name, cat, dur)
+}
+
+/// The same line as lynshim's session writes it since its keys follow the event's own order:
+/// `{"ph":"B","name":"numpy","cat":"import","pid":7,"tid":7,"ts":210.5}` (no `dur`, no args).
+fn written_in_order(line: &str) -> Option<RawEvent<'_>> {
+    let (ph, rest) = plain_string(line.strip_prefix(r#"{"ph":""#)?)?;
+    let (name, rest) = plain_string(rest.strip_prefix(r#","name":""#)?)?;
+    let (cat, rest) = plain_string(rest.strip_prefix(r#","cat":""#)?)?;
+    ids_and_time(rest, ph, name, cat, 0.0)
+}
+
+/// The tail both key orders share, `,"pid":…,"tid":…,"ts":…}`, read into the event of a line whose
+/// `ph`, `name`, `cat` and `dur` were read before it.
+fn ids_and_time<'a>(rest: &str, ph: &'a str, name: &'a str, cat: &'a str, dur: f64) -> Option<RawEvent<'a>> {
     let rest = skip_pid(rest.strip_prefix(r#","pid":"#)?)?;
     let (tid, rest) = number(rest.strip_prefix(r#","tid":"#)?)?;
     let (ts, rest) = number(rest.strip_prefix(r#","ts":"#)?)?;
@@ -35,27 +50,6 @@ pub(crate) fn plain_event(line: &str) -> Option<RawEvent<'_>> {
         cat: Cow::Borrowed(cat),
         ts,
         dur,
-        tid,
-        args: Map::new(),
-        at: None,
-    })
-}
-
-/// The same line as lynshim's session writes it since its keys follow the event's own order:
-/// `{"ph":"B","name":"numpy","cat":"import","pid":7,"tid":7,"ts":210.5}` (no `dur`, no args).
-fn written_in_order(line: &str) -> Option<RawEvent<'_>> {
-    let (ph, rest) = plain_string(line.strip_prefix(r#"{"ph":""#)?)?;
-    let (name, rest) = plain_string(rest.strip_prefix(r#","name":""#)?)?;
-    let (cat, rest) = plain_string(rest.strip_prefix(r#","cat":""#)?)?;
-    let rest = skip_pid(rest.strip_prefix(r#","pid":"#)?)?;
-    let (tid, rest) = number(rest.strip_prefix(r#","tid":"#)?)?;
-    let (ts, rest) = number(rest.strip_prefix(r#","ts":"#)?)?;
-    (rest == "}").then(|| RawEvent {
-        ph: Cow::Borrowed(ph),
-        name: Cow::Borrowed(name),
-        cat: Cow::Borrowed(cat),
-        ts,
-        dur: 0.0,
         tid,
         args: Map::new(),
         at: None,

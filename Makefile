@@ -32,6 +32,7 @@ install: $(VENV)/.created
 	cargo build --release --quiet -p lynexec
 	mkdir -p $(PRELOAD) && strip --strip-debug -o $(PRELOAD)/liblynexec.so.tmp $(CARGO_TARGET_DIR)/release/liblynexec.so
 	mv -f $(PRELOAD)/liblynexec.so.tmp $(PRELOAD)/liblynexec.so
+	rm -f python/lynshim/_native.abi3.so  # left by builds before lynshim was built per Python version
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet -m crates/lynanalyze/Cargo.toml
 
@@ -64,6 +65,9 @@ perfetto-deps:
 # One package per invocation: a test build unifies the features of its dev-dependencies with the rest,
 # so testing lynload (criterion) beside lynanalyze would compile polars a third time. (The test build of
 # lynanalyze cannot share polars with maturin's build of the binary for the same reason: insta.)
+# insta finds its snapshots from the workspace root it is given at run time: a test binary reused from a
+# shared CARGO_TARGET_DIR (CI's) was compiled in another clone, whose path it would otherwise use.
+test-rust: export INSTA_WORKSPACE_ROOT := $(CURDIR)
 test-rust:
 	cargo test --release -p lynanalyze
 	cargo test --release -p lynload

@@ -24,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import time
@@ -36,6 +37,8 @@ VENV_BIN = Path(sys.executable).parent
 PY = sys.executable
 FIXTURES = REPO / "tests" / "fixtures" / "traces"
 CORPUS = REPO.parent / "shared" / "corpus"
+# lynshim's native module as maturin names it for this interpreter (it is built per Python version).
+NATIVE_FILE = "_native" + str(sysconfig.get_config_var("EXT_SUFFIX"))
 LYNANALYZE = shutil.which("lynanalyze", path=str(VENV_BIN)) or "lynanalyze"
 
 
@@ -124,9 +127,15 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
         timed(bare_cmd, cwd)  # warm the page cache
         for name, cmd in case_tools.items():
             ratios = []
-            for _ in range(pairs):
-                b = timed(bare_cmd, cwd)
-                t = timed(cmd, cwd)
+            for i in range(pairs):
+                # Alternating which run of a pair goes first cancels what running second gains or loses
+                # (warmer caches, the first run's writeback), which a fixed order would count as cost.
+                if i % 2:
+                    t = timed(cmd, cwd)
+                    b = timed(bare_cmd, cwd)
+                else:
+                    b = timed(bare_cmd, cwd)
+                    t = timed(cmd, cwd)
                 ratios.append(t / b)
             rows.append(f"| {label} | {name} | {spread(ratios)} | {'≤ 1.02' if name.startswith('lynshim') else ''} |")
             if name.startswith("lynshim"):
@@ -235,6 +244,76 @@ def startup_breakdown(work: Path, rounds: int) -> tuple[list[str], str]:
         f"spans, `lynshim bench -n 5`); the import spans {spans_ms:+.1f} ms "
         f"({spans_ms * 1000 / max(imports, 1):.1f} µs per import); everything else the shim does with import spans "
         f"off (hooks, patching, GC and exit spans, the writer) {rest_ms:+.1f} ms."
+    )
+    return rows, note
+
+
+def launcher_cost(work: Path, pairs: int) -> str:
+    """What `lynshim run` adds once per run whatever the command (its launcher: a Python process that sets up
+    the run directory and environment, starts the command, waits, and writes the run record and its summary),
+    measured on `true`, alternating pairs. A single-process command under `lynshim run` pays it in full."""
+    bare, traced = ["true"], [PY, "-m", "lynshim", "run", "-o", str(work / "launcher"), "--", "true"]
+    extra = []
+    for i in range(pairs):
+        if i % 2:
+            t, b = timed(traced), timed(bare)
+        else:
+            b, t = timed(bare), timed(traced)
+        extra.append((t - b) * 1000)
+    return (
+        f"`lynshim run`'s launcher, once per run (`lynshim run -- true` over `true`, the preload library's exec "
+        f"record of `true` included): {spread(extra)} ms"
+    )
+
+
+def startup_instructions(work: Path) -> tuple[list[str], str]:
+    """Instructions, not seconds: `import lynguine` bare, traced and traced without import spans under
+    callgrind (valgrind), one after another. The traced program's thread executes the same instructions
+    whatever the load on the machine, so its count tells the tracer's own work on the critical path apart from
+    this machine's timing noise (the interquartile ranges above) and from the background threads' competition
+    for the cores; the background threads' counts vary a little with how valgrind schedules them. OpenBLAS's
+    idle threads are held to one (in every variant alike): their spinning varies from run to run."""
+    if shutil.which("valgrind") is None:
+        return [], "valgrind is not installed: no instruction counts of start-up"
+    env = clean_env() | {"OPENBLAS_NUM_THREADS": "1"}
+    variants = {
+        "bare": env,
+        "traced": env | in_process_env(work / "cg-spans"),
+        "traced, no import spans": env | in_process_env(work / "cg-no-import-spans") | {schema.ENV_IMPORTS: "0"},
+    }
+    counts: dict[str, tuple[int, int]] = {}
+    for i, (name, variant_env) in enumerate(variants.items()):
+        out = work / f"callgrind-{i}"
+        out.mkdir()
+        # `%p`: a child process (none is expected) writes files of its own rather than over these.
+        cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/cg.%p.out"]
+        proc = subprocess.Popen([*cmd, PY, "-c", "import lynguine"], env=variant_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        if proc.wait() != 0:
+            return [], f"callgrind failed on the {name} run: no instruction counts of start-up"
+        # One file per thread: `-01` is the main thread (the traced program's), the others lynshim's emitter
+        # and writer. valgrind runs the program in its own process, so the files carry its pid.
+        totals: dict[str, int] = {}
+        for f in out.glob(f"cg.{proc.pid}.out-*"):
+            found = re.search(r"^totals: (\d+)", f.read_text(), re.M)
+            if found is None:
+                return [], f"callgrind's {f.name} of the {name} run has no totals: no instruction counts of start-up"
+            totals[f.name.rsplit("-", 1)[1]] = int(found.group(1))
+        if "01" not in totals:
+            return [], f"callgrind wrote no main-thread file for the {name} run: no instruction counts of start-up"
+        main = totals.pop("01")
+        counts[name] = (main, sum(totals.values()))
+    bare_main, bare_other = counts["bare"]
+    rows = [
+        f"| {name} | {main / 1e6:.1f} | {(main - bare_main) / bare_main * 100:+.2f} % | {other / 1e6:.1f} | "
+        f"{(other - bare_other) / 1e6:+.1f} |"
+        for name, (main, other) in counts.items()
+    ]
+    traced_main = counts["traced"][0]
+    note = (
+        f"On the traced program's own thread lynshim adds {(traced_main - bare_main) / 1e6:.1f} M instructions to "
+        f"{bare_main / 1e6:.0f} M ({(traced_main - bare_main) / bare_main * 100:.2f} %): activation, the import hook "
+        f"and the spans' records; writing the trace is the other threads' work."
     )
     return rows, note
 
@@ -402,7 +481,7 @@ def unstripped_package(work: Path) -> Path | None:
         return None
     copy = work / "unstripped"
     shutil.copytree(REPO / "python" / "lynshim", copy / "lynshim", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    shutil.copy2(library, copy / "lynshim" / "_native.abi3.so")
+    shutil.copy2(library, copy / "lynshim" / NATIVE_FILE)
     return copy
 
 
@@ -461,7 +540,7 @@ def per_call_perf(work: Path, loops: int) -> tuple[list[str], list[str]]:
     native = [
         f"| `{sym.strip()[:100]}` | {pct} |"
         for pct, _, sym in report(
-            "--sort", "sym", "--dsos", "_native.abi3.so", "--percentage", "relative", "--percent-limit", "2"
+            "--sort", "sym", "--dsos", NATIVE_FILE, "--percentage", "relative", "--percent-limit", "2"
         )
     ]
     return by_thread, native
@@ -648,6 +727,8 @@ def main() -> None:
         print("start-up…", file=sys.stderr)
         s_rows, s_notes = startup(pairs, work)
         s_profile_rows, s_profile = startup_breakdown(work, pairs)
+        s_launcher = launcher_cost(work, pairs)
+        s_instr_rows, s_instr_note = ([], "not measured with --quick") if args.quick else startup_instructions(work)
         a_row, a_note = activation_in_build(work, 2 if args.quick else 5)
         print("per call…", file=sys.stderr)
         c_rows, c_notes = per_call(work, loops, rounds)
@@ -682,9 +763,12 @@ to reproduce; expect other numbers on another machine or under other load.
   same command bare, traced, and traced with import spans off, side by side. `lynshim run` adds its
   launcher (`python -m lynshim run`) in front of the command, once per run, and the exec preload library
   once per program. The interquartile ranges show this machine's run-to-run noise next to a 2 % target.
-- Per call (table 2): a traced function is a native `TracedFunction` that describes the arguments,
-  timestamps the begin and end and appends them to the session's list under its lock; the emitter thread
-  files full lists as one batch and sends one `tracing` event naming it, and the writer behind
+- Per call (table 2): a traced function is a native `TracedFunction`, called by vectorcall as the
+  original is (no tuple or dict of arguments is built, and the caller's argument array goes on to the
+  original); it describes the arguments (each positional parameter's rule and each default's JSON are
+  worked out when the function is wrapped), timestamps the begin and end and appends them, their args
+  written as JSON straight into the session's buffer, to the session's list under its lock; the emitter
+  thread files full lists as one batch and sends one `tracing` event naming it, and the writer behind
   tracing-chrome writes the batch's events. "ns/call" is the caller's wall time in a tight loop, where the
   two background threads compete with it for this machine's two cores; "caller CPU" is what the calling
   thread itself spends; "process CPU" adds the background threads' work, until the last event is in the
@@ -711,6 +795,20 @@ Where the start-up overhead goes, measured (ms):
 {chr(10).join(s_profile_rows)}
 
 {s_profile}
+
+{s_launcher}. A single-process command under `lynshim run` pays it in full, so its ratio above is the
+in-process ratio plus this over the command's own time; a build pays it once for all its processes (the
+five-process row).
+
+Instructions executed, counted by callgrind (`import lynguine`, millions; the traced program's thread counts
+the same whatever the machine's load, so it separates the tracer's own work from the timing noise above;
+lynshim's background threads vary a little with valgrind's scheduling):
+
+| run | traced program's thread (M) | over bare | lynshim's threads (M) | over bare (M) |
+| --- | --- | --- | --- | --- |
+{chr(10).join(s_instr_rows)}
+
+{s_instr_note}
 
 | measure | median (IQR, n) | target |
 | --- | --- | --- |

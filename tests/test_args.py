@@ -201,3 +201,80 @@ def test_the_native_call_is_transparent_without_a_session() -> None:
     assert info.value.__traceback__ is not None
     with pytest.raises(TypeError):
         _native.call(p, (), {"zzz": 1})
+
+
+def test_a_call_by_vectorcall_records_and_returns_what_a_call_with_a_tuple_does(tmp_path: Path) -> None:
+    """The interpreter calls a wrapper by vectorcall (the caller's argument array, keyword names apart);
+    `type(w).__call__(w, ...)` goes through `tp_call` with a tuple and a dict. Both must return and raise
+    the same and record the same args, whatever mix of positional, keyword, defaulted and credential
+    arguments, bound or not; and the exception keeps its traceback through the original's frame."""
+    code = textwrap.dedent(
+        """
+        import json, sys, traceback, lynshim
+        from lynshim import _patch
+
+        def f(field, fields, user_file=["_config.yml"], *rest, password=None, **more):
+            if field == "boom":
+                raise KeyError(field)
+            return [field, len(fields), user_file, rest, password, sorted(more)]
+
+        class Owner:
+            def method(self, field, details=None):
+                return (type(self).__name__, field, details)
+
+        path = lynshim.start(DIR)
+        traced = _patch.wrap(f, "f", "field")
+        Owner.method = _patch.wrap(Owner.method, "method", "field")
+        tp_call = type(traced).__call__
+        calls = [
+            ((), {}),
+            (("title", {"a": 1}), {}),
+            (("title", {}), {"user_file": "_lamd.yml"}),
+            (("title", {}, "u.yml", 1, 2), {"password": "hunter2", "extra": 3}),
+            ((), {"field": "title", "fields": {}, "token": "secret"}),
+            (("boom", {}), {}),
+        ]
+        out = []
+        for args, kwargs in calls:
+            for how in ("vectorcall", "tuple"):
+                try:
+                    result = traced(*args, **kwargs) if how == "vectorcall" else tp_call(traced, *args, **kwargs)
+                    out.append([how, "ok", repr(result)])
+                except Exception as err:
+                    frames = [frame.name for frame in traceback.extract_tb(err.__traceback__)]
+                    out.append([how, type(err).__name__, str(err), frames[-1]])
+        owner = Owner()
+        out.append(["vectorcall", "ok", repr(owner.method("title", details={"file": "a.md"}))])
+        out.append(["tuple", "ok", repr(tp_call(Owner.method, owner, "title", details={"file": "a.md"}))])
+        # C code calling with no arguments passes no argument array at all (PyObject_CallNoArgs).
+        import collections
+        factory = _patch.wrap(lambda: "made", "factory", "compute")
+        assert collections.defaultdict(factory)["key"] == "made"
+        try:
+            type(traced).__call__ = lambda *a: None
+            print("the wrapper's class is mutable", file=sys.stderr)
+        except TypeError:
+            pass
+        lynshim.stop()
+        print(json.dumps([path, out]))
+        """
+    ).replace("DIR", repr(str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    path, outcomes = json.loads(proc.stdout)
+    events = [e for e in json.loads(Path(path).read_text()) if e.get("cat") == schema.CAT_FIELD]
+    begins = [e["args"] for e in events if e["ph"] == "B"]
+    ends = [e.get("args") for e in events if e["ph"] == "E"]
+    assert len(begins) == len(ends) == len(outcomes) == 14
+    for i in range(0, 14, 2):
+        assert outcomes[i][0] == "vectorcall" and outcomes[i + 1][0] == "tuple"
+        assert outcomes[i][1:] == outcomes[i + 1][1:]
+        assert begins[i] == begins[i + 1] and ends[i] == ends[i + 1]
+    assert outcomes[0][1] == "TypeError" and begins[0] == {"user_file": "_config.yml", "password": "[redacted]"}
+    assert begins[6] == {"field": "title", "fields": "dict[0]", "user_file": "u.yml", "arg3": 1, "arg4": 2,
+                         "password": "[redacted]", "extra": 3}  # fmt: skip
+    assert begins[8]["token"] == "[redacted]" and begins[8]["field"] == "title"
+    assert outcomes[10][1:] == ["KeyError", "'boom'", "f"] and ends[10] == {"error": "KeyError"}
+    assert outcomes[12][2] == "('Owner', 'title', {'file': 'a.md'})"
+    assert proc.stderr == ""
+    assert [e["ph"] for e in json.loads(Path(path).read_text()) if e.get("name") == "factory"] == ["B", "E"]

@@ -8,8 +8,11 @@ use lynanalyze::cli::{render, Format};
 use lynanalyze::load::{is_call, LoadOptions};
 use lynanalyze::{analyse, metrics, Analysis};
 
+/// Read at run time, not compile time (`env!`): a test binary reused from a shared target directory
+/// (CI's, between clones at different paths) must read this clone's fixtures.
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/traces")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/traces")
 }
 
 fn analysis() -> Analysis {

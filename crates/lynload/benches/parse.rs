@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn fixtures() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/traces");
+    // At run time (see lynanalyze's snapshot tests): this clone's fixtures, whatever built the binary.
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo bench sets CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/traces");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("fixture traces (tests/fixtures/record.sh)")
         .filter_map(Result::ok)

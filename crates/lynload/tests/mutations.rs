@@ -13,8 +13,10 @@ use proptest::prelude::*;
 fn fixtures() -> &'static [Vec<u8>] {
     static FIXTURES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
     FIXTURES.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/traces");
-        let mut paths: Vec<_> = std::fs::read_dir(dir)
+        // At run time (see lynanalyze's snapshot tests): this clone's fixtures, whatever built the binary.
+        let dir = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+            .join("../../tests/fixtures/traces");
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
             .expect("fixture traces (tests/fixtures/record.sh)")
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -22,7 +24,7 @@ fn fixtures() -> &'static [Vec<u8>] {
             .collect();
         paths.sort();
         let files: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).expect("read")).collect();
-        assert!(files.iter().any(|f| f.len() > 10_000), "no real Python trace among the fixtures in {dir}");
+        assert!(files.iter().any(|f| f.len() > 10_000), "no real Python trace among the fixtures in {}", dir.display());
         files
     })
 }

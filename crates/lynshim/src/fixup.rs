@@ -175,15 +175,18 @@ impl<W: Write> Fixup<W> {
     }
 
     fn write_batch(&mut self, Batch { parts }: Batch, out: &mut Vec<u8>) {
+        let mut prefix = ThreadPrefix::default();
         for (records, text) in parts {
             // Read in place, not moved out: a record is about 100 bytes.
             for record in &records {
                 match record {
                     Record::Begin { tid, ns, name, cat, args } => {
-                        self.write_span(b"B", *tid, *ns, name, cat, *args, &text, out);
+                        let prefix = prefix.of(self.pid, *tid);
+                        self.write_span(b"B", prefix, *ns, name, cat, *args, &text, out);
                     }
                     Record::End { tid, ns, name, cat, args } => {
-                        self.write_span(b"E", *tid, *ns, name, cat, *args, &text, out);
+                        let prefix = prefix.of(self.pid, *tid);
+                        self.write_span(b"E", prefix, *ns, name, cat, *args, &text, out);
                     }
                     Record::Own { tid, ns, event } => {
                         let events = self.fix_own_event(event, *tid, self.ts_us(*ns));
@@ -196,12 +199,12 @@ impl<W: Write> Fixup<W> {
     }
 
     /// `{"ph":…,"name":…,"cat":…,"pid":…,"tid":…,"ts":…,"args":…}`, in this order (lynload's fast path
-    /// reads span events in it).
+    /// reads span events in it); `thread` is the `pid`…`ts` part up to the time ([`ThreadPrefix`]).
     #[allow(clippy::too_many_arguments)]
     fn write_span(
         &self,
         ph: &[u8],
-        tid: u64,
+        thread: &[u8],
         ns: u64,
         name: &str,
         cat: &str,
@@ -209,21 +212,19 @@ impl<W: Write> Fixup<W> {
         text: &str,
         out: &mut Vec<u8>,
     ) {
+        let args = args.and_then(|Text { start, len }| text.get(start..start + len)).filter(|a| *a != "{}");
+        // One reservation for the whole event (the numbers need at most 25 bytes, the keys 40).
+        out.reserve(80 + name.len() + cat.len() + thread.len() + args.map_or(0, str::len));
         self.separate(out);
         out.extend_from_slice(br#"{"ph":""#);
         out.extend_from_slice(ph);
         out.extend_from_slice(br#"","name":"#);
-        push_json_str(out, name);
+        crate::json::push_str_bytes(out, name);
         out.extend_from_slice(br#","cat":"#);
-        push_json_str(out, cat);
-        out.extend_from_slice(br#","pid":"#);
-        out.extend_from_slice(itoa::Buffer::new().format(self.pid).as_bytes());
-        out.extend_from_slice(br#","tid":"#);
-        out.extend_from_slice(itoa::Buffer::new().format(tid).as_bytes());
-        out.extend_from_slice(br#","ts":"#);
+        crate::json::push_str_bytes(out, cat);
+        out.extend_from_slice(thread);
         push_micros(out, self.ts_ns(ns));
-        let args = args.and_then(|Text { start, len }| text.get(start..start + len));
-        if let Some(args) = args.filter(|a| *a != "{}") {
+        if let Some(args) = args {
             out.extend_from_slice(br#","args":"#);
             out.extend_from_slice(args.as_bytes());
         }
@@ -377,15 +378,26 @@ impl<W: Write> Write for Fixup<W> {
     }
 }
 
-/// `s` as a JSON string: copied whole when nothing in it needs escaping (span names and categories
-/// nearly never do, and serde_json's escaping, byte by byte, showed in the profile), else by serde_json.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        let _ = serde_json::to_writer(&mut *out, s);
-    } else {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+/// `,"pid":…,"tid":…,"ts":` for the thread whose records are being written: formatted again only
+/// when the thread changes (a batch is mostly one thread's), not twice per event.
+#[derive(Default)]
+struct ThreadPrefix {
+    tid: Option<u64>,
+    text: Vec<u8>,
+}
+
+impl ThreadPrefix {
+    fn of(&mut self, pid: u32, tid: u64) -> &[u8] {
+        if self.tid != Some(tid) {
+            self.text.clear();
+            self.text.extend_from_slice(br#","pid":"#);
+            self.text.extend_from_slice(itoa::Buffer::new().format(pid).as_bytes());
+            self.text.extend_from_slice(br#","tid":"#);
+            self.text.extend_from_slice(itoa::Buffer::new().format(tid).as_bytes());
+            self.text.extend_from_slice(br#","ts":"#);
+            self.tid = Some(tid);
+        }
+        &self.text
     }
 }
 

@@ -178,7 +178,7 @@ impl ParentThenSpan {
 /// Open an import span named `module` on this thread; 0 when none opens.
 fn open_span(py: Python<'_>, module: &str) -> u64 {
     crate::guarded(0, || {
-        session::enter(Cow::Owned(module.to_owned()), Cow::Borrowed(category::IMPORT), None, || {
+        session::enter(Cow::Owned(module.to_owned()), Cow::Borrowed(category::IMPORT), None::<&str>, || {
             crate::python_thread_name(py)
         })
     })

@@ -1,5 +1,6 @@
-//! Writing JSON text by hand where the hot path needs it (a probe's args): a serde `Map` or `json!` value
-//! per span would cost a tree and an allocation per key, and `write!` formats integers slowly.
+//! Writing JSON text by hand where the hot path needs it: a probe's args (a serde `Map` or `json!` value per
+//! span would cost a tree and an allocation per key, and `write!` formats integers slowly), and the names
+//! the trace file's writer puts in every event.
 
 use serde_json::Value;
 
@@ -19,29 +20,68 @@ pub fn push_value(out: &mut String, value: &Value) {
 
 /// `s` as a JSON string.
 pub fn push_str(out: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    // Names, paths and field names rarely need escaping: copy them whole when they do not.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    if needs_escape(s.as_bytes()) {
+        // Rare (a quote, a backslash, a control character): escaped by serde_json, as the file's
+        // writer escapes names ([`push_str_bytes`]), so that one string is written the same everywhere.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    } else {
+        out.reserve(s.len() + 2);
+        out.push('"');
         out.push_str(s);
         out.push('"');
-        return;
     }
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
+}
+
+/// [`push_str`] into bytes (the trace file's writer).
+pub fn push_str_bytes(out: &mut Vec<u8>, s: &str) {
+    if needs_escape(s.as_bytes()) {
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Does `s` hold a byte JSON must escape in a string: a quote, a backslash or a control character?
+///
+/// Every name, category and argument a span writes is checked, and almost none needs escaping, so the
+/// check looks at eight bytes at a time ("SWAR"): in a word `v`, `(v - 0x0101…01·n) & !v & 0x8080…80`
+/// is non-zero exactly when some byte of `v` is below `n` (for `n` ≤ 0x80), and a byte equal to `c` is
+/// a zero byte of `v ^ 0x0101…01·c`. Bytes of multi-byte UTF-8 characters (0x80 and up) never match.
+/// The last bytes (and short names, most of them) are looked up in a table.
+pub fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = ONES * b'"' as u64;
+    const BACKSLASHES: u64 = ONES * b'\\' as u64;
+    const SPACES: u64 = ONES * 0x20;
+    let below = |v: u64, n: u64| v.wrapping_sub(n) & !v;
+    let mut words = s.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0_u8; 8];
+        bytes.copy_from_slice(word);
+        let v = u64::from_le_bytes(bytes);
+        if (below(v, SPACES) | below(v ^ QUOTES, ONES) | below(v ^ BACKSLASHES, ONES)) & HIGH != 0 {
+            return true;
         }
     }
-    out.push('"');
+    words.remainder().iter().any(|&b| ESCAPED[usize::from(b)])
 }
+
+/// The bytes JSON escapes in a string, by value.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// An integer.
 pub fn push_int(out: &mut String, n: impl itoa::Integer) {
@@ -64,6 +104,36 @@ mod tests {
         out.push(']');
         let parsed: Vec<Value> = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(parsed, vec![Value::from("a \"quoted\"\n\\ path\u{1}"), Value::from(3), Value::Null]);
+    }
+
+    /// The word-at-a-time check agrees with the byte-by-byte rule for every byte at every position of
+    /// a word and of the tail, and for strings around word boundaries.
+    #[test]
+    fn needs_escape_finds_every_byte_json_escapes() {
+        let plain = |b: u8| b != b'"' && b != b'\\' && b >= 0x20;
+        for len in [1_usize, 7, 8, 9, 15, 16, 17, 24] {
+            for at in 0..len {
+                for b in 0..=255_u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(needs_escape(&s), !plain(b), "byte {b:#04x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escape("lynguine.util.yaml/_config.yml é…".as_bytes()));
+        assert!(!needs_escape(b""));
+    }
+
+    /// Both writers escape as serde_json does (`\b`, not `\u0008`).
+    #[test]
+    fn both_writers_escape_alike() {
+        let tricky = "a \"q\"\\ \u{8}\u{c}\n\t\u{1f} é";
+        let mut text = String::new();
+        push_str(&mut text, tricky);
+        let mut bytes = Vec::new();
+        push_str_bytes(&mut bytes, tricky);
+        assert_eq!(text.as_bytes(), bytes.as_slice());
+        assert_eq!(text, serde_json::to_string(tricky).expect("a string"));
     }
 
     #[test]

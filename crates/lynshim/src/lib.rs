@@ -216,7 +216,7 @@ fn on_gc(py: Python<'_>, phase: &str, info: &Bound<'_, PyDict>) {
         }
         let args = counts_json(&[count(lynschema::arg::GENERATION)]);
         let token = guarded(0, || {
-            session::enter(lynschema::event::GC.into(), lynschema::category::GC.into(), Some(&args), || {
+            session::enter(lynschema::event::GC.into(), lynschema::category::GC.into(), Some(args.as_str()), || {
                 python_thread_name(py)
             })
         });
@@ -227,7 +227,7 @@ fn on_gc(py: Python<'_>, phase: &str, info: &Bound<'_, PyDict>) {
             return;
         }
         let args = counts_json(&[count(lynschema::arg::COLLECTED), count(lynschema::arg::UNCOLLECTABLE)]);
-        guarded((), || session::exit(token, Some(&args)));
+        guarded((), || session::exit(token, Some(args.as_str())));
     }
 }
 
@@ -398,6 +398,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<imports::ImportHook>()?;
     m.add_class::<probe::Probe>()?;
     m.add_class::<probe::TracedFunction>()?;
+    probe::enable_vectorcall(m.py())?;
     m.add_function(wrap_pyfunction!(probe::call, m)?)?;
     m.add_function(wrap_pyfunction!(probe::probe_begin, m)?)?;
     m.add_function(wrap_pyfunction!(probe::probe_end, m)?)?;

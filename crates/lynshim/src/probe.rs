@@ -1,10 +1,12 @@
 //! A probe: everything lynshim needs to trace one wrapped function, worked out once when it is wrapped,
 //! and the hot path of every traced call.
 //!
-//! A traced call may cost at most a microsecond more than the bare call (issue #3), so the work of a
-//! call happens here rather than in Python: the wrapper Python sees is `lambda *a, **k: call(probe, a, k)`
-//! (see `python/lynshim/_patch.py`), and [`call`] describes the arguments, records the span's begin,
-//! calls the function, describes the result or the exception, and records the end.
+//! A traced call should cost a few hundred nanoseconds more than the bare call (issues #3 and #17), so
+//! the work of a call happens here rather than in Python: the wrapper Python sees is a native
+//! [`TracedFunction`] (see `python/lynshim/_patch.py`), called by vectorcall like the original, which
+//! describes the arguments, records the span's begin, calls the function with the caller's own argument
+//! array, describes the result or the exception, and records the end. Whatever can be decided when the
+//! function is wrapped is: each positional parameter's [`Rule`], and its default's description and JSON.
 //!
 //! What a span records about a call: its arguments by parameter name (defaults included, since a
 //! default config file is still a file read), each as a short scalar — strings cut to
@@ -16,10 +18,10 @@
 //! `lynshim._args.describe_value`, so that there is one definition of each rule.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 
 use lynschema::{arg, is_credential_name, DETAIL_KEYS, DETAIL_PARAMS, MAX_ARG_CHARS, SKIP_PARAMS};
 use pyo3::exceptions::PyAttributeError;
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PySet, PyString, PyTuple, PyType};
@@ -36,7 +38,8 @@ enum Arg<'a> {
     Str(&'a str),
     String(String),
     Value(Value),
-    Default(&'a Value),
+    /// A parameter's default, described and written once, when the function was wrapped.
+    Default(&'a DefaultValue),
     Redacted,
     /// A mapping recorded by its size: `dict[n]`.
     DictLen(usize),
@@ -48,7 +51,7 @@ impl Arg<'_> {
     fn into_owned(self) -> Arg<'static> {
         match self {
             Arg::Str(s) => Arg::String(s.to_owned()),
-            Arg::Default(v) => Arg::Value(v.clone()),
+            Arg::Default(v) => Arg::Value(v.value.clone()),
             Arg::String(s) => Arg::String(s),
             Arg::Value(v) => Arg::Value(v),
             Arg::Redacted => Arg::Redacted,
@@ -62,7 +65,7 @@ impl Arg<'_> {
             Arg::Str(s) => s.into(),
             Arg::String(s) => s.into(),
             Arg::Value(v) => v,
-            Arg::Default(v) => v.clone(),
+            Arg::Default(v) => v.value.clone(),
             Arg::Redacted => arg::REDACTED.into(),
             Arg::DictLen(n) => format!("dict[{n}]").into(),
             Arg::Int(n) => n.into(),
@@ -70,15 +73,15 @@ impl Arg<'_> {
     }
 
     fn is_null(&self) -> bool {
-        matches!(self, Arg::Value(Value::Null)) || matches!(self, Arg::Default(Value::Null))
+        matches!(self, Arg::Value(Value::Null)) || matches!(self, Arg::Default(v) if v.value.is_null())
     }
 
     fn write(&self, out: &mut String) {
         match self {
             Arg::Str(s) => push_str(out, s),
-            Arg::String(s) | Arg::Value(Value::String(s)) | Arg::Default(Value::String(s)) => push_str(out, s),
+            Arg::String(s) | Arg::Value(Value::String(s)) => push_str(out, s),
             Arg::Value(v) => push_value(out, v),
-            Arg::Default(v) => push_value(out, v),
+            Arg::Default(v) => out.push_str(&v.json),
             Arg::Redacted => push_str(out, arg::REDACTED),
             Arg::DictLen(n) => {
                 out.push_str("\"dict[");
@@ -94,26 +97,95 @@ impl Arg<'_> {
 /// (On the stack up to a handful: a traced call should not allocate for them.)
 type Described<'a> = SmallVec<[(Cow<'a, str>, Arg<'a>); 6]>;
 
-thread_local! {
-    /// Where a traced call writes its args as JSON before the session copies them: one buffer per
-    /// thread, reused. (A call traced while the buffer is in use — from Python code run to describe
-    /// a value — gets a buffer of its own.)
-    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+/// Args of a span's end: the outcome and whether the field was found, rarely more. Kept apart from
+/// [`Described`] so that the end of every call does not move a list sized for a call's arguments.
+type EndArgs = SmallVec<[(Cow<'static, str>, Arg<'static>); 2]>;
+
+/// A call's keyword arguments, as its caller passed them.
+#[derive(Clone, Copy)]
+enum Keywords<'a, 'py> {
+    None,
+    /// A dict: a call through `tp_call` (`_native.call`, `probe_begin`, an explicit `__call__`).
+    Dict(&'a Bound<'py, PyDict>),
+    /// A vectorcall's keyword names, and their values (the arguments after the positional ones).
+    Vector(Borrowed<'a, 'py, PyTuple>, &'a [*mut ffi::PyObject]),
 }
 
-/// Run `f` with `pairs` written as a JSON object (`None` when there are none).
-fn with_json<T>(pairs: &Described<'_>, f: impl FnOnce(Option<&str>) -> T) -> T {
-    if pairs.is_empty() {
-        return f(None);
+impl<'a, 'py> Keywords<'a, 'py> {
+    /// A dict of keyword arguments; an empty one is none.
+    fn of(kwargs: Option<&'a Bound<'py, PyDict>>) -> Self {
+        kwargs.filter(|k| !k.is_empty()).map_or(Self::None, Self::Dict)
     }
-    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut buffer) => {
-            buffer.clear();
-            write_json(pairs, &mut buffer);
-            f(Some(&buffer))
+
+    fn for_each(self, mut f: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>) -> PyResult<()>) -> PyResult<()> {
+        match self {
+            Self::None => Ok(()),
+            Self::Dict(kwargs) => kwargs.iter().try_for_each(|(name, value)| f(name, value)),
+            Self::Vector(names, values) => names.iter_borrowed().zip(values).try_for_each(|(name, &value)| {
+                // SAFETY: the caller's argument array holds a live reference per keyword name for the
+                // whole call; this takes a new one.
+                let value = unsafe { Bound::from_borrowed_ptr(names.py(), value) };
+                f(name.to_owned(), value)
+            }),
         }
-        Err(_) => f(Some(&described_json(pairs))),
-    })
+    }
+
+    /// Was `name` passed by keyword?
+    fn contains(self, name: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::Dict(kwargs) => kwargs.contains(name).unwrap_or(false),
+            Self::Vector(names, _) => names
+                .iter_borrowed()
+                .any(|key| key.cast::<PyString>().is_ok_and(|key| key.to_cow().is_ok_and(|key| key == name))),
+        }
+    }
+}
+
+/// Described args, written as a JSON object into the session's text as the record is made (nothing
+/// when there are none).
+struct Json<'p, 'a>(&'p [(Cow<'a, str>, Arg<'a>)]);
+
+impl session::Args for Json<'_, '_> {
+    fn write_to(self, out: &mut String) {
+        if !self.0.is_empty() {
+            write_json(self.0, out);
+        }
+    }
+}
+
+/// How an argument is recorded, decided by its parameter's name: for a positional parameter once,
+/// when the function is wrapped, rather than at every call.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// Not recorded: the object or class a method is bound to ([`SKIP_PARAMS`]).
+    Skip,
+    /// Recorded as [`arg::REDACTED`], whatever its value: the name looks like a credential.
+    Secret,
+    /// A mapping reduced to the keys that say what is read ([`DETAIL_PARAMS`]), or else a value.
+    Details,
+    /// A value.
+    Plain,
+}
+
+impl Rule {
+    fn of(name: &str) -> Self {
+        if SKIP_PARAMS.contains(&name) {
+            Self::Skip
+        } else if is_credential_name(name) {
+            Self::Secret
+        } else if DETAIL_PARAMS.contains(&name) {
+            Self::Details
+        } else {
+            Self::Plain
+        }
+    }
+}
+
+/// A parameter's default as a span records it, and as JSON.
+struct DefaultValue {
+    value: Value,
+    json: String,
 }
 
 /// One wrapped function.
@@ -124,11 +196,11 @@ pub struct Probe {
     name: &'static str,
     cat: &'static str,
     function: Py<PyAny>,
-    /// Positional parameter names, each with whether it looks like a credential.
-    positional: Vec<(String, bool)>,
-    /// Defaults, described when the function was wrapped (a function that mutates its own default
-    /// list would be misreported).
-    defaults: Vec<(String, Value)>,
+    /// Positional parameters, each with the rule that records it.
+    positional: Vec<(String, Rule)>,
+    /// Defaults by parameter name, described when the function was wrapped (a function that mutates
+    /// its own default list would be misreported).
+    defaults: Vec<(String, DefaultValue)>,
     /// The function has a `field` parameter: record whether the field was found.
     takes_field: bool,
     /// `lynshim._args.describe_value`, for the values not described here.
@@ -155,8 +227,8 @@ impl Probe {
             positional: positional
                 .into_iter()
                 .map(|name| {
-                    let secret = is_credential_name(&name);
-                    (name, secret)
+                    let rule = Rule::of(&name);
+                    (name, rule)
                 })
                 .collect(),
             defaults: Vec::new(),
@@ -169,8 +241,9 @@ impl Probe {
                 continue;
             }
             let described = if is_credential_name(&key) { Arg::Redacted } else { probe.value(&value)? };
-            let described = described.into_value();
-            probe.defaults.push((key, described));
+            let mut json = String::new();
+            described.write(&mut json);
+            probe.defaults.push((key, DefaultValue { value: described.into_value(), json }));
         }
         Ok(probe)
     }
@@ -178,7 +251,7 @@ impl Probe {
     /// The args a call with `args` and `kwargs` records, as a JSON object (for tests and benchmarks).
     #[pyo3(signature = (args, kwargs=None))]
     fn describe(&self, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
-        Ok(described_json(&self.describe_call(args, kwargs)?))
+        Ok(described_json(&self.describe_call(args, Keywords::of(kwargs))?))
     }
 
     /// What a call's end records, given its result or its exception, as a JSON object.
@@ -190,95 +263,88 @@ impl Probe {
         result: Option<&Bound<'_, PyAny>>,
         error: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
-        let asked = self.asks_for_field(&self.describe_call(args, kwargs)?);
+        let asked = self.asks_for_field(&self.describe_call(args, Keywords::of(kwargs))?);
         let outcome = outcome_of(args.py(), result, error);
-        Ok(described_json(&self.end_args(args.py(), asked, &outcome)))
+        Ok(described_json(&self.end_args(asked, Outcome::of(args.py(), &outcome))))
     }
 }
 
 impl Probe {
-    fn describe_call<'a>(
+    fn describe_call<'a, 'py>(
         &'a self,
-        args: &'a Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
+        args: &'a Bound<'py, PyTuple>,
+        keywords: Keywords<'_, 'py>,
     ) -> PyResult<Described<'a>> {
         let mut out = Described::new();
-        self.describe_into(&mut out, args, kwargs)?;
+        self.describe_into(&mut out, args.iter_borrowed(), keywords)?;
         Ok(out)
     }
 
     /// [`Self::describe_call`] into `out`, in place: on the hot path the list of args, a few hundred
     /// bytes on the stack, is not moved from function to function.
-    fn describe_into<'a>(
+    fn describe_into<'a, 'py>(
         &'a self,
         out: &mut Described<'a>,
-        args: &'a Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
+        positional: impl Iterator<Item = Borrowed<'a, 'py, PyAny>>,
+        keywords: Keywords<'_, 'py>,
     ) -> PyResult<()> {
-        for (index, value) in args.iter_borrowed().enumerate() {
-            let (name, secret) = match self.positional.get(index) {
-                Some((name, secret)) => (Cow::Borrowed(name.as_str()), *secret),
-                None => (Cow::Owned(format!("arg{index}")), false),
+        for (index, value) in positional.enumerate() {
+            let (name, rule) = match self.positional.get(index) {
+                Some((name, rule)) => (Cow::Borrowed(name.as_str()), *rule),
+                // Beyond the named parameters (`*args`): named by position.
+                None => (Cow::Owned(format!("arg{index}")), Rule::Plain),
             };
-            if !self.by_rule(out, &name, secret, &value)? {
-                let described = Self::value_borrowed(&self.describe_value, value)?;
-                set(out, name, described);
-            }
+            self.record_arg(out, name, rule, &value, || Self::value_borrowed(&self.describe_value, value))?;
         }
-        if let Some(kwargs) = kwargs {
-            for (name, value) in kwargs.iter() {
-                let name = name.cast::<PyString>()?.to_cow()?.into_owned();
-                let secret = is_credential_name(&name);
-                if !self.by_rule(out, &name, secret, &value)? {
-                    let described = self.value(&value)?;
-                    set(out, Cow::Owned(name), described);
-                }
-            }
-        }
+        keywords.for_each(|name, value| {
+            let name = name.cast::<PyString>()?.to_cow()?.into_owned();
+            let rule = Rule::of(&name);
+            self.record_arg(out, Cow::Owned(name), rule, &value, || self.value(&value))
+        })?;
         for (name, described) in &self.defaults {
-            if !has(out, name) && !kwargs.is_some_and(|k| k.contains(name).unwrap_or(false)) {
+            if !has(out, name) && !keywords.contains(name) {
                 out.push((Cow::Borrowed(name), Arg::Default(described)));
             }
         }
         Ok(())
     }
 
-    /// Apply the rules that decide an argument without describing its value — skipped, redacted,
-    /// reduced to its details — and say whether one did. (The value is not even looked at then: `self`
-    /// may be any object, a secret any value.)
-    fn by_rule<'a>(
+    /// Record one argument as its parameter's rule has it; `describe` gives the value's description
+    /// when the rule asks for one. (The value is not even looked at otherwise: `self` may be any
+    /// object, a secret any value.)
+    fn record_arg<'a>(
         &self,
         out: &mut Described<'a>,
-        name: &str,
-        secret: bool,
+        name: Cow<'a, str>,
+        rule: Rule,
         value: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        if SKIP_PARAMS.contains(&name) {
-            return Ok(true);
+        describe: impl FnOnce() -> PyResult<Arg<'a>>,
+    ) -> PyResult<()> {
+        match rule {
+            Rule::Skip => {}
+            Rule::Secret => set(out, name, Arg::Redacted),
+            Rule::Details if self.details(out, value)? => {}
+            Rule::Details | Rule::Plain => set(out, name, describe()?),
         }
-        if secret {
-            set(out, Cow::Owned(name.to_owned()), Arg::Redacted);
-            return Ok(true);
-        }
-        if DETAIL_PARAMS.contains(&name) {
-            if let Ok(details) = value.cast_exact::<PyDict>() {
-                let mut found = false;
-                for key in DETAIL_KEYS {
-                    if has(out, key) {
-                        continue;
-                    }
-                    if let Some(inner) = details.get_item(key)? {
-                        let described = if is_credential_name(key) { Arg::Redacted } else { self.value(&inner)? };
-                        out.push((Cow::Borrowed(key), described));
-                        found = true;
-                    }
-                }
-                if found {
-                    return Ok(true);
-                }
+        Ok(())
+    }
+
+    /// A details mapping reduced to the keys that say what is read ([`DETAIL_KEYS`], each recorded
+    /// once); false when `value` is not a dict or holds none of them, and is recorded as a value.
+    fn details<'a>(&self, out: &mut Described<'a>, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(details) = value.cast_exact::<PyDict>() else { return Ok(false) };
+        let mut found = false;
+        for key in DETAIL_KEYS {
+            if has(out, key) {
+                continue;
+            }
+            if let Some(inner) = details.get_item(key)? {
+                let described = if is_credential_name(key) { Arg::Redacted } else { self.value(&inner)? };
+                out.push((Cow::Borrowed(key), described));
+                found = true;
             }
         }
-        Ok(false)
+        Ok(found)
     }
 
     /// One argument as a short JSON scalar, its text borrowed from the argument where possible.
@@ -323,15 +389,10 @@ impl Probe {
 
     /// Args recorded at the end: the exception's type, or a cheap size of the result; whether the field
     /// asked for was found.
-    fn end_args(
-        &self,
-        py: Python<'_>,
-        asked_for_field: bool,
-        outcome: &PyResult<Bound<'_, PyAny>>,
-    ) -> Described<'static> {
-        let mut end = Described::new();
+    fn end_args(&self, asked_for_field: bool, outcome: Outcome<'_, '_>) -> EndArgs {
+        let mut end = EndArgs::new();
         match outcome {
-            Ok(result) => {
+            Outcome::Returned(result) => {
                 if let Some((key, size)) = result_size(result) {
                     end.push((Cow::Borrowed(key), Arg::Value(size)));
                 }
@@ -339,8 +400,8 @@ impl Probe {
                     end.push((Cow::Borrowed(arg::FOUND), Arg::Value(Value::Bool(true))));
                 }
             }
-            Err(err) => {
-                let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
+            Outcome::Raised(kind) => {
+                let name = kind.and_then(|kind| kind.name().ok()).map(|n| n.to_string()).unwrap_or_default();
                 let not_found = asked_for_field && name == "FileFormatError";
                 end.push((Cow::Borrowed(arg::ERROR), Arg::String(name)));
                 if not_found {
@@ -352,9 +413,14 @@ impl Probe {
     }
 
     /// Record the begin of a call; returns its token and whether it asks for a field.
-    fn begin(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> (u64, bool) {
+    fn begin<'a, 'py>(
+        &'a self,
+        py: Python<'py>,
+        positional: impl Iterator<Item = Borrowed<'a, 'py, PyAny>>,
+        keywords: Keywords<'_, 'py>,
+    ) -> (u64, bool) {
         let mut described = Described::new();
-        let asked = match self.describe_into(&mut described, args, kwargs) {
+        let asked = match self.describe_into(&mut described, positional, keywords) {
             Ok(()) => self.asks_for_field(&described),
             // Describing must never break the call.
             Err(err) => {
@@ -364,22 +430,36 @@ impl Probe {
                 false
             }
         };
-        let token = with_json(&described, |args| {
-            crate::guarded(0, || {
-                session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), args, || {
-                    crate::python_thread_name(py)
-                })
+        let token = crate::guarded(0, || {
+            session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), Json(&described), || {
+                crate::python_thread_name(py)
             })
         });
         (token, asked)
     }
 
-    fn finish(&self, py: Python<'_>, token: u64, asked_for_field: bool, outcome: &PyResult<Bound<'_, PyAny>>) {
+    fn finish(&self, token: u64, asked_for_field: bool, outcome: Outcome<'_, '_>) {
         if token == 0 {
             return;
         }
-        let end = self.end_args(py, asked_for_field, outcome);
-        with_json(&end, |end| crate::guarded((), || session::exit(token, end)));
+        let end = self.end_args(asked_for_field, outcome);
+        crate::guarded((), || session::exit(token, Json(&end)));
+    }
+}
+
+/// What a traced call came to, as its end records it.
+enum Outcome<'a, 'py> {
+    Returned(&'a Bound<'py, PyAny>),
+    /// It raised an exception of this type (none: it failed without setting one).
+    Raised(Option<Bound<'py, PyType>>),
+}
+
+impl<'a, 'py> Outcome<'a, 'py> {
+    fn of(py: Python<'py>, result: &'a PyResult<Bound<'py, PyAny>>) -> Self {
+        match result {
+            Ok(value) => Self::Returned(value),
+            Err(err) => Self::Raised(Some(err.get_type(py))),
+        }
     }
 }
 
@@ -447,15 +527,22 @@ fn call_through<'py>(
         return function.call(args, kwargs);
     }
     // A panic in lynshim's own code must never reach the traced program (pyo3 would raise it there).
-    let (token, asked) = crate::guarded((0, false), || probe.begin(py, args, kwargs));
+    let (token, asked) = crate::guarded((0, false), || probe.begin(py, args.iter_borrowed(), Keywords::of(kwargs)));
     let outcome = function.call(args, kwargs);
-    crate::guarded((), || probe.finish(py, token, asked, &outcome));
+    crate::guarded((), || probe.finish(token, asked, Outcome::of(py, &outcome)));
     outcome
 }
 
 /// The wrapper of a traced function, as the program sees it (`python/lynshim/_patch.py` makes one per
 /// target): calling it is [`call`] with its probe, without a Python frame of its own in between, which
 /// is most of what a Python-level wrapper added to a traced call.
+///
+/// It is called as the original is, by vectorcall (see [`traced_vectorcall`]): the caller's argument
+/// array goes on to the original as it came, so a traced call builds no tuple or dict of arguments
+/// and pyo3 parses none. (`__call__`, the `tp_call` slot, stays for `callable()` and for an explicit
+/// `w.__call__(…)`: CPython's `PyObject_Call` prefers vectorcall too, unpacking a `**kwargs` dict into
+/// keyword names.) The type is immutable, as CPython asks of a class that offers vectorcall: assigning
+/// `__call__` on it would leave the two disagreeing.
 ///
 /// It stays transparent as a wrapt-style proxy does: `_patch` gives it the original's `__name__`,
 /// `__qualname__`, `__doc__`, `__module__`, `__annotations__`, `__dict__` and `__wrapped__` (so
@@ -464,14 +551,111 @@ fn call_through<'py>(
 /// a plain function does (a `types.MethodType`, made by `PyMethod_New`, on an instance, itself on a
 /// class, and so through `classmethod` and `staticmethod`); it pickles and copies by its qualified name,
 /// as a function does.
-#[pyclass(frozen, dict, weakref, module = "lynshim._native")]
+#[pyclass(frozen, dict, weakref, immutable_type, module = "lynshim._native")]
 pub struct TracedFunction {
     probe: Py<Probe>,
+    /// Where CPython finds this object's vectorcall function: the type's `tp_vectorcall_offset` points
+    /// here (set by [`enable_vectorcall`]).
+    vectorcall: ffi::vectorcallfunc,
+}
+
+/// Make `TracedFunction`s callable by vectorcall: point the type's `tp_vectorcall_offset` at the
+/// `vectorcall` field of its objects and set `Py_TPFLAGS_HAVE_VECTORCALL`. pyo3 has no attribute for
+/// this (it builds the type from a spec without `__vectorcalloffset__`), so the module does it once,
+/// at import, before any instance is called. The field's offset is read off a real instance rather
+/// than assumed from pyo3's object layout. CPython reads the flag and offset at every call.
+pub(crate) fn enable_vectorcall(py: Python<'_>) -> PyResult<()> {
+    let probe = Py::new(
+        py,
+        Probe {
+            name: "",
+            cat: "",
+            function: py.None(),
+            positional: Vec::new(),
+            defaults: Vec::new(),
+            takes_field: false,
+            describe_value: py.None(),
+        },
+    )?;
+    let sample = Bound::new(py, TracedFunction::new(probe))?;
+    let field = std::ptr::from_ref(&sample.get().vectorcall) as usize;
+    let offset = ffi::Py_ssize_t::try_from(field - sample.as_ptr() as usize)?;
+    let ty = py.get_type::<TracedFunction>();
+    // SAFETY: a type object pyo3 created for this module and nothing has called yet; the offset is
+    // where every instance keeps a valid vectorcall function (set by `TracedFunction::new`).
+    unsafe {
+        let ty = ty.as_type_ptr();
+        (*ty).tp_vectorcall_offset = offset;
+        (*ty).tp_flags |= ffi::Py_TPFLAGS_HAVE_VECTORCALL;
+        ffi::PyType_Modified(ty);
+    }
+    Ok(())
+}
+
+/// A `TracedFunction` called by vectorcall: [`call_through`] without a tuple. The positional
+/// arguments, then the values of the keyword arguments named by `kwnames`, are the caller's array,
+/// which goes on to the original unchanged, `PY_VECTORCALL_ARGUMENTS_OFFSET` included (the original
+/// may borrow the slot before it, as the caller allowed).
+///
+/// # Safety
+/// CPython calls it, attached to the interpreter, with `callable` a `TracedFunction` and `args`,
+/// `nargsf` and `kwnames` as the vectorcall protocol has them.
+unsafe extern "C" fn traced_vectorcall(
+    callable: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: usize,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY (all of this function): as the vectorcall protocol guarantees, see the doc above.
+    let py = unsafe { Python::assume_attached() };
+    let traced = unsafe { Borrowed::from_ptr(py, callable).cast_unchecked::<TracedFunction>() };
+    let probe = traced.get().probe.get();
+    let function = probe.function.as_ptr();
+    if !session::is_recording() {
+        return unsafe { ffi::PyObject_Vectorcall(function, args, nargsf, kwnames) };
+    }
+    let nargs = usize::try_from(unsafe { ffi::PyVectorcall_NARGS(nargsf) }).unwrap_or(0);
+    // `args` may be NULL when there are no arguments (`PyObject_CallNoArgs`): no slice is made of it then.
+    let positional: &[*mut ffi::PyObject] =
+        if nargs == 0 || args.is_null() { &[] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
+    let keywords = if kwnames.is_null() || args.is_null() {
+        Keywords::None
+    } else {
+        let names = unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() };
+        Keywords::Vector(names, unsafe { std::slice::from_raw_parts(args.add(nargs), names.len()) })
+    };
+    let positional = positional.iter().map(|&arg| unsafe { Borrowed::from_ptr(py, arg) });
+    let (token, asked) = crate::guarded((0, false), || probe.begin(py, positional, keywords));
+    let result = unsafe { ffi::PyObject_Vectorcall(function, args, nargsf, kwnames) };
+    if token == 0 {
+        return result;
+    }
+    if !result.is_null() {
+        let returned = unsafe { Borrowed::from_ptr(py, result) };
+        crate::guarded((), || probe.finish(token, asked, Outcome::Returned(&returned)));
+        return result;
+    }
+    // The exception is taken aside raw while the end is recorded (no Python API may run with one set)
+    // and put back as it was: not through pyo3's `PyErr`, which would normalize it and turn a
+    // `PanicException` back into a Rust panic, which must not unwind out of this `extern "C"` function.
+    let (mut kind, mut value, mut traceback) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+    #[allow(deprecated)] // PyErr_Fetch: still there in 3.12+, and the exact round trip with PyErr_Restore.
+    unsafe {
+        ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback);
+    }
+    let raised =
+        (!kind.is_null()).then(|| unsafe { Borrowed::from_ptr(py, kind).cast_unchecked::<PyType>().to_owned() });
+    crate::guarded((), || probe.finish(token, asked, Outcome::Raised(raised)));
+    #[allow(deprecated)]
+    unsafe {
+        ffi::PyErr_Restore(kind, value, traceback);
+    }
+    std::ptr::null_mut()
 }
 
 extern "C" {
-    /// CPython's `PyMethod_New(func, self)`, what `types.MethodType(func, self)` calls: public C API
-    /// since Python 2, though outside the limited API pyo3-ffi declares for abi3 builds.
+    /// CPython's `PyMethod_New(func, self)`, what `types.MethodType(func, self)` calls (public C API,
+    /// not declared by pyo3-ffi).
     fn PyMethod_New(func: *mut pyo3::ffi::PyObject, instance: *mut pyo3::ffi::PyObject) -> *mut pyo3::ffi::PyObject;
 }
 
@@ -479,7 +663,7 @@ extern "C" {
 impl TracedFunction {
     #[new]
     fn new(probe: Py<Probe>) -> Self {
-        Self { probe }
+        Self { probe, vectorcall: traced_vectorcall }
     }
 
     #[pyo3(signature = (*args, **kwargs))]
@@ -548,7 +732,7 @@ pub fn probe_begin(
     if !session::is_recording() {
         return (0, false);
     }
-    crate::guarded((0, false), || probe.get().begin(py, args, kwargs.filter(|k| !k.is_empty())))
+    crate::guarded((0, false), || probe.get().begin(py, args.iter_borrowed(), Keywords::of(kwargs)))
 }
 
 /// The end half of [`call`]: `result`, or the exception `error`, plus `extra` args (server request ids).
@@ -568,7 +752,7 @@ pub fn probe_end(
     }
     let probe = probe.get();
     let outcome = outcome_of(py, result, error);
-    let mut end = probe.end_args(py, asks_for_field, &outcome);
+    let mut end = probe.end_args(asks_for_field, Outcome::of(py, &outcome));
     if let Some(extra) = extra {
         for (key, value) in extra.iter() {
             if let Ok(key) = key.extract::<String>() {
@@ -597,7 +781,11 @@ fn has(out: &Described<'_>, name: &str) -> bool {
     out.iter().any(|(k, _)| k == name)
 }
 
-fn set<'a>(out: &mut Described<'a>, name: Cow<'a, str>, value: Arg<'a>) {
+fn set<'a, A: smallvec::Array<Item = (Cow<'a, str>, Arg<'a>)>>(
+    out: &mut SmallVec<A>,
+    name: Cow<'a, str>,
+    value: Arg<'a>,
+) {
     match out.iter_mut().find(|(k, _)| *k == name) {
         Some(slot) => slot.1 = value,
         None => out.push((name, value)),
@@ -605,13 +793,13 @@ fn set<'a>(out: &mut Described<'a>, name: Cow<'a, str>, value: Arg<'a>) {
 }
 
 /// Described args as a JSON object.
-fn described_json(pairs: &Described<'_>) -> String {
+fn described_json(pairs: &[(Cow<'_, str>, Arg<'_>)]) -> String {
     let mut out = String::with_capacity(16 + pairs.len() * 32);
     write_json(pairs, &mut out);
     out
 }
 
-fn write_json(pairs: &Described<'_>, out: &mut String) {
+fn write_json(pairs: &[(Cow<'_, str>, Arg<'_>)], out: &mut String) {
     out.push('{');
     for (i, (key, value)) in pairs.iter().enumerate() {
         if i > 0 {

@@ -52,9 +52,10 @@ pub(crate) struct Session {
     batches: Batches,
     /// Records not handed to the emitter yet, oldest first.
     pending: Vec<Record>,
-    /// The args of the pending records, one after another. Copied here rather than kept as a string
-    /// per record: memory allocated on the traced thread and freed on another defeats the allocator's
-    /// per-thread caches, and that cost more than the copy.
+    /// The args of the pending records, one after another, written here as each record is made (see
+    /// [`Args`]) rather than kept as a string per record: memory allocated on the traced thread and
+    /// freed on another defeats the allocator's per-thread caches, and a buffer per call to copy from
+    /// cost a thread-local lookup and a copy more.
     text: String,
     pub(crate) emitter: Option<JoinHandle<()>>,
     /// The file, shared with tracing-chrome's writer thread; ours again once that thread has ended.
@@ -165,10 +166,27 @@ pub fn trace_path() -> Option<PathBuf> {
     session().as_ref().map(|s| s.path.clone())
 }
 
-/// Open a span on the calling thread, with `args` (a JSON object) recorded at its begin.
+/// What a record carries as its args: a JSON object, written straight into the session's text (see
+/// [`Session`]'s `text`), under the session lock. Writing must not run Python code (which could switch
+/// threads while the lock is held): describe values first, then write.
+pub trait Args {
+    /// Append the args, a JSON object, to `out`; nothing when there are none.
+    fn write_to(self, out: &mut String);
+}
+
+/// Args already written as JSON text (or none).
+impl Args for Option<&str> {
+    fn write_to(self, out: &mut String) {
+        if let Some(text) = self {
+            out.push_str(text);
+        }
+    }
+}
+
+/// Open a span on the calling thread, with `args` recorded at its begin.
 /// `thread_name` is asked for only when this thread is new to the session. Returns a token for
 /// [`exit`]; 0 when tracing is off.
-pub fn enter(name: Name, cat: Name, args: Option<&str>, thread_name: impl FnOnce() -> String) -> u64 {
+pub fn enter(name: Name, cat: Name, args: impl Args, thread_name: impl FnOnce() -> String) -> u64 {
     if !ACTIVE.load(Ordering::Relaxed) {
         return 0;
     }
@@ -189,7 +207,7 @@ pub fn enter(name: Name, cat: Name, args: Option<&str>, thread_name: impl FnOnce
                 s.moments.after_imports = true;
                 s.sample_rss(Some(moment::AFTER_IMPORTS));
             }
-            let args = s.push_text(args);
+            let args = s.push_args(args);
             s.push(Record::Begin { tid, ns, name: name.clone(), cat: cat.clone(), args });
             s.generation
         };
@@ -203,9 +221,9 @@ pub fn enter(name: Name, cat: Name, args: Option<&str>, thread_name: impl FnOnce
     })
 }
 
-/// Close the span `token` names, recording `end_args` (a JSON object) on it. Spans opened inside it
-/// and still open are closed first; a token of an earlier session or already closed does nothing.
-pub fn exit(token: u64, end_args: Option<&str>) {
+/// Close the span `token` names, recording `end_args` on it. Spans opened inside it and still open
+/// are closed first; a token of an earlier session or already closed does nothing.
+pub fn exit(token: u64, end_args: impl Args) {
     if token == 0 || token >> 32 != GENERATION.load(Ordering::Relaxed) {
         return;
     }
@@ -219,13 +237,13 @@ pub fn exit(token: u64, end_args: Option<&str>) {
         if *open_generation != s.generation || depth == 0 || open.len() < depth {
             return;
         }
-        let mut end_args = end_args;
+        let mut end_args = Some(end_args);
         // Which memory moments the spans ended here reach: noted as flags, sampled after their ends.
         let (mut config, mut data) = (false, false);
         while open.len() >= depth {
             let Some(span) = open.pop() else { break };
             let args = if open.len() + 1 == depth { end_args.take() } else { None };
-            let args = s.push_text(args);
+            let args = args.and_then(|args| s.push_args(args));
             config |= span.cat == category::CONFIG;
             data |= span.cat == category::READ || span.cat == category::DATAFRAME;
             s.push(Record::End { tid, ns, name: span.name, cat: span.cat, args });
@@ -382,11 +400,11 @@ impl Session {
         }
     }
 
-    fn push_text(&mut self, text: Option<&str>) -> Option<Text> {
-        let text = text?;
+    fn push_args(&mut self, args: impl Args) -> Option<Text> {
         let start = self.text.len();
-        self.text.push_str(text);
-        Some(Text { start, len: text.len() })
+        args.write_to(&mut self.text);
+        let len = self.text.len() - start;
+        (len > 0).then_some(Text { start, len })
     }
 
     pub(crate) fn announce_thread(&mut self, name: &str) {

@@ -220,27 +220,36 @@ def startup_breakdown(work: Path, rounds: int) -> tuple[list[str], str]:
     for env in variants.values():
         timed_cpu(cmd, env)  # warm the page cache
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, env in variants.items():
-            runs[name].append(timed_cpu(cmd, env))
+    names = list(variants)
+    for i in range(rounds):
+        # Each round runs the three once, in an order rotated from round to round (no variant always first).
+        for name in names[i % 3 :] + names[: i % 3]:
+            runs[name].append(timed_cpu(cmd, variants[name]))
     wall = {name: statistics.median(w for w, _ in r) * 1000 for name, r in runs.items()}
     cpu = {name: statistics.median(c for _, c in r) * 1000 for name, r in runs.items()}
+
+    def over_bare(name: str, which: int) -> list[float]:
+        """Per round, this variant's time less the bare run's of the same round, in ms: the machine's speed
+        drifts between rounds far more than within one, so paired differences are what can resolve a few ms."""
+        return [(r[which] - b[which]) * 1000 for r, b in zip(runs[name], runs["bare"], strict=True)]
+
+    wall_over = {name: statistics.median(over_bare(name, 0)) for name in variants}
     # The spans of one `traced` run.
     trace = max((out / "spans").glob(f"*{schema.TRACE_SUFFIX}"), key=lambda f: f.stat().st_mtime)
     text = trace.read_text()
     imports = text.count(f'"cat":"{schema.CAT_IMPORT}"') // 2  # a begin and an end each
     gcs = text.count(f'"cat":"{schema.CAT_GC}"') // 2
     rows = [
-        f"| {name} | {wall[name]:.0f} | {wall[name] - wall['bare']:+.1f} | {cpu[name]:.0f} | "
-        f"{cpu[name] - cpu['bare']:+.1f} |"
+        f"| {name} | {wall[name]:.0f} | {spread(over_bare(name, 0))} | {cpu[name]:.0f} | {spread(over_bare(name, 1))} |"
         for name in variants
     ]
-    spans_ms = wall["traced"] - wall["traced, no import spans"]
-    rest_ms = wall["traced, no import spans"] - wall["bare"] - activation_ms
+    spans_ms = wall_over["traced"] - wall_over["traced, no import spans"]
+    rest_ms = wall_over["traced, no import spans"] - activation_ms
     note = (
-        f"Medians of {rounds} interleaved rounds of `python -c 'import lynguine'` (in-process tracing, no launcher). "
-        f"A traced run writes {imports} import spans and {gcs} GC spans. Of the traced run's "
-        f"{wall['traced'] - wall['bare']:+.1f} ms: lynshim's activation {activation_ms:.1f} ms (median of its own "
+        f"{rounds} rounds of `python -c 'import lynguine'` (in-process tracing, no launcher), each running the three "
+        f"in a rotating order; \"over bare\" is the median (IQR) of each round's difference from that round's bare "
+        f"run. A traced run writes {imports} import spans and {gcs} GC spans. Of the traced run's "
+        f"{wall_over['traced']:+.1f} ms: lynshim's activation {activation_ms:.1f} ms (median of its own "
         f"spans, `lynshim bench -n 5`); the import spans {spans_ms:+.1f} ms "
         f"({spans_ms * 1000 / max(imports, 1):.1f} µs per import); everything else the shim does with import spans "
         f"off (hooks, patching, GC and exit spans, the writer) {rest_ms:+.1f} ms."
@@ -260,9 +269,14 @@ def launcher_cost(work: Path, pairs: int) -> str:
         else:
             b, t = timed(bare), timed(traced)
         extra.append((t - b) * 1000)
+    # Where it goes: a Python interpreter's own start-up, then importing the command-line module.
+    interpreter = [(timed([PY, "-c", "pass"]) - timed(bare)) * 1000 for _ in range(5)]
+    cli = statistics.median(_importtime("lynshim.cli") for _ in range(5))
     return (
         f"`lynshim run`'s launcher, once per run (`lynshim run -- true` over `true`, the preload library's exec "
-        f"record of `true` included): {spread(extra)} ms"
+        f"record of `true` included): {spread(extra)} ms; of it, a bare `python -c pass` over `true` "
+        f"{statistics.median(interpreter):.1f} ms and importing `lynshim.cli` (`-X importtime`, cumulative) {cli:.1f} ms "
+        f"(medians of 5): it is a Python program"
     )
 
 
@@ -790,7 +804,7 @@ to reproduce; expect other numbers on another machine or under other load.
 
 Where the start-up overhead goes, measured (ms):
 
-| run | wall | over bare | CPU | over bare |
+| run | wall | over bare, paired: median (IQR, n) | CPU | over bare, paired: median (IQR, n) |
 | --- | --- | --- | --- | --- |
 {chr(10).join(s_profile_rows)}
 

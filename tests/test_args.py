@@ -119,6 +119,15 @@ def test_details_mappings_are_reduced_to_what_is_read() -> None:
     # …and an argument named like a detail key replaces it, in its place.
     assert described(later, {"type": "csv", "filename": "a"}, "yaml") == {"type": "yaml", "filename": "a"}
 
+    def defaulted(details=None, user_file="_config.yml"):
+        return details
+
+    # A details mapping passed by position is recorded by its keys, and its parameter's default is not
+    # recorded as if it had not been passed; a detail key stands for the parameter it names.
+    assert described(defaulted, {"type": "csv"}) == {"type": "csv", "user_file": "_config.yml"}
+    assert described(defaulted, {"user_file": "_lamd.yml"}) == {"user_file": "_lamd.yml"}
+    assert described(defaulted) == {"details": None, "user_file": "_config.yml"}
+
 
 def test_values_are_short_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -288,7 +288,9 @@ impl Probe {
         positional: impl Iterator<Item = Borrowed<'a, 'py, PyAny>>,
         keywords: Keywords<'_, 'py>,
     ) -> PyResult<()> {
+        let mut passed = 0;
         for (index, value) in positional.enumerate() {
+            passed = index + 1;
             let (name, rule) = match self.positional.get(index) {
                 Some((name, rule)) => (Cow::Borrowed(name.as_str()), *rule),
                 // Beyond the named parameters (`*args`): named by position.
@@ -301,8 +303,11 @@ impl Probe {
             let rule = Rule::of(&name);
             self.record_arg(out, Cow::Owned(name), rule, &value, || self.value(&value))
         })?;
+        // A default is what a parameter holds when it was not passed: not by position (a details mapping
+        // passed by position is recorded by its keys, under other names), not by keyword.
+        let by_position = &self.positional[..passed.min(self.positional.len())];
         for (name, described) in &self.defaults {
-            if !has(out, name) && !keywords.contains(name) {
+            if !has(out, name) && !by_position.iter().any(|(p, _)| p == name) && !keywords.contains(name) {
                 out.push((Cow::Borrowed(name), Arg::Default(described)));
             }
         }

@@ -58,6 +58,21 @@ def timed(cmd: list[str], cwd: Path | None = None) -> float:
     return time.perf_counter() - t
 
 
+def paired(pairs: int, bare: list[str], traced: list[str], cwd: Path | None = None) -> list[tuple[float, float]]:
+    """`pairs` (bare, traced) wall times. Which run of a pair goes first alternates: that cancels what running
+    second gains or loses (warmer caches, the first run's writeback), which a fixed order would count as cost."""
+    times = []
+    for i in range(pairs):
+        if i % 2:
+            t = timed(traced, cwd)
+            b = timed(bare, cwd)
+        else:
+            b = timed(bare, cwd)
+            t = timed(traced, cwd)
+        times.append((b, t))
+    return times
+
+
 def spread(values: list[float]) -> str:
     q = statistics.quantiles(values, n=4) if len(values) >= 4 else [min(values), 0, max(values)]
     return f"{statistics.median(values):.3f} (IQR {q[0]:.3f}–{q[2]:.3f}, n={len(values)})"
@@ -126,17 +141,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     for label, bare_cmd, case_tools, cwd in cases:
         timed(bare_cmd, cwd)  # warm the page cache
         for name, cmd in case_tools.items():
-            ratios = []
-            for i in range(pairs):
-                # Alternating which run of a pair goes first cancels what running second gains or loses
-                # (warmer caches, the first run's writeback), which a fixed order would count as cost.
-                if i % 2:
-                    t = timed(cmd, cwd)
-                    b = timed(bare_cmd, cwd)
-                else:
-                    b = timed(bare_cmd, cwd)
-                    t = timed(cmd, cwd)
-                ratios.append(t / b)
+            ratios = [t / b for b, t in paired(pairs, bare_cmd, cmd, cwd)]
             rows.append(f"| {label} | {name} | {spread(ratios)} | {'≤ 1.02' if name.startswith('lynshim') else ''} |")
             if name.startswith("lynshim"):
                 met = statistics.median(ratios) <= 1.02
@@ -262,13 +267,7 @@ def launcher_cost(work: Path, pairs: int) -> str:
     the run directory and environment, starts the command, waits, and writes the run record and its summary),
     measured on `true`, alternating pairs. A single-process command under `lynshim run` pays it in full."""
     bare, traced = ["true"], [PY, "-m", "lynshim", "run", "-o", str(work / "launcher"), "--", "true"]
-    extra = []
-    for i in range(pairs):
-        if i % 2:
-            t, b = timed(traced), timed(bare)
-        else:
-            b, t = timed(bare), timed(traced)
-        extra.append((t - b) * 1000)
+    extra = [(t - b) * 1000 for b, t in paired(pairs, bare, traced)]
     # Where it goes: a Python interpreter's own start-up, then importing the command-line module.
     interpreter = [(timed([PY, "-c", "pass"]) - timed(bare)) * 1000 for _ in range(5)]
     cli = statistics.median(_importtime("lynshim.cli") for _ in range(5))

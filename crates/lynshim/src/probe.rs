@@ -186,6 +186,9 @@ impl Rule {
 struct DefaultValue {
     value: Value,
     json: String,
+    /// The parameter's place among the positional ones, if it has one: a call that passes that many
+    /// positional arguments passes it.
+    position: Option<usize>,
 }
 
 /// One wrapped function.
@@ -243,7 +246,8 @@ impl Probe {
             let described = if is_credential_name(&key) { Arg::Redacted } else { probe.value(&value)? };
             let mut json = String::new();
             described.write(&mut json);
-            probe.defaults.push((key, DefaultValue { value: described.into_value(), json }));
+            let position = probe.positional.iter().position(|(name, _)| *name == key);
+            probe.defaults.push((key, DefaultValue { value: described.into_value(), json, position }));
         }
         Ok(probe)
     }
@@ -305,9 +309,9 @@ impl Probe {
         })?;
         // A default is what a parameter holds when it was not passed: not by position (a details mapping
         // passed by position is recorded by its keys, under other names), not by keyword.
-        let by_position = &self.positional[..passed.min(self.positional.len())];
         for (name, described) in &self.defaults {
-            if !has(out, name) && !by_position.iter().any(|(p, _)| p == name) && !keywords.contains(name) {
+            let by_position = described.position.is_some_and(|position| position < passed);
+            if !by_position && !has(out, name) && !keywords.contains(name) {
                 out.push((Cow::Borrowed(name), Arg::Default(described)));
             }
         }

@@ -769,8 +769,7 @@ pub fn probe_end(
             }
         }
     }
-    let end = (!end.is_empty()).then(|| described_json(&end));
-    crate::guarded((), || session::exit(token, end.as_deref()));
+    crate::guarded((), || session::exit(token, Json(&end)));
 }
 
 /// A call's outcome from what Python passes: the exception if there is one, else the result.

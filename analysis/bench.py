@@ -40,6 +40,8 @@ CORPUS = REPO.parent / "shared" / "corpus"
 # lynshim's native module as maturin names it for this interpreter (it is built per Python version).
 NATIVE_FILE = "_native" + str(sysconfig.get_config_var("EXT_SUFFIX"))
 LYNANALYZE = shutil.which("lynanalyze", path=str(VENV_BIN)) or "lynanalyze"
+#: The `lynshim` command users type: the native launcher (crates/lynlaunch) `make install` puts beside PY.
+LYNSHIM = str(VENV_BIN / "lynshim")
 
 
 def clean_env() -> dict[str, str]:
@@ -98,7 +100,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     def tools(program: list[str]) -> dict[str, list[str]]:
         """The tools run on one Python program (a script or an entry point, with its arguments)."""
         return {
-            "lynshim run": [PY, "-m", "lynshim", "run", "-o", str(out / "lynshim"), "--", PY, *program],
+            "lynshim run": [LYNSHIM, "run", "-o", str(out / "lynshim"), "--", PY, *program],
             "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], PY, *program],
             "python -X importtime": [PY, "-X", "importtime", *program],
             "cProfile": [PY, "-m", "cProfile", "-o", str(out / "cprofile.out"), *program],
@@ -115,7 +117,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             "five `import lynguine` processes (sh loop)",
             ["sh", "-c", five],
             {
-                "lynshim run": [PY, "-m", "lynshim", "run", "-o", str(out / "five"), "--", "sh", "-c", five],
+                "lynshim run": [LYNSHIM, "run", "-o", str(out / "five"), "--", "sh", "-c", five],
                 "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], "sh", "-c", five],
             },
             None,
@@ -170,7 +172,7 @@ def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
         shutil.rmtree(sample / "out", ignore_errors=True)
         out = work / f"activation-{i}"
         subprocess.run(
-            [PY, "-m", "lynshim", "run", "-o", str(out), "--", "make", "-s", f"PYTHON={PY}"],
+            [LYNSHIM, "run", "-o", str(out), "--", "make", "-s", f"PYTHON={PY}"],
             cwd=sample,
             env=clean_env(),
             capture_output=True,
@@ -263,19 +265,25 @@ def startup_breakdown(work: Path, rounds: int) -> tuple[list[str], str]:
 
 
 def launcher_cost(work: Path, pairs: int) -> str:
-    """What `lynshim run` adds once per run whatever the command (its launcher: a Python process that sets up
-    the run directory and environment, starts the command, waits, and writes the run record and its summary),
-    measured on `true`, alternating pairs. A single-process command under `lynshim run` pays it in full."""
-    bare, traced = ["true"], [PY, "-m", "lynshim", "run", "-o", str(work / "launcher"), "--", "true"]
-    extra = [(t - b) * 1000 for b, t in paired(pairs, bare, traced)]
-    # Where it goes: a Python interpreter's own start-up, then importing the command-line module.
+    """What `lynshim run` adds once per run whatever the command (its launcher sets up the run directory and
+    environment, starts the command, waits, and writes the run record and its summary), measured on `true` in
+    alternating pairs: the native `lynshim` command, and beside it the Python launcher it hands other command
+    lines to (`python -m lynshim run`, which `lynshim bench` and the study launch through), with where that one's
+    time goes. A single-process command under `lynshim run` pays it in full."""
+    bare = ["true"]
+    native = [LYNSHIM, "run", "-o", str(work / "launcher-native"), "--", "true"]
+    python = [PY, "-m", "lynshim", "run", "-o", str(work / "launcher-python"), "--", "true"]
+    native_extra = [(t - b) * 1000 for b, t in paired(pairs, bare, native)]
+    python_extra = [(t - b) * 1000 for b, t in paired(pairs, bare, python)]
+    # Where the Python launcher's goes: an interpreter's own start-up, then importing the command-line module.
     interpreter = [(timed([PY, "-c", "pass"]) - timed(bare)) * 1000 for _ in range(5)]
     cli = statistics.median(_importtime("lynshim.cli") for _ in range(5))
     return (
         f"`lynshim run`'s launcher, once per run (`lynshim run -- true` over `true`, the preload library's exec "
-        f"record of `true` included): {spread(extra)} ms; of it, a bare `python -c pass` over `true` "
+        f"record of `true` included): the native `lynshim` command {spread(native_extra)} ms; the Python launcher "
+        f"(`python -m lynshim run`) {spread(python_extra)} ms, of which a bare `python -c pass` over `true` is "
         f"{statistics.median(interpreter):.1f} ms and importing `lynshim.cli` (`-X importtime`, cumulative) {cli:.1f} ms "
-        f"(medians of 5): it is a Python program"
+        f"(medians of 5)"
     )
 
 
@@ -774,8 +782,8 @@ to reproduce; expect other numbers on another machine or under other load.
   native `gc.callbacks` entry), recorded into a list that a background thread hands to `tracing` in
   batches; tracing-chrome's writer thread writes them. The breakdown under table 1 measures the parts: the
   same command bare, traced, and traced with import spans off, side by side. `lynshim run` adds its
-  launcher (`python -m lynshim run`) in front of the command, once per run, and the exec preload library
-  once per program. The interquartile ranges show this machine's run-to-run noise next to a 2 % target.
+  launcher (the native `lynshim` command, crates/lynlaunch) in front of the command, once per run, and the
+  exec preload library once per program. The interquartile ranges show this machine's run-to-run noise next to a 2 % target.
 - Per call (table 2): a traced function is a native `TracedFunction`, called by vectorcall as the
   original is (no tuple or dict of arguments is built, and the caller's argument array goes on to the
   original); it describes the arguments (each positional parameter's rule and each default's JSON are

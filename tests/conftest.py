@@ -22,6 +22,28 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
 SAMPLE = REPO / "tests" / "sample"
 
+#: The `lynshim` command as users type it: the native launcher (crates/lynlaunch), installed beside the
+#: interpreter by `make install`.
+LYNSHIM = Path(sys.executable).parent / "lynshim"
+#: Both launchers of `lynshim run`: the native command, and the Python one it hands other command lines to
+#: (which `lynshim bench` and the study launch through). Tests of the launcher's behaviour run on both.
+LAUNCHERS: dict[str, tuple[str, ...]] = {"native": (str(LYNSHIM),), "python": (sys.executable, "-m", "lynshim")}
+
+
+@pytest.fixture(params=sorted(LAUNCHERS))
+def launcher(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The command line that starts ``lynshim``, once per launcher."""
+    return LAUNCHERS[request.param]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _bootstrap_bytecode() -> None:
+    """The bootstrap's bytecode is cached, as after an installation's first run, so that the native launcher
+    launches every run itself (with none cached it hands the run to the Python launcher, which writes it)."""
+    from lynshim import _launch
+
+    _launch.cache_bootstrap_bytecode()
+
 
 #: The keys of a process's phases in lynanalyze's `processes` section: they add up to its wall time.
 PROCESS_PHASES = (
@@ -148,12 +170,13 @@ def lynshim_run(
     input: bytes | None = None,
     label: str | None = None,
     timeout: float = 300,
+    launcher: tuple[str, ...] = LAUNCHERS["native"],
 ) -> Run:
-    """Run ``lynshim run -o out -- command`` and load the traces it wrote."""
+    """Run ``lynshim run -o out -- command`` (the native launcher unless told) and load the traces it wrote."""
     # lynguine writes lynguine.log into the working directory: never the repository's.
     if cwd is None:
         cwd = out.parent
-    args = [sys.executable, "-m", "lynshim", "run", "-o", str(out)]
+    args = [*launcher, "run", "-o", str(out)]
     if label:
         args += ["--label", label]
     proc = subprocess.run(args + ["--", *command], cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout)

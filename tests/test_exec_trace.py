@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE, Trace, clean_env, load_events, untraced
+from conftest import LAUNCHERS, SAMPLE, Trace, clean_env, load_events, untraced
 from lynshim import _launch
 from lynshim._native import schema
 
@@ -72,11 +72,17 @@ class Traced:
 
 
 def traced(
-    out: Path, command: list[str], *, cwd: Path, env: dict[str, str] | None = None, options: tuple[str, ...] = ()
+    out: Path,
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    options: tuple[str, ...] = (),
+    launcher: tuple[str, ...] = LAUNCHERS["native"],
 ) -> Traced:
     """``lynshim run -o out [options] -- command``, its traces and records apart (told by their source)."""
     proc = subprocess.run(
-        [PY, "-m", "lynshim", "run", "-o", str(out), *options, "--", *command],
+        [*launcher, "run", "-o", str(out), *options, "--", *command],
         cwd=cwd,
         env=clean_env() if env is None else env,
         capture_output=True,
@@ -98,11 +104,11 @@ def build(tmp_path: Path, name: str) -> tuple[Path, list[str], dict[str, str]]:
     return work, ["make", "-s", "-f", "Makefile.exec", f"PYTHON={PY}"], env
 
 
-def test_every_program_of_a_build_is_recorded(tmp_path: Path) -> None:
+def test_every_program_of_a_build_is_recorded(tmp_path: Path, launcher: tuple[str, ...]) -> None:
     bare_work, command, env = build(tmp_path, "bare")
     bare = untraced(command, cwd=bare_work, env=env)
     work, command, env = build(tmp_path, "traced")
-    run = traced(tmp_path / "traces", command, cwd=work, env=env)
+    run = traced(tmp_path / "traces", command, cwd=work, env=env, launcher=launcher)
     # The build is the same build: status, output, and what it made.
     assert bare.returncode == run.proc.returncode == 0, run.proc.stderr
     assert run.proc.stdout == bare.stdout
@@ -160,15 +166,15 @@ def test_every_program_of_a_build_is_recorded(tmp_path: Path) -> None:
     assert record["traced_processes"] == 7
 
 
-def test_no_exec_trace_leaves_the_library_out(tmp_path: Path) -> None:
+def test_no_exec_trace_leaves_the_library_out(tmp_path: Path, launcher: tuple[str, ...]) -> None:
     command = ["sh", "-c", "echo hi; ls / > /dev/null"]
-    run = traced(tmp_path / "t", command, cwd=tmp_path)
+    run = traced(tmp_path / "t", command, cwd=tmp_path, launcher=launcher)
     assert run.proc.returncode == 0 and run.proc.stdout == b"hi\n"
     assert {program(r) for r in run.records} == {"sh", "ls"}
     n = len({identity(r) for r in run.records})
     assert run.summary.startswith(f"lynshim: traced 0 Python processes and {n} other process")
 
-    run = traced(tmp_path / "n", command, cwd=tmp_path, options=("--no-exec-trace",))
+    run = traced(tmp_path / "n", command, cwd=tmp_path, options=("--no-exec-trace",), launcher=launcher)
     assert run.proc.returncode == 0 and run.proc.stdout == b"hi\n"
     assert list(run.run_dir.glob("*" + schema.TRACE_SUFFIX)) == []
     assert run.proc.stderr.decode().splitlines() == [

@@ -80,14 +80,14 @@ def full_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk_while_tracing(tmp_path: Path, full_disk: Path) -> None:
+def test_full_disk_while_tracing(tmp_path: Path, full_disk: Path, launcher: tuple[str, ...]) -> None:
     script = tmp_path / "program.py"
     script.write_text(PROGRAM)
     bare = untraced([PY, str(script)], env=clean_env(), cwd=tmp_path)
     assert bare.returncode == 3 and bare.stdout == b"out 45\n"
     # Not conftest's lynshim_run: what is left on a full disk may end in half a line, which it cannot load.
     proc = subprocess.run(
-        [PY, "-m", "lynshim", "run", "-o", str(full_disk / "traces"), "--", PY, str(script)],
+        [*launcher, "run", "-o", str(full_disk / "traces"), "--", PY, str(script)],
         env=clean_env(),
         cwd=tmp_path,
         capture_output=True,

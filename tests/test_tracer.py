@@ -71,9 +71,12 @@ def test_import_lynguine_process_is_traced(tmp_path: Path) -> None:
     assert trace.path.read_text().rstrip().endswith("]")
 
 
-def test_run_record_and_summary_line(tmp_path: Path) -> None:
-    run = lynshim_run(tmp_path / "t", [PY, "-c", "import sys; sys.exit(3)"], env=clean_env(), label="cold")
+def test_run_record_and_summary_line(tmp_path: Path, launcher: tuple[str, ...]) -> None:
+    # The program names its parent: the launcher asked for, which launched the run itself.
+    code = "import os, sys; print(os.readlink(f'/proc/{os.getppid()}/exe')); sys.exit(3)"
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env(), label="cold", launcher=launcher)
     assert run.proc.returncode == 3
+    assert Path(run.proc.stdout.decode().strip()) == Path(launcher[0]).resolve()
     record = json.loads((run.run_dir / schema.RUN_RECORD).read_text())
     assert record["exit_status"] == 3 and record["label"] == "cold"
     assert record["command"][0] == PY and record["traced_processes"] == 1
@@ -298,13 +301,15 @@ OUTPUT_SCRIPT = textwrap.dedent(
 )
 
 
-def test_output_and_exit_status_are_byte_identical(tmp_path: Path) -> None:
+def test_output_and_exit_status_are_byte_identical(tmp_path: Path, launcher: tuple[str, ...]) -> None:
     work = tmp_path / "sample"
     shutil.copytree(SAMPLE, work)
     script = work / "script.py"
     script.write_text(OUTPUT_SCRIPT)
     bare = untraced([PY, str(script)], cwd=work, env=clean_env(), input=b"some input\n")
-    traced = lynshim_run(tmp_path / "t", [PY, str(script)], cwd=work, env=clean_env(), input=b"some input\n")
+    traced = lynshim_run(
+        tmp_path / "t", [PY, str(script)], cwd=work, env=clean_env(), input=b"some input\n", launcher=launcher
+    )
     assert bare.returncode == traced.proc.returncode == 7
     assert traced.proc.stdout == bare.stdout
     summary = b"lynshim: traced 1 Python process;"
@@ -324,10 +329,10 @@ def test_uncaught_exception(tmp_path: Path) -> None:
     assert trace.path.read_text().rstrip().endswith("]")
 
 
-def test_sigterm_closes_the_trace_and_dies_of_sigterm(tmp_path: Path) -> None:
+def test_sigterm_closes_the_trace_and_dies_of_sigterm(tmp_path: Path, launcher: tuple[str, ...]) -> None:
     code = "import os, signal, lynguine\nos.kill(os.getpid(), signal.SIGTERM)\nimport time; time.sleep(5)"
     bare = untraced([PY, "-c", code], env=clean_env(), cwd=tmp_path)
-    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env(), launcher=launcher)
     assert bare.returncode == run.proc.returncode == -15
     trace = run.traces[0]
     assert trace.exit["exit_signal"] == 15 and trace.exit["exit_status"] is None
@@ -536,8 +541,8 @@ def test_a_lynshim_that_cannot_load_leaves_the_program_alone(tmp_path: Path) -> 
     assert run.traces == []
 
 
-def test_command_not_found(tmp_path: Path) -> None:
-    run = lynshim_run(tmp_path / "t", ["definitely-not-a-command-xyz"], env=clean_env())
+def test_command_not_found(tmp_path: Path, launcher: tuple[str, ...]) -> None:
+    run = lynshim_run(tmp_path / "t", ["definitely-not-a-command-xyz"], env=clean_env(), launcher=launcher)
     assert run.proc.returncode == 127
     assert b"definitely-not-a-command-xyz: command not found" in run.proc.stderr
 

@@ -1,6 +1,7 @@
 """Launching a traced run: the command under the bootstrap and the preload library, into a new run
-directory, with a run record written beside its traces. ``lynshim run`` and ``lynshim bench`` both launch
-through here.
+directory, with a run record written beside its traces. ``python -m lynshim run`` and ``lynshim bench`` both
+launch through here; the native ``lynshim`` command (``crates/lynlaunch``) launches plain runs the same way
+itself, and ``tests/test_launcher.py`` holds the two to the same environment, record and summary.
 
 The bootstrap ``sitecustomize`` goes first on ``PYTHONPATH``, so that every Python process of the tree
 that can import lynshim writes a trace into the run directory, and the preload library
@@ -10,7 +11,6 @@ the tree, Python or not, writes an exec record there too.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -94,26 +94,8 @@ def traced_environment(
 def trace_source(path: Path) -> str:
     """Who wrote a trace file: ``schema.SOURCE_EXEC`` (the preload library) or ``schema.SOURCE_PYTHON``
     (lynshim in a Python process; also what a file without the key, or one that cannot be read, counts
-    as). The ``lynshim.process`` event is among the first lines of both kinds."""
-    try:
-        with path.open("rb") as f:
-            for _ in range(16):
-                line = f.readline(1 << 20)
-                if not line:
-                    break
-                if schema.EVENT_PROCESS.encode() not in line:
-                    continue
-                event = json.loads(line.strip().strip(b","))
-                if event.get("name") == schema.EVENT_PROCESS:
-                    return event.get("args", {}).get(schema.ARG_SOURCE, schema.SOURCE_PYTHON)
-    except (OSError, ValueError):
-        pass
-    return schema.SOURCE_PYTHON
-
-
-def _process_of(path: Path) -> str:
-    """A trace file's process, ``pid-ticks`` from its name: one for all of a process's files."""
-    return "-".join(path.name.split("-")[:2])
+    as). The rule is the native launcher's (``crates/lynlaunch/src/summary.rs``)."""
+    return _native.trace_source(path)
 
 
 class Launch:
@@ -134,11 +116,6 @@ class Launch:
         self.python_traces = [p for p in traces if sources[p] != schema.SOURCE_EXEC]
         #: The preload library's exec records (one per program image, Python or not).
         self.exec_records = [p for p in traces if sources[p] == schema.SOURCE_EXEC]
-
-    def other_processes(self) -> int:
-        """Processes with exec records and no Python trace: make, sh, gpp, pandoc…"""
-        python = {_process_of(p) for p in self.python_traces}
-        return len({_process_of(p) for p in self.exec_records} - python)
 
 
 def launch(
@@ -175,6 +152,9 @@ def launch(
     started = time.perf_counter()
     output = subprocess.DEVNULL if quiet else None
     try:
+        # subprocess closes descriptors above 2 for the command (the native launcher passes them on, as a
+        # shell does); passing them here would start it by posix_spawn, which leaves glibc's internal
+        # signal 32 ignored in it (see crates/lynlaunch/src/launch.rs).
         child = subprocess.Popen(command, env=env, stdout=output, stderr=output)
     except FileNotFoundError:
         print(f"lynshim: {command[0]}: command not found", file=sys.stderr)
@@ -217,16 +197,8 @@ def launch(
     return result
 
 
-def _processes(n: int, kind: str) -> str:
-    return f"{n} {kind} {'process' if n == 1 else 'processes'}"
-
-
 def summary(result: Launch, exec_trace: bool, where: str) -> str:
-    """The one line ``lynshim run`` ends with: what was traced, and where the traces are."""
-    line = f"lynshim: traced {_processes(len(result.python_traces), 'Python')}"
-    others = result.other_processes()
-    if others:
-        line += f" and {_processes(others, 'other')}"
-    if exec_trace and not result.exec_traced:
-        line += f"; non-Python processes were not traced ({preload_library()[1]})"
-    return line + f"; traces in {where}/"
+    """The one line ``lynshim run`` ends with: what was traced, and where the traces are (worded by the native
+    launcher's code, so that both launchers end alike)."""
+    not_traced = preload_library()[1] if exec_trace and not result.exec_traced else None
+    return _native.run_summary(result.python_traces, result.exec_records, not_traced, where)

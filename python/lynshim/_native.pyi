@@ -31,12 +31,14 @@ __all__ = [
     "probe_end",
     "process_phases",
     "python_exiting",
+    "run_summary",
     "sample_rss",
     "schema",
     "set_exit_meta",
     "start",
     "stop",
     "trace_path",
+    "trace_source",
     "write_run_record",
 ]
 __version__: str
@@ -122,6 +124,13 @@ def flush() -> None: ...
 def monotonic_ns() -> int: ...
 def children_cpu_s() -> tuple[float, float]: ...
 def write_run_record(path: str | PathLike[str], record: dict[str, Any]) -> None: ...
+def trace_source(path: str | PathLike[str]) -> str: ...
+def run_summary(
+    python_traces: Sequence[str | PathLike[str]],
+    exec_records: Sequence[str | PathLike[str]],
+    not_traced: str | None,
+    shown: str | PathLike[str],
+) -> str: ...
 
 class _Schema(ModuleType):
     """``lynshim._native.schema``: the constants of crates/lynschema (tests/test_stub.py keeps this list whole)."""

@@ -7,6 +7,10 @@ image of the tree, Python or not, writes an exec record there too. CMD inherits 
 untouched; ``lynshim run`` exits with CMD's status (dying of the same signal when CMD did), writes a run
 record beside the traces and prints one line on stderr saying what was traced and where. The launching
 itself is ``_launch``'s (``lynshim bench`` launches through it too); the bench is ``bench``'s.
+
+This is the command line's one definition. The ``lynshim`` command users type is native
+(``crates/lynlaunch``): it launches the plain forms of ``run`` itself, the same way, without a Python
+start-up in front of the command, and hands every other command line here (``python -m lynshim``).
 """
 
 from __future__ import annotations

@@ -275,6 +275,22 @@ pub struct RunRecord {
     pub traced_processes: usize,
 }
 
+impl RunRecord {
+    /// Writes the record to `path` as pretty JSON, readable by its owner only (mode 0600), through a
+    /// temporary file renamed into place, so that a reader never sees half a record. Both launchers
+    /// write it so (the native `lynshim` and, through the extension module, the Python one).
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
 /// The constants the Python half of lynshim needs, as `(NAME, value)` pairs exported to
 /// `lynshim._native.schema`. Kept here so a new constant cannot be forgotten on one side.
 pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[

@@ -343,7 +343,26 @@ fn monotonic_ns() -> u64 {
 /// `(user, system)` CPU seconds of all waited-for children.
 #[pyfunction]
 fn children_cpu_s() -> (f64, f64) {
-    procinfo::children_cpu_s()
+    lynlaunch::children_cpu_s()
+}
+
+/// Who wrote a trace file: `schema.SOURCE_EXEC` or `schema.SOURCE_PYTHON` (the native launcher's rule).
+#[pyfunction]
+fn trace_source(path: PathBuf) -> &'static str {
+    lynlaunch::summary::source_of(&path)
+}
+
+/// The line `lynshim run` ends with, as the native launcher words it.
+#[pyfunction]
+#[pyo3(signature = (python_traces, exec_records, not_traced, shown))]
+fn run_summary(
+    python_traces: Vec<PathBuf>,
+    exec_records: Vec<PathBuf>,
+    not_traced: Option<&str>,
+    shown: PathBuf,
+) -> String {
+    let traces = lynlaunch::summary::Traces { python: python_traces, exec: exec_records };
+    lynlaunch::summary::line(&traces, not_traced, &shown)
 }
 
 /// Write the run record of `lynshim run` (validated against the schema) to `path`, mode 0600.
@@ -353,18 +372,7 @@ fn write_run_record(path: PathBuf, record: &Bound<'_, PyDict>) -> PyResult<()> {
     map.entry(lynschema::arg::FORMAT_VERSION).or_insert(lynschema::FORMAT_VERSION.into());
     let record: lynschema::RunRecord = serde_json::from_value(Value::Object(map))
         .map_err(|e| PyValueError::new_err(format!("bad run record: {e}")))?;
-    let text = serde_json::to_string_pretty(&record).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    write_private(&path, text.as_bytes()).map_err(|e| PyValueError::new_err(format!("{}: {e}", path.display())))
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    record.write(&path).map_err(|e| PyValueError::new_err(format!("{}: {e}", path.display())))
 }
 
 /// An `OSError` naming the file.
@@ -413,6 +421,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(flush, m)?)?;
     m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(children_cpu_s, m)?)?;
+    m.add_function(wrap_pyfunction!(trace_source, m)?)?;
+    m.add_function(wrap_pyfunction!(run_summary, m)?)?;
     m.add_function(wrap_pyfunction!(write_run_record, m)?)?;
     m.add_function(wrap_pyfunction!(page_residency, m)?)?;
     m.add_function(wrap_pyfunction!(evict_from_page_cache, m)?)?;

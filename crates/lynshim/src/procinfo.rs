@@ -84,19 +84,6 @@ pub fn cpu_times_us() -> (u64, u64) {
     (us(usage.ru_utime), us(usage.ru_stime))
 }
 
-/// `(user, system)` CPU seconds of all waited-for children (`RUSAGE_CHILDREN`).
-pub fn children_cpu_s() -> (f64, f64) {
-    // SAFETY: as in `cpu_times_us`.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: usage is a valid, writable rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return (0.0, 0.0);
-    }
-    #[allow(clippy::cast_precision_loss)]
-    let s = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    (s(usage.ru_utime), s(usage.ru_stime))
-}
-
 /// OS thread id of the calling thread.
 pub fn gettid() -> u64 {
     // SAFETY: gettid has no preconditions.

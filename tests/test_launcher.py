@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import LAUNCHERS, LYNSHIM, REPO, Trace, clean_env, load_events
@@ -25,6 +27,12 @@ from lynshim._native import schema
 
 PY = sys.executable
 SITE = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+
+
+def write_record(site: Path, size: int) -> None:
+    """A lynshim distribution's RECORD listing the script ``bin/lynshim`` of ``size`` bytes."""
+    (site / "lynshim-0.1.0.dist-info").mkdir()
+    (site / "lynshim-0.1.0.dist-info" / "RECORD").write_text(f"../../../bin/lynshim,sha256=x,{size}\n")
 
 
 class Prefix:
@@ -38,10 +46,9 @@ class Prefix:
         bin_dir.mkdir(parents=True, exist_ok=True)
         site.mkdir(parents=True)
         shutil.copy2(LYNSHIM, bin_dir / "lynshim")
-        # What pip writes: the installation whose RECORD lists bin/lynshim is the binary's own.
+        # What pip writes: the installation whose RECORD lists bin/lynshim, at its size, is the binary's own.
         if layout != "none":
-            (site / "lynshim-0.1.0.dist-info").mkdir()
-            (site / "lynshim-0.1.0.dist-info" / "RECORD").write_text("../../../bin/lynshim,sha256=x,1\n")
+            write_record(site, LYNSHIM.stat().st_size)
         if layout == "editable":
             (site / "lynshim.pth").write_text(f"{REPO / 'python'}\n")
             self.package = REPO / "python" / "lynshim"
@@ -87,7 +94,9 @@ def test_an_editable_install_runs_natively(tmp_path: Path) -> None:
 def test_other_command_lines_go_to_python_unchanged(tmp_path: Path, argv: list[str]) -> None:
     prefix = Prefix(tmp_path / "prefix", layout="editable")
     native = prefix.run(*argv, cwd=tmp_path)
-    python = subprocess.run([PY, "-m", "lynshim", *argv], cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    python = subprocess.run(
+        [PY, "-m", "lynshim", *argv], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120
+    )
     assert (native.returncode, native.stdout) == (python.returncode, python.stdout)
     # A run's summary names its own run directory; everything else is word for word.
     assert native.stderr.split("traces in")[0] == python.stderr.split("traces in")[0]
@@ -127,7 +136,9 @@ def test_a_wheel_install_compiles_the_bootstrap_once_through_python(tmp_path: Pa
 def test_a_missing_preload_library_is_named_in_the_summary(tmp_path: Path) -> None:
     prefix = Prefix(tmp_path / "prefix", layout="wheel")
     shutil.rmtree(prefix.package / "_preload")
-    subprocess.run([PY, "-m", "py_compile", str(prefix.package / "_bootstrap" / "sitecustomize.py")], check=True)
+    subprocess.run(
+        [PY, "-m", "py_compile", str(prefix.package / "_bootstrap" / "sitecustomize.py")], check=True, timeout=60
+    )
     proc = prefix.run("run", "-o", "t", "--", "sh", "-c", "echo err >&2; exit 3", cwd=tmp_path)
     assert proc.returncode == 3
     lines = proc.stderr.splitlines()
@@ -140,11 +151,13 @@ def test_a_missing_preload_library_is_named_in_the_summary(tmp_path: Path) -> No
 
 
 def test_the_package_is_the_one_installed_with_the_binary(tmp_path: Path) -> None:
-    """A prefix with lynshim for two Python versions (as ~/.local can be): the one whose RECORD lists the
-    binary is used, and a command line goes to that version's interpreter."""
+    """A prefix with lynshim for two Python versions (as ~/.local can be): the one whose RECORD lists this
+    binary is used, not an older one whose RECORD lists its own `bin/lynshim` (a console script, then), and
+    a command line goes to that version's interpreter."""
     root = tmp_path / "prefix"
     stale = root / "lib/python3.10/site-packages"
     shutil.copytree(REPO / "python" / "lynshim", stale / "lynshim", ignore=shutil.ignore_patterns("__pycache__"))
+    write_record(stale, 169)
     prefix = Prefix(root, layout="editable")
     versioned = root / "bin" / Path(SITE).parent.name
     versioned.write_text(f'#!/bin/sh\necho versioned >> {prefix.log}\nexec {PY} "$@"\n')
@@ -166,21 +179,29 @@ def test_without_a_package_or_a_python_it_says_so(tmp_path: Path) -> None:
     assert "make install" in proc.stderr
 
 
-#: The command's environment and signal state, as it sees them.
+#: The command's environment, signal state and parent program, as it sees them.
 SELF_REPORT = textwrap.dedent(
     """
     import json, os, sys
     status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
-    print(json.dumps({"env": dict(os.environ), "signals": {k: status[k] for k in ("SigBlk", "SigIgn")}}))
+    signals = {k: status[k] for k in ("SigBlk", "SigIgn")}
+    parent = os.readlink(f"/proc/{os.getppid()}/exe")
+    print(json.dumps({"env": dict(os.environ), "signals": signals, "parent": parent}))
     sys.exit(5)
     """
 )
 
 
+def launched_by(launcher: tuple[str, ...]) -> str:
+    """The program a command launched by ``launcher`` has for its parent: the launcher asked for, which ran
+    the command itself rather than handing it over."""
+    return str(Path(launcher[0]).resolve())
+
+
 def test_both_launchers_give_the_command_the_same_environment_and_record(tmp_path: Path) -> None:
     env = clean_env() | {"PYTHONPATH": f"/nonexistent/a{os.pathsep}{os.pathsep}/nonexistent/b"}
     env.pop("LD_PRELOAD", None)
-    bare = subprocess.run([PY, "-c", SELF_REPORT], cwd=tmp_path, env=env, capture_output=True, text=True)
+    bare = subprocess.run([PY, "-c", SELF_REPORT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert bare.returncode == 5, bare.stderr
     seen = {}
     for name, launcher in LAUNCHERS.items():
@@ -191,10 +212,12 @@ def test_both_launchers_give_the_command_the_same_environment_and_record(tmp_pat
             env=env,
             capture_output=True,
             text=True,
+            timeout=120,
         )
         assert proc.returncode == 5, proc.stderr
         (run_dir,) = out.iterdir()
         report = json.loads(proc.stdout)
+        assert report["parent"] == launched_by(launcher)
         # Blocked and ignored signals as in a bare run: the launcher's handling of them is its own.
         assert report["signals"] == json.loads(bare.stdout)["signals"]
         environment = report["env"]
@@ -226,25 +249,41 @@ def test_both_launchers_give_the_command_the_same_environment_and_record(tmp_pat
 
 SLEEPER = textwrap.dedent(
     """
-    import time
-    print("ready", flush=True)
+    import os, time
+    print(os.readlink(f"/proc/{os.getppid()}/exe"), flush=True)
     time.sleep(60)
     """
 )
 
 
-def test_sigterm_is_passed_on_and_sigint_left_to_the_terminal(tmp_path: Path, launcher: tuple[str, ...]) -> None:
-    """Like a shell: Ctrl-C is the terminal's to deliver to the command, SIGTERM to the launcher is passed on."""
-    out = tmp_path / "t"
+def start_sleeper(launcher: tuple[str, ...], out: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """``lynshim run`` of a program that sleeps, once the program runs (it has named its parent, the launcher
+    asked for); killed if it does not say so within a minute."""
     proc = subprocess.Popen(
         [*launcher, "run", "-o", str(out), "--", PY, "-c", SLEEPER],
-        cwd=tmp_path,
+        cwd=out.parent,
         env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        **popen,
     )
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        ready = selector.select(timeout=60)
+    if not ready:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the traced program did not start within 60 s")
+    assert proc.stdout.readline().decode().strip() == launched_by(launcher)
+    return proc
+
+
+def test_sigterm_is_passed_on_and_sigint_left_to_the_terminal(tmp_path: Path, launcher: tuple[str, ...]) -> None:
+    """Like a shell: Ctrl-C is the terminal's to deliver to the command, SIGTERM to the launcher is passed on."""
+    out = tmp_path / "t"
+    proc = start_sleeper(launcher, out)
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         proc.send_signal(signal.SIGINT)  # to the launcher alone: the command runs on
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=0.5)
@@ -262,19 +301,11 @@ def test_sigterm_is_passed_on_and_sigint_left_to_the_terminal(tmp_path: Path, la
 
 
 def test_sigint_to_the_terminal_s_process_group_reaches_the_command(tmp_path: Path, launcher: tuple[str, ...]) -> None:
-    """Ctrl-C: the command gets its SIGINT (it does not inherit the launcher's SIG_IGN), dies of it, and so
-    does the launcher after writing its record."""
+    """Ctrl-C: the command gets its SIGINT (it starts with SIGINT at its default, whatever the launcher does
+    with its own), dies of it, and so does the launcher after writing its record."""
     out = tmp_path / "t"
-    proc = subprocess.Popen(
-        [*launcher, "run", "-o", str(out), "--", PY, "-c", SLEEPER],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = start_sleeper(launcher, out, start_new_session=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=30) == -signal.SIGINT
     finally:
@@ -301,6 +332,7 @@ def test_both_launchers_fail_and_report_alike(tmp_path: Path, case: str) -> None
             env=clean_env(),
             capture_output=True,
             text=True,
+            timeout=120,
         )
         # Each run directory has its own name (the second and a random suffix): the words around it must match.
         words = [w.split("/")[0] if w.startswith("OUT/") else w for w in proc.stderr.replace(str(out), "OUT").split()]
@@ -316,3 +348,51 @@ def test_both_launchers_fail_and_report_alike(tmp_path: Path, case: str) -> None
         # A run directory outside the working directory is shown by its absolute path.
         assert (returncode, stdout) == (0, "hi\n")
         assert " ".join(words) == "lynshim: traced 0 Python processes and 1 other process; traces in OUT"
+
+
+def test_signals_the_caller_ignores_stay_ignored(tmp_path: Path, launcher: tuple[str, ...]) -> None:
+    """A background job's SIGINT, a `trap '' TERM`: the command ignores them as it would bare."""
+    shell = "trap '' INT TERM; exec \"$@\""
+    command = [PY, "-c", SELF_REPORT]
+
+    def report(*prefix: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            ["sh", "-c", shell, "sh", *prefix, *command],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 5, proc.stderr
+        return json.loads(proc.stdout)
+
+    bare = report()
+    traced = report(*launcher, "run", "-o", str(tmp_path / "t"), "--")
+    assert traced["parent"] == launched_by(launcher)
+    assert traced["signals"] == bare["signals"]
+    assert int(bare["signals"]["SigIgn"], 16) & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGTERM - 1))
+
+
+def test_a_caller_that_ignores_sigchld_still_gets_the_exit_status(tmp_path: Path, launcher: tuple[str, ...]) -> None:
+    """With SIGCHLD ignored the kernel reaps children unseen: the launcher waits for the command all the
+    same, and the command still starts with SIGCHLD ignored, as it would bare."""
+    # (A shell keeps SIGCHLD for itself whatever `trap` says: Python sets it.)
+    ignoring = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    out = tmp_path / "t"
+    proc = subprocess.run(
+        [PY, "-c", ignoring, *launcher, "run", "-o", str(out), "--", PY, "-c", SELF_REPORT],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 5, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["parent"] == launched_by(launcher)
+    assert int(report["signals"]["SigIgn"], 16) & 1 << (signal.SIGCHLD - 1)
+    (run_dir,) = out.iterdir()
+    assert json.loads((run_dir / schema.RUN_RECORD).read_text())["exit_status"] == 5

@@ -1,4 +1,5 @@
-"""``python -m lynshim`` is the ``lynshim`` command."""
+"""``python -m lynshim``: the ``lynshim`` command line in Python (``cli``), which the native ``lynshim``
+command (``crates/lynlaunch``) hands every command line to that it does not launch itself."""
 
 import sys
 

@@ -11,6 +11,7 @@ the tree, Python or not, writes an exec record there too.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -151,26 +152,49 @@ def launch(
     start_ns = time.time_ns()
     started = time.perf_counter()
     output = subprocess.DEVNULL if quiet else None
-    try:
-        # subprocess closes descriptors above 2 for the command (the native launcher passes them on, as a
-        # shell does); passing them here would start it by posix_spawn, which leaves glibc's internal
-        # signal 32 ignored in it (see crates/lynlaunch/src/launch.rs).
-        child = subprocess.Popen(command, env=env, stdout=output, stderr=output)
-    except FileNotFoundError:
-        print(f"lynshim: {command[0]}: command not found", file=sys.stderr)
-        return 127
-    except PermissionError:
-        print(f"lynshim: {command[0]}: permission denied", file=sys.stderr)
-        return 126
+    # Like a shell, and in place before the command starts (so that no signal can end the launcher and leave
+    # the command running without a record): SIGTERM sent to us is passed on; the terminal's Ctrl-C reaches
+    # the command directly, and we outlive it. Caught, not ignored, so that the command starts with both at
+    # their defaults; a signal the caller ignores stays ignored, for us and the command alike.
+    child: subprocess.Popen[bytes] | None = None
+    terminated: list[int] = []
 
-    # Like a shell: the terminal's Ctrl-C reaches the child directly; SIGTERM sent to us is passed on.
-    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    previous_term = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+    def on_sigterm(signum: int, _frame: object) -> None:
+        if child is not None:
+            child.send_signal(signum)
+        else:
+            terminated.append(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+    # A caller that ignores SIGCHLD would have the kernel reap the command unseen, with no status for us to
+    # report: SIGCHLD goes back to its default here, and the command gets it ignored, as from the caller.
+    give_back_sigchld = None
+    if previous[signal.SIGCHLD] is signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        give_back_sigchld = functools.partial(signal.signal, signal.SIGCHLD, signal.SIG_IGN)
+    if previous[signal.SIGINT] is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+    if previous[signal.SIGTERM] is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        try:
+            # subprocess closes descriptors above 2 for the command (the native launcher passes them on, as a
+            # shell does); passing them here would start it by posix_spawn, which leaves glibc's internal
+            # signal 32 ignored in it (see crates/lynlaunch/src/launch.rs).
+            child = subprocess.Popen(command, env=env, stdout=output, stderr=output, preexec_fn=give_back_sigchld)
+        except OSError as err:
+            code, what = {
+                FileNotFoundError: (127, "command not found"),
+                PermissionError: (126, "permission denied"),
+            }.get(type(err), (126, err.strerror or str(err)))
+            print(f"lynshim: {command[0]}: {what}", file=sys.stderr)
+            return -signal.SIGTERM if terminated else code
+        if terminated:
+            child.send_signal(signal.SIGTERM)
         returncode = child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     wall_s = time.perf_counter() - started
     end_ns = time.time_ns()
 

@@ -27,19 +27,30 @@ from lynshim import _launch, _native
 def run(out: Path, label: str | None, command: list[str], exec_trace: bool = True) -> int:
     result = _launch.launch(out, label, command, exec_trace=exec_trace)
     if isinstance(result, int):
-        return result
+        return die_of(-result) if result < 0 else result
     cwd = Path.cwd()
     where = os.path.relpath(result.run_dir) if result.run_dir.is_relative_to(cwd) else str(result.run_dir)
     print(_launch.summary(result, exec_trace, where), file=sys.stderr)
-    returncode = result.returncode
-    if returncode < 0:
-        # Die of the same signal, so whoever started us sees what they would have seen.
-        try:
-            signal.signal(-returncode, signal.SIG_DFL)
-        except (OSError, ValueError):  # SIGKILL and SIGSTOP cannot be handled, and need not be reset
-            pass
-        os.kill(os.getpid(), -returncode)
-    return returncode
+    return die_of(-result.returncode) if result.returncode < 0 else result.returncode
+
+
+def die_of(signum: int) -> int:
+    """Die of the command's signal, so whoever started us sees what they would have seen; 128 + signum when
+    that signal does not end a process. No core file is written for the launcher: the command's own, when it
+    dumped one, is the one to keep (the same name in the same folder, with the default core_pattern)."""
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError):
+        pass
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        signal.signal(signum, signal.SIG_DFL)
+    except (OSError, ValueError):  # SIGKILL and SIGSTOP cannot be handled, and need not be reset
+        pass
+    os.kill(os.getpid(), signum)
+    return 128 + signum
 
 
 def build_parser() -> argparse.ArgumentParser:

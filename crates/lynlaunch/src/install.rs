@@ -14,9 +14,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// The installed `lynshim` package folder, and the interpreter of its installation.
+/// The installed `lynshim` package folder.
 pub struct Package {
     root: PathBuf,
+    /// Its installation's bytecode tag (`cpython-311`): the interpreter a hand-over goes to.
+    bytecode_tag: String,
 }
 
 /// The installation this binary belongs to: its site-packages folder and that folder's Python version.
@@ -33,11 +35,20 @@ impl Installation {
         let bin = exe.parent()?;
         let recorded =
             format!("../../../{}/{},", bin.file_name()?.to_string_lossy(), exe.file_name()?.to_string_lossy());
+        // The size too: an older lynshim, whose console script had the same name, may be installed
+        // for another Python version in the same prefix.
+        let size = fs::metadata(&exe).ok()?.len().to_string();
+        let lists_this_binary = |line: &str| {
+            line.strip_prefix(&recorded).is_some_and(|rest| rest.rsplit(',').next() == Some(size.as_str()))
+        };
         site_packages(bin.parent()?).into_iter().find_map(|(site, python_name)| {
-            records(&site)
-                .any(|record| record.lines().any(|line| line.starts_with(&recorded)))
-                .then_some(Self { site, python_name })
+            records(&site).any(|record| record.lines().any(lists_this_binary)).then_some(Self { site, python_name })
         })
+    }
+
+    /// The tag of this installation's cached bytecode: `cpython-311` for `python3.11`.
+    fn bytecode_tag(&self) -> String {
+        format!("cpython-{}", self.python_name.trim_start_matches("python").replace('.', ""))
     }
 
     /// The package: in the site-packages folder (a wheel's), or where one of its `lynshim*.pth` files
@@ -48,7 +59,7 @@ impl Installation {
             .map(|folder| folder.join("lynshim"))
             .find(|root| root.join("_bootstrap").join("sitecustomize.py").is_file())
             .and_then(|root| fs::canonicalize(root).ok())
-            .map(|root| Package { root })
+            .map(|root| Package { root, bytecode_tag: self.bytecode_tag() })
     }
 }
 
@@ -69,27 +80,23 @@ impl Package {
     }
 
     /// Whether nothing is left for Python to do before the command starts: the bootstrap's bytecode
-    /// is cached and fresh, or cannot be written (the Python launcher then writes nothing either). The
-    /// Python launcher writes it when missing or stale (py_compile), because under
-    /// `PYTHONDONTWRITEBYTECODE` every traced process would otherwise compile it again; such a run goes
-    /// to the Python launcher, and later ones come back here.
+    /// for this installation's interpreter is cached and fresh, or cannot be written (the Python
+    /// launcher then writes nothing either). The Python launcher writes it when missing or stale
+    /// (py_compile), because under `PYTHONDONTWRITEBYTECODE` every traced process would otherwise
+    /// compile it again; such a run goes to the Python launcher, and later ones come back here.
     pub fn launches_natively(&self) -> bool {
         let bootstrap = self.bootstrap_dir();
         let Ok(source) = fs::metadata(bootstrap.join("sitecustomize.py")).and_then(|m| m.modified()) else {
             return false;
         };
-        let cache = bootstrap.join("__pycache__");
-        // Any interpreter's cached file will do: the Python launcher, too, checks only its own.
-        let fresh = fs::read_dir(&cache).is_ok_and(|entries| {
-            entries.flatten().any(|entry| {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with("sitecustomize.")
-                    && name.ends_with(".pyc")
-                    && entry.metadata().and_then(|m| m.modified()).is_ok_and(|cached: SystemTime| cached >= source)
-            })
-        });
-        fresh || !writable(if cache.is_dir() { &cache } else { &bootstrap })
+        // Where Python caches it: beside the source, or mirrored under PYTHONPYCACHEPREFIX.
+        let cache = match std::env::var_os("PYTHONPYCACHEPREFIX").filter(|p| !p.is_empty()) {
+            Some(prefix) => PathBuf::from(prefix).join(bootstrap.strip_prefix("/").unwrap_or(&bootstrap)),
+            None => bootstrap.join("__pycache__"),
+        };
+        let cached = cache.join(format!("sitecustomize.{}.pyc", self.bytecode_tag));
+        let fresh = fs::metadata(&cached).and_then(|m| m.modified()).is_ok_and(|cached: SystemTime| cached >= source);
+        fresh || !writable(cache.ancestors().find(|dir| dir.is_dir()).unwrap_or(&cache))
     }
 }
 
@@ -206,19 +213,20 @@ fn configures_lynshim(toml: &str) -> bool {
     false
 }
 
-/// The interpreter to hand a command line to: its installation's (`bin/python3.11` beside this binary,
-/// for a package found in `lib/python3.11/`), else `python3` or `python` beside it (a virtual
-/// environment's), else that version's and then any `python3` on `PATH`.
-pub fn python() -> PathBuf {
-    let installation = Installation::of_this_binary();
-    let versioned = installation.as_ref().map(|i| i.python_name.clone());
-    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+/// The interpreters to hand a command line to, in order: its installation's (`python3.11` beside this
+/// binary, for a package found in `lib/python3.11/`), `python3` or `python` beside it (a virtual
+/// environment's), then that version's and any `python3` on `PATH`.
+pub fn pythons() -> Vec<PathBuf> {
+    let versioned = Installation::of_this_binary().map(|i| i.python_name);
     let names: Vec<String> = versioned.iter().cloned().chain(["python3".to_owned(), "python".to_owned()]).collect();
-    beside
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let mut found: Vec<PathBuf> = beside
         .into_iter()
         .flat_map(|bin| names.iter().map(move |name| bin.join(name)).collect::<Vec<_>>())
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(versioned.unwrap_or_else(|| "python3".to_owned())))
+        .filter(|p| p.is_file())
+        .collect();
+    found.extend(versioned.into_iter().chain(["python3".to_owned()]).map(PathBuf::from));
+    found
 }
 
 #[cfg(test)]

@@ -40,24 +40,26 @@ pub fn run(package: &Package, cwd: &Path, run: RunArgs) -> ExitCode {
     for (key, value) in traced_environment(package, &run_dir, &run_id, run.label.as_deref(), preload.as_ref().ok()) {
         command.env(key, value);
     }
-    start_with_the_callers_signal_mask(&mut command);
+    spawn_by_fork_and_exec(&mut command);
 
     let start_unix_ns = unix_ns();
     // In place before the spawn, so that no SIGINT or SIGTERM can end the launcher and leave the command
-    // running without a record; caught, not ignored, so that the command starts with both at their
-    // defaults (exec resets a caught signal, and would keep an ignored one ignored).
+    // running without a record; caught, not ignored, so that the command starts with both as the caller
+    // had them (exec resets a caught signal to its default, and ShellSignals keeps an ignored one ignored).
     let signals = ShellSignals::install();
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
-            drop(signals);
             let (what, code) = match err.kind() {
                 std::io::ErrorKind::NotFound => ("command not found".to_owned(), 127),
                 std::io::ErrorKind::PermissionDenied => ("permission denied".to_owned(), 126),
                 _ => (strerror(&err), 126),
             };
             say(&format!("lynshim: {}: {what}", program.to_string_lossy()));
-            return ExitCode::from(code);
+            let terminated = signals.terminated_meanwhile();
+            drop(signals);
+            // A SIGTERM sent while the command failed to start ends the launcher as it would have.
+            return if terminated { die_of(libc::SIGTERM) } else { ExitCode::from(code) };
         }
     };
     let status = {
@@ -225,46 +227,58 @@ fn new_run_id() -> String {
 
 /// The command's pid while it runs, for the SIGTERM handler; 0 before it starts and once it has ended.
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// The launcher's pid: between fork and exec the command's process runs the same handler.
+static LAUNCHER: AtomicI32 = AtomicI32::new(0);
 /// A SIGTERM came before the command had a pid: it is passed on as soon as it has one.
 static TERM_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// SIGTERM is passed on to the command; SIGINT is left to the terminal, which sends Ctrl-C to the whole
 /// foreground process group, the command included.
 extern "C" fn on_signal(signal: libc::c_int) {
-    if signal != libc::SIGTERM {
-        return;
-    }
-    let pid = CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: errno is this thread's; kill is async-signal-safe and pid is our unreaped child's. The
-        // handler keeps errno as it found it for the code it interrupted.
-        unsafe {
-            let errno = *libc::__errno_location();
-            libc::kill(pid, signal);
-            *libc::__errno_location() = errno;
+    // SAFETY: errno is this thread's; getpid, signal, raise and kill are async-signal-safe, and pid is our
+    // unreaped child's. The handler keeps errno as it found it for the code it interrupted.
+    unsafe {
+        let errno = *libc::__errno_location();
+        if libc::getpid() != LAUNCHER.load(Ordering::SeqCst) {
+            // The command's process before its exec: the signal is the command's, at its default.
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        } else if signal == libc::SIGTERM {
+            let pid = CHILD.load(Ordering::SeqCst);
+            if pid > 0 {
+                libc::kill(pid, signal);
+            } else {
+                TERM_PENDING.store(true, Ordering::SeqCst);
+            }
         }
-    } else {
-        TERM_PENDING.store(true, Ordering::SeqCst);
+        *libc::__errno_location() = errno;
     }
 }
 
-/// Like a shell while the command runs: the launcher outlives SIGINT and passes SIGTERM on. Dropping
-/// restores both signals' previous handling (when the command could not be started).
+/// Like a shell while the command runs: the launcher outlives SIGINT and passes SIGTERM on, except
+/// that a signal its caller ignores stays ignored, for the launcher and the command alike (a
+/// background job's SIGINT, `trap '' TERM`). Dropping restores both signals' previous handling.
 struct ShellSignals {
     previous: [(libc::c_int, libc::sigaction); 2],
 }
 
 impl ShellSignals {
     fn install() -> Self {
+        // SAFETY: getpid has no preconditions.
+        LAUNCHER.store(unsafe { libc::getpid() }, Ordering::SeqCst);
         let install = |signal: libc::c_int| {
-            // SAFETY: both sigactions are valid; the handler only touches atomics and calls kill.
+            // SAFETY: both sigactions are valid; the handler only touches atomics and makes
+            // async-signal-safe calls.
             unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-                action.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut action.sa_mask);
                 let mut previous: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(signal, &action, &mut previous);
+                libc::sigaction(signal, std::ptr::null(), &mut previous);
+                if previous.sa_sigaction != libc::SIG_IGN {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                    action.sa_flags = libc::SA_RESTART;
+                    libc::sigemptyset(&mut action.sa_mask);
+                    libc::sigaction(signal, &action, std::ptr::null_mut());
+                }
                 (signal, previous)
             }
         };
@@ -280,6 +294,11 @@ impl ShellSignals {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
+
+    /// Whether a SIGTERM came while there was no command to pass it on to.
+    fn terminated_meanwhile(&self) -> bool {
+        TERM_PENDING.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for ShellSignals {
@@ -291,20 +310,31 @@ impl Drop for ShellSignals {
     }
 }
 
-/// The command starts with the signal mask the launcher was started with, as from a shell (std's spawn
-/// empties it), and through fork and exec: std's other way, glibc's `posix_spawn`, starts the program with
-/// glibc's internal signals (32 and 33) ignored, which a bare run does not.
-fn start_with_the_callers_signal_mask(command: &mut Command) {
+/// Starts the command by fork and exec, as a shell does: with a `pre_exec` step std cannot use its other
+/// way, glibc's `posix_spawn`, which starts the program with glibc's internal signals (32 and 33) ignored,
+/// where a bare run has them at their defaults. (The command inherits the launcher's signal mask either
+/// way.) The step also gives the command back an ignored SIGCHLD: a caller that ignores it would leave
+/// the launcher a child the kernel reaps unseen, with no exit status to report, so the launcher takes
+/// SIGCHLD back to its default for itself.
+fn spawn_by_fork_and_exec(command: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: an all-zero sigset_t is valid to pass for writing; a null new set only reads the mask.
-    let mut callers: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut callers) };
-    // SAFETY: the closure runs in the child between fork and exec and only calls pthread_sigmask,
-    // which is async-signal-safe, on a set it owns.
+    // SAFETY: previous is valid and writable; a null new action only reads the disposition.
+    let sigchld_ignored = unsafe {
+        let mut previous: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut previous);
+        previous.sa_sigaction == libc::SIG_IGN
+    };
+    if sigchld_ignored {
+        // SAFETY: setting a disposition to its default has no preconditions.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    }
+    // SAFETY: the step runs in the child between fork and exec and calls only signal, which is
+    // async-signal-safe.
     unsafe {
         command.pre_exec(move || {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &callers, std::ptr::null_mut());
+            if sigchld_ignored {
+                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            }
             Ok(())
         });
     }

@@ -1,7 +1,7 @@
 //! The `lynshim` command, native.
 //!
-//! `lynshim run` stands in front of every traced command. As a Python console script it cost about
-//! 70 ms a run (an interpreter starting, then `lynshim.cli` importing), 7 % of a one-second command
+//! `lynshim run` stands in front of every traced command. As a Python console script it cost 55–70 ms
+//! a run (an interpreter starting, then `lynshim.cli` importing; `make bench`), 7 % of a one-second command
 //! traced alone (#17). This binary launches `run` itself, so that only a spawn stands in front of the
 //! command, and leaves the command line's definition where it was: argparse in `lynshim.cli`. It
 //! recognises exactly the plain forms of `run` it implements ([`args`]) and hands every other command
@@ -47,10 +47,18 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
 /// `python -m lynshim ARGS…` in this process's place: the Python CLI, for everything not launched here.
 fn hand_over(argv: &[OsString]) -> ExitCode {
     use std::os::unix::process::CommandExt;
-    let python = install::python();
-    // -P: the working directory is not put first on sys.path (a `lynshim` folder there would be
-    // imported instead), as it is not for a console script.
-    let err = std::process::Command::new(&python).args(["-P", "-m", "lynshim"]).args(argv).exec();
+    let mut failure = None;
+    for python in install::pythons() {
+        // -P: the working directory is not put first on sys.path (a `lynshim` folder there would be
+        // imported instead), as it is not for a console script.
+        let err = std::process::Command::new(&python).args(["-P", "-m", "lynshim"]).args(argv).exec();
+        let not_found = err.kind() == std::io::ErrorKind::NotFound;
+        failure = Some((python, err));
+        if !not_found {
+            break;
+        }
+    }
+    let (python, err) = failure.unwrap_or_else(|| ("python3".into(), std::io::ErrorKind::NotFound.into()));
     let _ = writeln!(
         std::io::stderr(),
         "lynshim: cannot start {} to run lynshim's Python command line: {err}; \

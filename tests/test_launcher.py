@@ -350,25 +350,35 @@ def test_both_launchers_fail_and_report_alike(tmp_path: Path, case: str) -> None
         assert " ".join(words) == "lynshim: traced 0 Python processes and 1 other process; traces in OUT"
 
 
+#: Ignores the signals numbered in argv[1] (comma-separated), then runs argv[2:]: a caller that ignores them
+#: (a background job's SIGINT, `nohup`'s, a CI runner's). Python, not `sh -c "trap '' …"`: a shell keeps
+#: SIGCHLD for itself whatever `trap` says.
+IGNORE_THEN_EXEC = (
+    "import os, signal, sys; [signal.signal(int(s), signal.SIG_IGN) for s in sys.argv[1].split(',')];"
+    " os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def report_ignoring(cwd: Path, signals: list[int], *prefix: str) -> dict[str, Any]:
+    """SELF_REPORT's report, run by ``prefix`` (a launcher's command line, or nothing) from a caller that
+    ignores ``signals``."""
+    proc = subprocess.run(
+        [PY, "-c", IGNORE_THEN_EXEC, ",".join(map(str, signals)), *prefix, PY, "-c", SELF_REPORT],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 5, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_signals_the_caller_ignores_stay_ignored(tmp_path: Path, launcher: tuple[str, ...]) -> None:
     """A background job's SIGINT, a `trap '' TERM`: the command ignores them as it would bare."""
-    shell = "trap '' INT TERM; exec \"$@\""
-    command = [PY, "-c", SELF_REPORT]
-
-    def report(*prefix: str) -> dict[str, Any]:
-        proc = subprocess.run(
-            ["sh", "-c", shell, "sh", *prefix, *command],
-            cwd=tmp_path,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 5, proc.stderr
-        return json.loads(proc.stdout)
-
-    bare = report()
-    traced = report(*launcher, "run", "-o", str(tmp_path / "t"), "--")
+    ignored = [signal.SIGINT, signal.SIGTERM]
+    bare = report_ignoring(tmp_path, ignored)
+    traced = report_ignoring(tmp_path, ignored, *launcher, "run", "-o", str(tmp_path / "t"), "--")
     assert traced["parent"] == launched_by(launcher)
     assert traced["signals"] == bare["signals"]
     assert int(bare["signals"]["SigIgn"], 16) & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGTERM - 1))
@@ -377,22 +387,11 @@ def test_signals_the_caller_ignores_stay_ignored(tmp_path: Path, launcher: tuple
 def test_a_caller_that_ignores_sigchld_still_gets_the_exit_status(tmp_path: Path, launcher: tuple[str, ...]) -> None:
     """With SIGCHLD ignored the kernel reaps children unseen: the launcher waits for the command all the
     same, and the command still starts with SIGCHLD ignored, as it would bare."""
-    # (A shell keeps SIGCHLD for itself whatever `trap` says: Python sets it.)
-    ignoring = (
-        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
-    )
     out = tmp_path / "t"
-    proc = subprocess.run(
-        [PY, "-c", ignoring, *launcher, "run", "-o", str(out), "--", PY, "-c", SELF_REPORT],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 5, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["parent"] == launched_by(launcher)
-    assert int(report["signals"]["SigIgn"], 16) & 1 << (signal.SIGCHLD - 1)
+    bare = report_ignoring(tmp_path, [signal.SIGCHLD])
+    traced = report_ignoring(tmp_path, [signal.SIGCHLD], *launcher, "run", "-o", str(out), "--")
+    assert traced["parent"] == launched_by(launcher)
+    assert traced["signals"] == bare["signals"]
+    assert int(bare["signals"]["SigIgn"], 16) & 1 << (signal.SIGCHLD - 1)
     (run_dir,) = out.iterdir()
     assert json.loads((run_dir / schema.RUN_RECORD).read_text())["exit_status"] == 5

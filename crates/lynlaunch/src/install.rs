@@ -17,7 +17,7 @@ use std::time::SystemTime;
 /// The installed `lynshim` package folder.
 pub struct Package {
     root: PathBuf,
-    /// Its installation's bytecode tag (`cpython-311`): the interpreter a hand-over goes to.
+    /// Its installation's bytecode tag (`cpython-311`), in the name of the bootstrap's cached file.
     bytecode_tag: String,
 }
 

@@ -105,7 +105,9 @@ class Trace:
         stacks: dict[int, list[dict[str, Any]]] = {}
         for e in self.events:
             ph = e.get("ph")
-            if ph == "B":
+            if ph in ("B", "X"):
+                # lynshim writes a span with nothing recorded inside it whole, as an `X` event (its own
+                # start-up and teardown spans too): inside the spans open on its thread, like a `B`.
                 stack = stacks.setdefault(e["tid"], [])
                 span = {
                     "name": e["name"],
@@ -118,28 +120,17 @@ class Trace:
                     "parent": stack[-1]["name"] if stack else None,
                     "parent_span": stack[-1] if stack else None,
                 }
-                stack.append(span)
                 out.append(span)
+                if ph == "X":
+                    span["dur"] = e["dur"]
+                else:
+                    stack.append(span)
             elif ph == "E":
                 stack = stacks.get(e["tid"], [])
                 if stack:
                     span = stack.pop()
                     span["dur"] = e["ts"] - span["ts"]
                     span["args"].update(e.get("args", {}))
-            elif ph == "X":
-                out.append(
-                    {
-                        "name": e["name"],
-                        "cat": e["cat"],
-                        "ts": e["ts"],
-                        "dur": e["dur"],
-                        "tid": e["tid"],
-                        "depth": None,
-                        "args": e.get("args", {}),
-                        "parent": None,
-                        "parent_span": None,
-                    }
-                )
         return [s for s in out if cat is None or s["cat"] == cat]
 
     def counters(self, name: str) -> list[float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_env
+from conftest import clean_env, load_events
 from lynshim import _args, _native, _patch
 from lynshim._native import schema
 
@@ -171,8 +171,8 @@ def test_a_value_that_cannot_be_described_never_breaks_the_call(tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     events = json.loads(Path(proc.stdout.strip()).read_text())
-    begin = next(e for e in events if e["ph"] == "B" and e["name"] == "f")
-    assert begin["args"] == {"lynshim_error": "RuntimeError"}
+    call = next(e for e in events if e["ph"] == "X" and e["name"] == "f")
+    assert call["args"] == {"lynshim_error": "RuntimeError"}
 
 
 def test_results_exceptions_and_whether_the_field_was_found() -> None:
@@ -271,19 +271,23 @@ def test_a_call_by_vectorcall_records_and_returns_what_a_call_with_a_tuple_does(
     proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     path, outcomes = json.loads(proc.stdout)
-    events = [e for e in json.loads(Path(path).read_text()) if e.get("cat") == schema.CAT_FIELD]
-    begins = [e["args"] for e in events if e["ph"] == "B"]
-    ends = [e.get("args") for e in events if e["ph"] == "E"]
-    assert len(begins) == len(ends) == len(outcomes) == 14
+    events = load_events(Path(path))
+    # Each call is a leaf, written whole: one `X` event, its args at the begin and at the end in one object.
+    calls = [e for e in events if e.get("cat") == schema.CAT_FIELD]
+    assert {e["ph"] for e in calls} == {"X"}
+    args = [e.get("args", {}) for e in calls]
+    assert len(args) == len(outcomes) == 14
     for i in range(0, 14, 2):
         assert outcomes[i][0] == "vectorcall" and outcomes[i + 1][0] == "tuple"
         assert outcomes[i][1:] == outcomes[i + 1][1:]
-        assert begins[i] == begins[i + 1] and ends[i] == ends[i + 1]
-    assert outcomes[0][1] == "TypeError" and begins[0] == {"user_file": "_config.yml", "password": "[redacted]"}
-    assert begins[6] == {"field": "title", "fields": "dict[0]", "user_file": "u.yml", "arg3": 1, "arg4": 2,
-                         "password": "[redacted]", "extra": 3}  # fmt: skip
-    assert begins[8]["token"] == "[redacted]" and begins[8]["field"] == "title"
-    assert outcomes[10][1:] == ["KeyError", "'boom'", "f"] and ends[10] == {"error": "KeyError"}
+        assert args[i] == args[i + 1]
+    assert outcomes[0][1] == "TypeError"
+    assert args[0] == {"user_file": "_config.yml", "password": "[redacted]", "error": "TypeError"}
+    assert args[6] == {"field": "title", "fields": "dict[0]", "user_file": "u.yml", "arg3": 1, "arg4": 2,
+                       "password": "[redacted]", "extra": 3, "found": True, "result": "list[6]"}  # fmt: skip
+    assert args[8]["token"] == "[redacted]" and args[8]["field"] == "title"
+    assert outcomes[10][1:] == ["KeyError", "'boom'", "f"]
+    assert args[10]["field"] == "boom" and args[10]["error"] == "KeyError"
     assert outcomes[12][2] == "('Owner', 'title', {'file': 'a.md'})"
     assert proc.stderr == ""
-    assert [e["ph"] for e in json.loads(Path(path).read_text()) if e.get("name") == "factory"] == ["B", "E"]
+    assert [e["ph"] for e in events if e.get("name") == "factory"] == ["X"]

@@ -80,6 +80,16 @@ def process_facts(trace: Path) -> dict[str, Any]:
             rss.append((ts, e["args"].get(schema.ARG_BYTES)))
         if e.get("tid") != tid:
             continue
+        if ph in ("B", "X"):
+            # A call begins: a `B`, or an `X` for a call written whole (one with nothing recorded inside it).
+            cat = e.get("cat") or ""
+            if cat not in NOT_CALLS:
+                calls[e.get("name", "")] += 1
+                cats[cat] += 1
+            if cat == schema.CAT_CONFIG:
+                for v in (e.get("args") or {}).values():
+                    if isinstance(v, str) and (".yml" in v or ".yaml" in v):
+                        config_reads[v] += 1
         if ph == "X" and e.get("cat") != schema.CAT_MEMORY and (e.get("dur") or 0) > 0:
             if ts > cursor:
                 segs.append((cursor, ts, current()))
@@ -90,14 +100,6 @@ def process_facts(trace: Path) -> dict[str, Any]:
                 segs.append((cursor, ts, current()))
                 cursor = ts
             stack.append((e.get("cat") or "", e.get("name") or ""))
-            cat = e.get("cat") or ""
-            if cat not in NOT_CALLS:
-                calls[e.get("name", "")] += 1
-                cats[cat] += 1
-            if cat == schema.CAT_CONFIG:
-                for v in (e.get("args") or {}).values():
-                    if isinstance(v, str) and (".yml" in v or ".yaml" in v):
-                        config_reads[v] += 1
         elif ph == "E" and stack:
             if ts > cursor:
                 segs.append((cursor, ts, current()))

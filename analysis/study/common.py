@@ -366,6 +366,9 @@ def spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 i = stack.pop()
                 out[i]["dur"] = e["ts"] - out[i]["ts"]
         elif ph == "X":
+            # A whole span (lynshim writes a span with nothing recorded inside it as one): inside the spans
+            # open on its thread, like a begin and its end.
+            stack = stacks.get(e["tid"], [])
             out.append(
                 {
                     "name": e["name"],
@@ -373,7 +376,7 @@ def spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "ts": e["ts"],
                     "dur": e.get("dur", 0.0),
                     "tid": e["tid"],
-                    "parent": None,
+                    "parent": stack[-1] if stack else None,
                     "args": e.get("args", {}),
                 }
             )

@@ -26,24 +26,30 @@ pub(crate) fn plain_event(line: &str) -> Option<RawEvent<'_>> {
     };
     let (name, rest) = plain_string(rest.strip_prefix(r#","name":""#)?)?;
     let (ph, rest) = plain_string(rest.strip_prefix(r#","ph":""#)?)?;
-    ids_and_time(rest, ph, name, cat, dur)
+    ids_and_time(rest, ph, name, cat, Some(dur))
 }
 
 /// The same line as lynshim's session writes it since its keys follow the event's own order:
-/// `{"ph":"B","name":"numpy","cat":"import","pid":7,"tid":7,"ts":210.5}` (no `dur`, no args).
+/// `{"ph":"B","name":"numpy","cat":"import","pid":7,"tid":7,"ts":210.5}`, or a whole span
+/// `{"ph":"X",…,"ts":210.5,"dur":4.25}` (no args).
 fn written_in_order(line: &str) -> Option<RawEvent<'_>> {
     let (ph, rest) = plain_string(line.strip_prefix(r#"{"ph":""#)?)?;
     let (name, rest) = plain_string(rest.strip_prefix(r#","name":""#)?)?;
     let (cat, rest) = plain_string(rest.strip_prefix(r#","cat":""#)?)?;
-    ids_and_time(rest, ph, name, cat, 0.0)
+    ids_and_time(rest, ph, name, cat, None)
 }
 
 /// The tail both key orders share, `,"pid":…,"tid":…,"ts":…}`, read into the event of a line whose
-/// `ph`, `name`, `cat` and `dur` were read before it.
-fn ids_and_time<'a>(rest: &str, ph: &'a str, name: &'a str, cat: &'a str, dur: f64) -> Option<RawEvent<'a>> {
+/// `ph`, `name` and `cat` were read before it, and its `dur` when the key order put it first; in
+/// lynshim's own order (`dur` `None` here) a `dur` may follow the time.
+fn ids_and_time<'a>(rest: &str, ph: &'a str, name: &'a str, cat: &'a str, dur: Option<f64>) -> Option<RawEvent<'a>> {
     let rest = skip_pid(rest.strip_prefix(r#","pid":"#)?)?;
     let (tid, rest) = number(rest.strip_prefix(r#","tid":"#)?)?;
     let (ts, rest) = number(rest.strip_prefix(r#","ts":"#)?)?;
+    let (dur, rest) = match (dur, rest.strip_prefix(r#","dur":"#)) {
+        (None, Some(rest)) => number(rest)?,
+        (dur, _) => (dur.unwrap_or(0.0), rest),
+    };
     (rest == "}").then(|| RawEvent {
         ph: Cow::Borrowed(ph),
         name: Cow::Borrowed(name),
@@ -263,6 +269,15 @@ mod tests {
         ] {
             lines.push(in_order("B", name, tid, ts));
         }
+        // Whole spans, as lynshim writes a span with nothing recorded inside it.
+        for dur in ["2.5", "0.0", "0", "1e3", "07", "-1.0", "", "NaN", "1.5,\"dur\":2.0", "1.0,\"x\":1"] {
+            lines.push(format!(r#"{{"ph":"X","name":"x","cat":"import","pid":7,"tid":7,"ts":10.125,"dur":{dur}}}"#));
+        }
+        lines.push(r#"{"ph":"X","name":"x","cat":"import","pid":7,"tid":7,"dur":2.5,"ts":1.0}"#.to_owned());
+        lines.push(r#"{"cat":"import","dur":12.5,"name":"x","ph":"X","pid":7,"tid":7,"ts":1.0,"dur":3.0}"#.to_owned());
+        lines.push(
+            r#"{"ph":"X","name":"x","cat":"field","pid":7,"tid":7,"ts":1.0,"dur":2.5,"args":{"a":1}}"#.to_owned(),
+        );
         lines.push(r#"{"ph":"B","name":"x","cat":"import","pid":7,"tid":7,"ts":1.0,"args":{"a":1}}"#.to_owned());
         lines.push(r#"{"ph":"B","name":"x","cat":"import","pid":7,"tid":7,"ts":1.0}}"#.to_owned());
         lines.push(r#"{"cat":"import","dur":12.5,"name":"x","ph":"X","pid":7,"tid":7,"ts":1.0}"#.to_owned());
@@ -293,6 +308,16 @@ mod tests {
         // calls, are left to serde_json).
         let plain = lines.iter().filter(|l| !l.contains(r#""args""#)).count();
         assert!(read_fast * 20 > plain * 19, "{read_fast} of {plain} lines without args");
+    }
+
+    /// A whole span as lynshim writes it takes the fast path, its `dur` read after its time.
+    #[test]
+    fn whole_spans_in_lynshims_order_take_the_fast_path() {
+        let line = r#"{"ph":"X","name":"numpy.core","cat":"import","pid":7,"tid":9,"ts":10.125,"dur":2.5}"#;
+        let event = plain_event(line).expect("fast path");
+        assert_eq!((&*event.ph, &*event.name, event.tid, event.ts, event.dur), ("X", "numpy.core", 9, 10.125, 2.5));
+        let begin = r#"{"ph":"B","name":"numpy.core","cat":"import","pid":7,"tid":9,"ts":10.125}"#;
+        assert_eq!(plain_event(begin).expect("fast path").dur, 0.0);
     }
 
     /// A reproducible stream of pseudo-random numbers (xorshift64).

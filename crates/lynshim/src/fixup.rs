@@ -178,15 +178,36 @@ impl<W: Write> Fixup<W> {
         let mut prefix = ThreadPrefix::default();
         for (records, text) in parts {
             // Read in place, not moved out: a record is about 100 bytes.
-            for record in &records {
+            let mut at = 0;
+            while let Some(record) = records.get(at) {
+                at += 1;
                 match record {
                     Record::Begin { tid, ns, name, cat, args } => {
                         let prefix = prefix.of(self.pid, *tid);
-                        self.write_span(b"B", prefix, *ns, name, cat, *args, &text, out);
+                        // A span that ends before anything else is recorded (a leaf call, a leaf import:
+                        // most spans) is written whole, as one complete event.
+                        if let Some(Record::End {
+                            tid: end_tid,
+                            ns: end_ns,
+                            name: end_name,
+                            cat: end_cat,
+                            args: end_args,
+                        }) = records.get(at)
+                        {
+                            let both = [text_of(&text, *args), text_of(&text, *end_args)];
+                            if end_tid == tid && end_name == name && end_cat == cat && mergeable(both) {
+                                let span = Span { ns: *ns, end_ns: Some(*end_ns), name, cat };
+                                self.write_span(prefix, &span, both, out);
+                                at += 1;
+                                continue;
+                            }
+                        }
+                        let span = Span { ns: *ns, end_ns: None, name, cat };
+                        self.write_span(prefix, &span, [text_of(&text, *args), None], out);
                     }
                     Record::End { tid, ns, name, cat, args } => {
                         let prefix = prefix.of(self.pid, *tid);
-                        self.write_span(b"E", prefix, *ns, name, cat, *args, &text, out);
+                        self.write_end(prefix, *ns, name, cat, text_of(&text, *args), out);
                     }
                     Record::Own { tid, ns, event } => {
                         let events = self.fix_own_event(event, *tid, self.ts_us(*ns));
@@ -198,36 +219,42 @@ impl<W: Write> Fixup<W> {
         }
     }
 
-    /// `{"ph":…,"name":…,"cat":…,"pid":…,"tid":…,"ts":…,"args":…}`, in this order (lynload's fast path
-    /// reads span events in it); `thread` is the `pid`…`ts` part up to the time ([`ThreadPrefix`]).
-    #[allow(clippy::too_many_arguments)]
-    fn write_span(
-        &self,
-        ph: &[u8],
-        thread: &[u8],
-        ns: u64,
-        name: &str,
-        cat: &str,
-        args: Option<Text>,
-        text: &str,
-        out: &mut Vec<u8>,
-    ) {
-        let args = args.and_then(|Text { start, len }| text.get(start..start + len)).filter(|a| *a != "{}");
-        // One reservation for the whole event (the numbers need at most 25 bytes, the keys 40).
+    /// A span's begin (`B`), or the whole span (`X`, with its `dur`) when its end is known, as
+    /// `{"ph":…,"name":…,"cat":…,"pid":…,"tid":…,"ts":…[,"dur":…][,"args":…]}`, in this order (lynload's
+    /// fast path reads span events in it); `thread` is the `pid`…`ts` part up to the time
+    /// ([`ThreadPrefix`]). The args of a whole span are its begin's and its end's in one object, as a
+    /// reader merges a `B`'s and its `E`'s.
+    fn write_span(&self, thread: &[u8], span: &Span<'_>, args: [Option<&str>; 2], out: &mut Vec<u8>) {
+        let args_len = args.iter().flatten().map(|a| a.len()).sum::<usize>();
+        // One reservation for the whole event (the numbers need at most 50 bytes, the keys 50).
+        out.reserve(100 + span.name.len() + span.cat.len() + thread.len() + args_len);
+        self.separate(out);
+        out.extend_from_slice(if span.end_ns.is_some() { br#"{"ph":"X","name":"# } else { br#"{"ph":"B","name":"# });
+        crate::json::push_str_bytes(out, span.name);
+        out.extend_from_slice(br#","cat":"#);
+        crate::json::push_str_bytes(out, span.cat);
+        out.extend_from_slice(thread);
+        push_micros(out, self.ts_ns(span.ns));
+        if let Some(end_ns) = span.end_ns {
+            out.extend_from_slice(br#","dur":"#);
+            #[allow(clippy::cast_possible_wrap)]
+            push_micros(out, end_ns.saturating_sub(span.ns) as i64);
+        }
+        push_args(out, args);
+        out.push(b'}');
+    }
+
+    /// A span's end (`E`), keyed as [`Fixup::write_span`] keys a begin.
+    fn write_end(&self, thread: &[u8], ns: u64, name: &str, cat: &str, args: Option<&str>, out: &mut Vec<u8>) {
         out.reserve(80 + name.len() + cat.len() + thread.len() + args.map_or(0, str::len));
         self.separate(out);
-        out.extend_from_slice(br#"{"ph":""#);
-        out.extend_from_slice(ph);
-        out.extend_from_slice(br#"","name":"#);
+        out.extend_from_slice(br#"{"ph":"E","name":"#);
         crate::json::push_str_bytes(out, name);
         out.extend_from_slice(br#","cat":"#);
         crate::json::push_str_bytes(out, cat);
         out.extend_from_slice(thread);
         push_micros(out, self.ts_ns(ns));
-        if let Some(args) = args {
-            out.extend_from_slice(br#","args":"#);
-            out.extend_from_slice(args.as_bytes());
-        }
+        push_args(out, [args, None]);
         out.push(b'}');
     }
 
@@ -401,6 +428,45 @@ impl ThreadPrefix {
     }
 }
 
+/// What [`Fixup::write_span`] writes of a span: its begin, and its end when it is written whole.
+struct Span<'a> {
+    ns: u64,
+    end_ns: Option<u64>,
+    name: &'a str,
+    cat: &'a str,
+}
+
+/// The args a record points to in its batch's text; `None` for none, and for an empty object.
+fn text_of(text: &str, args: Option<Text>) -> Option<&str> {
+    args.and_then(|Text { start, len }| text.get(start..start + len)).filter(|a| *a != "{}")
+}
+
+/// Can [`push_args`] write these args as one object? Every writer of args writes an object; anything
+/// else is written as it came, on a `B` and an `E` of its own.
+fn mergeable(args: [Option<&str>; 2]) -> bool {
+    match args {
+        [Some(first), Some(second)] => first.ends_with('}') && second.starts_with('{'),
+        _ => true,
+    }
+}
+
+/// `,"args":{…}`: the JSON objects in `args` as one (each is written by lynshim, `{` to `}`), or nothing
+/// when there are none.
+fn push_args(out: &mut Vec<u8>, args: [Option<&str>; 2]) {
+    let mut objects = args.into_iter().flatten();
+    let Some(first) = objects.next() else { return };
+    out.extend_from_slice(br#","args":"#);
+    match objects.next() {
+        None => out.extend_from_slice(first.as_bytes()),
+        Some(second) => {
+            // `{"a":1}` and `{"b":2}` make `{"a":1,"b":2}`: the first's `}` and the second's `{` go.
+            out.extend_from_slice(&first.as_bytes()[..first.len() - 1]);
+            out.push(b',');
+            out.extend_from_slice(&second.as_bytes()[1..]);
+        }
+    }
+}
+
 fn trim_line(mut line: &[u8]) -> &[u8] {
     while let [first, rest @ ..] = line {
         if first.is_ascii_whitespace() || *first == b',' {
@@ -544,24 +610,109 @@ mod tests {
         f.close();
         assert_eq!(f.batches_parsed_in_full(), 0);
         let ev = events(&f.into_inner());
-        assert_eq!(ev.len(), 5);
+        assert_eq!(ev.len(), 4);
         assert_eq!(ev[0]["ph"], "M");
         assert_eq!(ev[0]["tid"], 77);
-        assert_eq!(ev[1]["ph"], "B");
+        // A begin followed at once by its end is the whole span: one complete event.
+        assert_eq!(ev[1]["ph"], "X");
         assert_eq!(ev[1]["name"], "lynguine");
         assert_eq!(ev[1]["cat"], "import");
         assert_eq!(ev[1]["pid"], 4242);
         assert_eq!(ev[1]["tid"], 77);
         // The recorded time, shifted to the process start; not tracing-chrome's time of the batch.
         assert_eq!(ev[1]["ts"], 6000.0);
-        assert_eq!(ev[1]["args"]["file"], "talk.md");
+        assert_eq!(ev[1]["dur"], 4000.0);
+        // The begin's args and the end's, in one object.
+        assert_eq!(ev[1]["args"], json!({"file": "talk.md", "rows": 3}));
         assert_eq!(ev[2]["ph"], "E");
-        assert_eq!(ev[2]["args"], json!({"rows": 3}));
-        assert!(ev[3].get("args").is_none());
+        assert!(ev[2].get("args").is_none());
         assert_eq!(
-            (ev[4]["ph"].as_str(), ev[4]["tid"].as_u64(), ev[4]["ts"].as_f64()),
+            (ev[3]["ph"].as_str(), ev[3]["tid"].as_u64(), ev[3]["ts"].as_f64()),
             (Some("C"), Some(78), Some(11000.0))
         );
+    }
+
+    fn begin(tid: u64, ns: u64, name: &'static str, args: Option<Text>) -> Record {
+        Record::Begin { tid, ns, name: name.into(), cat: "field".into(), args }
+    }
+
+    fn end(tid: u64, ns: u64, name: &'static str, args: Option<Text>) -> Record {
+        Record::End { tid, ns, name: name.into(), cat: "field".into(), args }
+    }
+
+    /// The spans a reader sees, whichever events they were written as: (tid, name, ts, dur, args), in
+    /// the order they begin.
+    fn spans(events: &[Value]) -> Vec<(u64, String, f64, f64, Value)> {
+        let mut out: Vec<(u64, String, f64, f64, Value)> = Vec::new();
+        let mut open: Vec<(u64, usize)> = Vec::new();
+        for e in events {
+            let tid = e["tid"].as_u64().expect("tid");
+            let ts = e["ts"].as_f64().expect("ts");
+            let args = e.get("args").cloned().unwrap_or_else(|| json!({}));
+            match e["ph"].as_str() {
+                Some("X") => {
+                    out.push((tid, e["name"].as_str().expect("name").into(), ts, e["dur"].as_f64().expect("dur"), args))
+                }
+                Some("B") => {
+                    open.push((tid, out.len()));
+                    out.push((tid, e["name"].as_str().expect("name").into(), ts, f64::NAN, args));
+                }
+                Some("E") => {
+                    let at = open.iter().rposition(|(t, _)| *t == tid).expect("an open span");
+                    let (_, index) = open.remove(at);
+                    let span = &mut out[index];
+                    span.3 = ts - span.2;
+                    if let (Some(begun), Some(ended)) = (span.4.as_object_mut(), args.as_object()) {
+                        begun.extend(ended.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn only_a_span_with_nothing_recorded_inside_it_is_written_whole() {
+        let (mut f, batches) = fixup();
+        let text = r#"{"a":1}{"b":2}{"c":3}[4]"#;
+        let t = |start, len| Some(Text { start, len });
+        let records = vec![
+            // Nested: the inner span is whole, the outer one begins and ends around it.
+            begin(1, 1_000, "outer", t(0, 7)),
+            begin(1, 2_000, "inner", None),
+            end(1, 3_000, "inner", t(7, 7)),
+            end(1, 4_000, "outer", None),
+            // Another thread's record in between: written as they came.
+            begin(1, 5_000, "interleaved", None),
+            begin(2, 5_500, "other", None),
+            end(1, 6_000, "interleaved", None),
+            end(2, 6_500, "other", t(14, 7)),
+            // An end of another name (a span left open inside it) is not this begin's.
+            begin(1, 7_000, "left open", None),
+            end(1, 8_000, "outer", None),
+            // Args that are not an object cannot be merged: a begin and an end of its own.
+            begin(1, 9_000, "odd", t(0, 7)),
+            end(1, 9_500, "odd", t(21, 3)),
+        ];
+        f.write_all(&batch_line(&batches, records, text)).unwrap();
+        f.flush().unwrap();
+        f.close();
+        let ev = events(&f.into_inner());
+        let phases: Vec<&str> = ev.iter().map(|e| e["ph"].as_str().expect("ph")).collect();
+        assert_eq!(phases, ["B", "X", "E", "B", "B", "E", "E", "B", "E", "B", "E"]);
+        let whole = &ev[1];
+        assert_eq!(
+            (whole["name"].as_str(), whole["ts"].as_f64(), whole["dur"].as_f64()),
+            (Some("inner"), Some(1002.0), Some(1.0))
+        );
+        assert_eq!(whole["args"], json!({"b": 2}));
+        assert_eq!(ev[6]["args"], json!({"c": 3}));
+        assert_eq!(ev[10]["args"], json!([4]));
+        let spans = spans(&ev);
+        assert_eq!(spans[0], (1, "outer".into(), 1001.0, 3.0, json!({"a": 1})));
+        assert_eq!(spans[1], (1, "inner".into(), 1002.0, 1.0, json!({"b": 2})));
+        assert_eq!(spans[3], (2, "other".into(), 1005.5, 1.0, json!({"c": 3})));
     }
 
     #[test]

@@ -82,10 +82,11 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} (IQR {q[0]:.3f}–{q[2]:.3f}, n={len(values)})"
 
 
-def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
     """A distribution-free confidence interval for the median: the order statistics x(j) and x(n+1-j) with
     the largest j for which fewer than j of n values fall below the median with probability at most
-    (1 - confidence) / 2 (binomial, p = 1/2). With 20 values it is x(6)–x(15), 95.9 %."""
+    (1 - confidence) / 2 (binomial, p = 1/2). With 20 values it is x(6)–x(15), 95.9 %. None when there are
+    too few values for any interval to reach that confidence (five or fewer, at 95 %)."""
     n = len(values)
     ordered = sorted(values)
     below, j = 0.0, 0
@@ -94,15 +95,23 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
         below += math.comb(n, j) / 2**n
         j += 1
     if j == 0:
-        return ordered[0], ordered[-1]
+        return None
     return ordered[j - 1], ordered[n - j]
+
+
+def interval_text(values: list[float]) -> str:
+    interval = median_interval(values)
+    return "too few pairs" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
 
 
 def ratio_verdict(ratios: list[float], target: float) -> str:
     """The summary's words for a median ratio against its target, and what the noise lets this run say."""
     median = statistics.median(ratios)
-    low, high = median_interval(ratios)
     verdict = "met" if median <= target else f"missed by {median - target:.3f}"
+    interval = median_interval(ratios)
+    if interval is None:
+        return f"median ratio {median:.3f} — target ≤ {target} {verdict}; too few pairs for a 95 % interval"
+    low, high = interval
     if high <= target:
         settled = f"the whole 95 % interval of the median ({low:.3f}–{high:.3f}) is within it"
     elif low > target:
@@ -186,8 +195,9 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             if name == "python -X importtime":
                 n = pairs
             ratios = [t / b for b, t in paired(n, bare_cmd, cmd, cwd)]
-            low, high = median_interval(ratios)
-            rows.append(f"| {label} | {name} | {spread(ratios)} | {low:.3f}–{high:.3f} | {'≤ 1.02' if ours else ''} |")
+            rows.append(
+                f"| {label} | {name} | {spread(ratios)} | {interval_text(ratios)} | {'≤ 1.02' if ours else ''} |"
+            )
             if ours:
                 notes.append(f"{name} on {label}: {ratio_verdict(ratios, 1.02)}")
     if not talk_dir.is_dir():
@@ -831,16 +841,17 @@ to reproduce; expect other numbers on another machine or under other load.
   worked out when the function is wrapped), timestamps the begin and end and appends them, their args
   written as JSON straight into the session's buffer, to the session's list under its lock; the emitter
   thread files full lists as one batch and sends one `tracing` event naming it, and the writer behind
-  tracing-chrome writes the batch's events: a span whose end follows its begin with nothing recorded in
-  between (every call here, and most imports) as one complete (`X`) event instead of a `B` and an `E`. "ns/call" is the caller's wall time in a tight loop, where the
+  tracing-chrome writes the batch's events: a span whose end follows its begin in the same list with
+  nothing recorded in between (nearly every call here, half the imports) as one complete (`X`) event
+  instead of a `B` and an `E`. "ns/call" is the caller's wall time in a tight loop, where the
   two background threads compete with it for this machine's two cores; "caller CPU" is what the calling
   thread itself spends; "process CPU" adds the background threads' work, until the last event is in the
   file. The component table under it times each piece. wrapt's timer records no arguments and writes
   nothing, and viztracer's C tracer stores a fixed record per call in a ring buffer and writes at exit.
 - `import lynshim`: compared with `import json` in the same run (table 3).
 - Analyzer: the phase timings in the summary (a second run on 1 000 files). Nearly every line of a trace
-  is an import's begin or end in lynshim's own key order: those are read by a fast path and serde_json reads
-  the rest; span names are held once per loading thread; the span frame is filled in place, in parallel;
+  is an import's begin, end or whole span, without args, in lynshim's own key order: those are read by a
+  fast path and serde_json reads the rest; span names are held once per loading thread; the span frame is filled in place, in parallel;
   the import totals are summed over the frame's columns per chunk of processes instead of polars group-bys;
   mimalloc allocates. The 10 000-file row is slower per MB than the 1 000-file one: its gigabytes of spans
   and frame are fresh memory the kernel must hand over page by page.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_env, load_events
+from conftest import Trace, clean_env, load_events
 from lynshim import _args, _native, _patch
 from lynshim._native import schema
 
@@ -170,8 +170,8 @@ def test_a_value_that_cannot_be_described_never_breaks_the_call(tmp_path: Path) 
     ).replace("DIR", repr(str(tmp_path)))
     proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    events = json.loads(Path(proc.stdout.strip()).read_text())
-    call = next(e for e in events if e["ph"] == "X" and e["name"] == "f")
+    path = Path(proc.stdout.strip())
+    call = next(span for span in Trace(path, load_events(path)).spans() if span["name"] == "f")
     assert call["args"] == {"lynshim_error": "RuntimeError"}
 
 
@@ -271,11 +271,10 @@ def test_a_call_by_vectorcall_records_and_returns_what_a_call_with_a_tuple_does(
     proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     path, outcomes = json.loads(proc.stdout)
-    events = load_events(Path(path))
-    # Each call is a leaf, written whole: one `X` event, its args at the begin and at the end in one object.
-    calls = [e for e in events if e.get("cat") == schema.CAT_FIELD]
-    assert {e["ph"] for e in calls} == {"X"}
-    args = [e.get("args", {}) for e in calls]
+    # Each call's args at its begin and its end, in one dict (a leaf call is usually written whole, as one
+    # `X` event; a `B` and an `E` say the same).
+    spans = Trace(Path(path), load_events(Path(path))).spans()
+    args = [span["args"] for span in spans if span["cat"] == schema.CAT_FIELD]
     assert len(args) == len(outcomes) == 14
     for i in range(0, 14, 2):
         assert outcomes[i][0] == "vectorcall" and outcomes[i + 1][0] == "tuple"
@@ -290,4 +289,4 @@ def test_a_call_by_vectorcall_records_and_returns_what_a_call_with_a_tuple_does(
     assert args[10]["field"] == "boom" and args[10]["error"] == "KeyError"
     assert outcomes[12][2] == "('Owner', 'title', {'file': 'a.md'})"
     assert proc.stderr == ""
-    assert [e["ph"] for e in events if e.get("name") == "factory"] == ["X"]
+    assert [span["name"] for span in spans if span["name"] == "factory"] == ["factory"]

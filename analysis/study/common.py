@@ -365,6 +365,8 @@ def spans(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if stack:
                 i = stack.pop()
                 out[i]["dur"] = e["ts"] - out[i]["ts"]
+                # The end's args join the begin's, as in the span an `X` event writes whole.
+                out[i]["args"] = {**out[i]["args"], **e.get("args", {})}
         elif ph == "X":
             # A whole span (lynshim writes a span with nothing recorded inside it as one): inside the spans
             # open on its thread, like a begin and its end.

@@ -317,6 +317,11 @@ impl<'n> Builder<'n> {
             }
             b"X" => {
                 let thread = self.open.of(ev.tid);
+                // As deep as a begin would be, or inside a span dropped for its depth: dropped like one
+                // (a whole span has no end to drop with it).
+                if thread.too_deep > 0 || thread.stack.len() >= check::MAX_DEPTH {
+                    return self.drop_line(Reason::TooDeep, line);
+                }
                 if ts < thread.frontier - check::ROUNDING_US {
                     return self.drop_line(Reason::Backwards, line);
                 }

@@ -9,7 +9,7 @@ use serde_json::Map;
 
 use crate::build::RawEvent;
 
-/// Nearly every line lynshim writes is the begin or end of an import, shaped exactly like
+/// Nearly every line lynshim writes is the begin, end or whole span of an import, shaped exactly like
 /// `{"cat":"import","name":"numpy","ph":"B","pid":7,"tid":7,"ts":210.5}` (serde_json writes keys in
 /// sorted order), or, from newer sessions, like [`written_in_order`]'s. Such a line is read here
 /// without a general JSON parser — which was most of the time spent loading a build — and any other line (args, escapes, another key order) gives `None`

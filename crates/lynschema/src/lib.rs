@@ -6,8 +6,10 @@
 //! the native module (`lynshim._native.schema`), generated from [`PYTHON_CONSTANTS`].
 //!
 //! A trace file holds spans as `B`/`E` event pairs, except that a span with nothing recorded inside
-//! it (a leaf call or import: most spans) is written whole, as one `X` event whose args are its begin's
-//! and its end's in one object (half the events and a third fewer bytes for the writer; format 2).
+//! it (a leaf call or import: about half the spans) is written whole, as one `X` event whose args are
+//! its begin's and its end's in one object (fewer events and bytes for the writer; format 2). That is
+//! usual, not certain: a begin and its end handed to the writer in different lists, or naming the same
+//! arg, stay a `B` and an `E`, so a reader must take both forms.
 //! Besides spans it holds:
 //! - `M` events `process_name`, `process_labels` and `thread_name` with the real pid and tid;
 //! - one instant event [`event::PROCESS`] at ts 0 whose args carry the process metadata ([`arg`]);

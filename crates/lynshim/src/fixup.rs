@@ -9,9 +9,10 @@
 //!   own events, recorded on the traced threads (see [`crate::session`]); the line carries the batch's
 //!   number and the records come by the side channel [`Batches`] (see [`crate::batch`]). Nothing else
 //!   is written through tracing-chrome, and its own thread-name lines, which carry its thread numbers,
-//!   are dropped. Each record becomes an event of its own with the time and OS thread id it was
-//!   recorded with, args as real JSON objects: spans (`B`/`E`), thread names, process metadata,
-//!   counters (`C`), complete events (`X`) and flows (`s`/`f`);
+//!   are dropped. Each record becomes an event with the time and OS thread id it was recorded with,
+//!   args as real JSON objects: spans (`B`/`E`; a begin and its end with nothing recorded between them
+//!   become one complete `X` event), thread names, process metadata, counters (`C`), complete events
+//!   (`X`) and flows (`s`/`f`);
 //! - every event gets the real pid;
 //! - timestamps are shifted so that 0 is the process's start, not the moment tracing began;
 //! - the array is re-framed so that the file only ever holds whole events: a file cut short by SIGKILL
@@ -185,7 +186,7 @@ impl<W: Write> Fixup<W> {
                     Record::Begin { tid, ns, name, cat, args } => {
                         let prefix = prefix.of(self.pid, *tid);
                         // A span that ends before anything else is recorded (a leaf call, a leaf import:
-                        // most spans) is written whole, as one complete event.
+                        // about half the spans) is written whole, as one complete event.
                         if let Some(Record::End {
                             tid: end_tid,
                             ns: end_ns,
@@ -438,16 +439,67 @@ struct Span<'a> {
 
 /// The args a record points to in its batch's text; `None` for none, and for an empty object.
 fn text_of(text: &str, args: Option<Text>) -> Option<&str> {
-    args.and_then(|Text { start, len }| text.get(start..start + len)).filter(|a| *a != "{}")
+    // lynshim's writers write compact JSON: trimming is for a caller's own text, and ASCII is enough
+    // (the Unicode-aware `trim` showed in the writer's profile).
+    let args = args.and_then(|Text { start, len }| text.get(start..start + len))?.trim_ascii();
+    let empty_object =
+        args.strip_prefix('{').and_then(|a| a.strip_suffix('}')).is_some_and(|a| a.trim_ascii().is_empty());
+    (!args.is_empty() && !empty_object).then_some(args)
 }
 
-/// Can [`push_args`] write these args as one object? Every writer of args writes an object; anything
-/// else is written as it came, on a `B` and an `E` of its own.
+/// Can [`push_args`] write these args as one object? Every writer of args writes an object, but
+/// anything else is written as it came, on a `B` and an `E` of its own; so are a begin and an end that
+/// name the same key (`lynshim.span("x", error=…)` that raises), which one object could only hold twice.
 fn mergeable(args: [Option<&str>; 2]) -> bool {
     match args {
-        [Some(first), Some(second)] => first.ends_with('}') && second.starts_with('{'),
+        [Some(begin), Some(end)] => begin.ends_with('}') && end.starts_with('{') && keys_disjoint(begin, end),
         _ => true,
     }
+}
+
+/// Does no top-level key of `end` appear as a key in `begin`? Both are compact JSON objects as lynshim
+/// writes them. A key of `end`, quotes included, is looked for in `begin` where a key stands (after
+/// `{` or `,`, before `:`); inside a string its quotes would be escaped, so a value never matches. A
+/// nested object's key may match: that only costs the span its `X`.
+fn keys_disjoint(begin: &str, end: &str) -> bool {
+    let (begin, end) = (begin.as_bytes(), end.as_bytes());
+    let mut depth = 0_usize;
+    let mut key_next = true;
+    let mut at = 1; // past the opening `{`
+    while let Some(&byte) = end.get(at) {
+        match byte {
+            b'"' => {
+                let start = at;
+                at += 1;
+                while let Some(&b) = end.get(at) {
+                    match b {
+                        b'"' => break,
+                        b'\\' => at += 2,
+                        _ => at += 1,
+                    }
+                }
+                if depth == 0 && key_next {
+                    let Some(key) = end.get(start..=at) else { return false };
+                    // Where a key can stand in `begin`: after each `{` and `,`. (A searcher built per key,
+                    // `memmem`, cost more than the few bytes it searches.)
+                    let names_it = |i: usize| {
+                        begin.get(i + 1..).is_some_and(|rest| rest.starts_with(key))
+                            && begin.get(i + 1 + key.len()) == Some(&b':')
+                    };
+                    if memchr::memchr2_iter(b'{', b',', begin).any(names_it) {
+                        return false;
+                    }
+                    key_next = false;
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => key_next = true,
+            _ => {}
+        }
+        at += 1;
+    }
+    true
 }
 
 /// `,"args":{…}`: the JSON objects in `args` as one (each is written by lynshim, `{` to `}`), or nothing
@@ -713,6 +765,40 @@ mod tests {
         assert_eq!(spans[0], (1, "outer".into(), 1001.0, 3.0, json!({"a": 1})));
         assert_eq!(spans[1], (1, "inner".into(), 1002.0, 1.0, json!({"b": 2})));
         assert_eq!(spans[3], (2, "other".into(), 1005.5, 1.0, json!({"c": 3})));
+    }
+
+    #[test]
+    fn a_begin_and_an_end_naming_the_same_key_stay_apart() {
+        assert!(keys_disjoint(r#"{"field":"title","fields":"dict[1]"}"#, r#"{"found":true}"#));
+        assert!(!keys_disjoint(r#"{"field":"title","error":"strict"}"#, r#"{"error":"ValueError"}"#));
+        assert!(!keys_disjoint(r#"{"error":"strict"}"#, r#"{"rows":3,"error":"ValueError"}"#));
+        // A key's text inside a value, or inside the end's own nested values, is not a key.
+        assert!(keys_disjoint(r#"{"note":"\"found\":true"}"#, r#"{"found":true}"#));
+        assert!(keys_disjoint(r#"{"error":"x"}"#, r#"{"rows":{"error":1},"list":["error"]}"#));
+        assert!(keys_disjoint(r#"{"a\"b":1}"#, r#"{"a":1}"#));
+        assert!(!keys_disjoint(r#"{"a\"b":1}"#, r#"{"a\"b":2}"#));
+
+        let (mut f, batches) = fixup();
+        let text = r#"{"error":"strict"}{"error":"ValueError"}{ }{"rows":1}"#;
+        let t = |start, len| Some(Text { start, len });
+        let records = vec![
+            begin(1, 1_000, "span", t(0, 18)),
+            end(1, 2_000, "span", t(18, 22)),
+            // Whitespace around nothing is no args: the span is whole and carries the end's alone.
+            begin(1, 3_000, "spaced", t(40, 3)),
+            end(1, 4_000, "spaced", t(43, 10)),
+        ];
+        f.write_all(&batch_line(&batches, records, text)).unwrap();
+        f.flush().unwrap();
+        f.close();
+        let ev = events(&f.into_inner());
+        let phases: Vec<&str> = ev.iter().map(|e| e["ph"].as_str().expect("ph")).collect();
+        assert_eq!(phases, ["B", "E", "X"]);
+        assert_eq!(
+            (ev[0]["args"].clone(), ev[1]["args"].clone()),
+            (json!({"error": "strict"}), json!({"error": "ValueError"}))
+        );
+        assert_eq!(ev[2]["args"], json!({"rows": 1}));
     }
 
     #[test]

@@ -640,7 +640,8 @@ mod tests {
         assert_eq!(t.dropped.counts[Reason::TooDeep as usize], 1);
         assert!(t.spans.iter().all(|s| &*s.name != "leaf"));
         // Its parent's self time is its own: nothing of the dropped leaf was counted as a child.
-        let deepest = t.spans.iter().find(|s| &*s.name == format!("d{}", depth - 1)).expect("kept");
+        let deepest_name = format!("d{}", depth - 1);
+        let deepest = t.spans.iter().find(|s| *s.name == *deepest_name).expect("kept");
         assert_eq!(deepest.self_us, deepest.dur_us);
         assert_within_life(&t);
     }

@@ -860,7 +860,8 @@ to reproduce; expect other numbers on another machine or under other load.
 
 The interval is a distribution-free 95 % confidence interval of the median (order statistics); where it
 holds 1.02, this machine's run-to-run noise is too large for this many pairs to say on which side of the
-target the tracer's cost lies.
+target the tracer's cost lies. It takes the pairs to be independent, and they are not quite: this
+machine's speed changes in phases that last several runs, so the intervals are if anything too narrow.
 
 | workload | tool | ratio: median (IQR, n) | 95 % interval of the median | target |
 | --- | --- | --- | --- | --- |

@@ -581,14 +581,13 @@ mod tests {
         assert_within_life(&t);
     }
 
-    #[test]
-    fn nesting_deeper_than_the_limit_is_dropped_with_its_ends() {
+    /// A trace whose main program holds `depth` nested imports, the innermost holding a leaf written
+    /// whole (`X`, as lynshim writes one).
+    fn nested_with_a_leaf(depth: usize) -> Vec<String> {
         let mut lines = many(0)[..4].to_vec();
-        let depth = check::MAX_DEPTH + 8;
         for i in 0..depth {
             lines.push(format!(r#"{{"cat":"import","name":"d{i}","ph":"B","pid":7,"tid":7,"ts":{}.0}},"#, 150 + i));
         }
-        // The innermost span written whole, as lynshim writes a leaf: dropped with the spans around it.
         lines.push(format!(
             r#"{{"ph":"X","name":"leaf","cat":"import","pid":7,"tid":7,"ts":{}.0,"dur":0.5}},"#,
             150 + depth
@@ -605,7 +604,13 @@ mod tests {
                 .to_owned(),
         );
         lines.push("]".to_owned());
-        let t = parse_lines(&lines).expect("parses");
+        lines
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_dropped_with_its_ends() {
+        // The innermost span, a leaf written whole, is dropped with the spans around it.
+        let t = parse_lines(&nested_with_a_leaf(check::MAX_DEPTH + 8)).expect("parses");
         // The main program is depth 0: 511 imports fit under it; nine begins and ends and the leaf do not.
         assert_eq!(t.dropped.counts[Reason::TooDeep as usize], 2 * 9 + 1);
         assert_eq!(t.spans.iter().map(|s| s.depth).max(), Some(u32::try_from(check::MAX_DEPTH - 1).expect("small")));
@@ -614,28 +619,9 @@ mod tests {
 
     #[test]
     fn a_whole_span_one_level_too_deep_is_dropped() {
-        let mut lines = many(0)[..4].to_vec();
         // The main program and 511 imports: the limit, reached.
         let depth = check::MAX_DEPTH - 1;
-        for i in 0..depth {
-            lines.push(format!(r#"{{"cat":"import","name":"d{i}","ph":"B","pid":7,"tid":7,"ts":{}.0}},"#, 150 + i));
-        }
-        lines.push(format!(
-            r#"{{"ph":"X","name":"leaf","cat":"import","pid":7,"tid":7,"ts":{}.0,"dur":0.5}},"#,
-            150 + depth
-        ));
-        for i in (0..depth).rev() {
-            lines.push(format!(
-                r#"{{"cat":"import","name":"d{i}","ph":"E","pid":7,"tid":7,"ts":{}.0}},"#,
-                150 + 2 * depth - i
-            ));
-        }
-        lines.push(r#"{"cat":"program","name":"main program","ph":"E","pid":7,"tid":7,"ts":2000.0},"#.to_owned());
-        lines.push(
-            r#"{"args":{"exit_status":0},"cat":"lynshim","name":"lynshim.exit","ph":"i","pid":7,"tid":7,"ts":2100.0}"#
-                .to_owned(),
-        );
-        lines.push("]".to_owned());
+        let lines = nested_with_a_leaf(depth);
         let t = parse_lines(&lines).expect("parses");
         assert_eq!(t.dropped.counts[Reason::TooDeep as usize], 1);
         assert!(t.spans.iter().all(|s| &*s.name != "leaf"));

@@ -851,9 +851,9 @@ to reproduce; expect other numbers on another machine or under other load.
 - `import lynshim`: compared with `import json` in the same run (table 3).
 - Analyzer: the phase timings in the summary (a second run on 1 000 files). Nearly every line of a trace
   is an import's begin, end or whole span, without args, in lynshim's own key order: those are read by a
-  fast path and serde_json reads the rest; span names are held once per loading thread; the span frame is filled in place, in parallel;
-  the import totals are summed over the frame's columns per chunk of processes instead of polars group-bys;
-  mimalloc allocates. The 10 000-file row is slower per MB than the 1 000-file one: its gigabytes of spans
+  fast path and serde_json reads the rest; span names are held once per loading thread; the span frame is
+  filled in place, in parallel; the import totals are summed over the frame's columns per chunk of
+  processes instead of polars group-bys; mimalloc allocates. The 10 000-file row is slower per MB than the 1 000-file one: its gigabytes of spans
   and frame are fresh memory the kernel must hand over page by page.
 
 ## 1. Start-up overhead on real lynguine (ratio to a bare run, per alternating pair)

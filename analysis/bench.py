@@ -191,9 +191,12 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             # pair): lynshim's single-process rows, the ones a 2 % target is about, get half as many pairs
             # again; the peers, whose overhead is far from the noise (and viztracer's runs are 8× as long),
             # half as many. The five-process build (ten seconds a pair) stays at `pairs`.
-            n = pairs if label.startswith("five") else pairs * 3 // 2 if ours else max(pairs // 2, 3)
-            if name == "python -X importtime":
+            if label.startswith("five") or name == "python -X importtime":
                 n = pairs
+            elif ours:
+                n = pairs * 3 // 2
+            else:
+                n = max(pairs // 2, 3)
             ratios = [t / b for b, t in paired(n, bare_cmd, cmd, cwd)]
             rows.append(
                 f"| {label} | {name} | {spread(ratios)} | {interval_text(ratios)} | {'≤ 1.02' if ours else ''} |"

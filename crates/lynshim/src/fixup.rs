@@ -197,18 +197,19 @@ impl<W: Write> Fixup<W> {
                         {
                             let both = [text_of(&text, *args), text_of(&text, *end_args)];
                             if end_tid == tid && end_name == name && end_cat == cat && mergeable(both) {
-                                let span = Span { ns: *ns, end_ns: Some(*end_ns), name, cat };
+                                let span = Span { ns: *ns, kind: SpanEvent::Whole { end_ns: *end_ns }, name, cat };
                                 self.write_span(prefix, &span, both, out);
                                 at += 1;
                                 continue;
                             }
                         }
-                        let span = Span { ns: *ns, end_ns: None, name, cat };
+                        let span = Span { ns: *ns, kind: SpanEvent::Begin, name, cat };
                         self.write_span(prefix, &span, [text_of(&text, *args), None], out);
                     }
                     Record::End { tid, ns, name, cat, args } => {
                         let prefix = prefix.of(self.pid, *tid);
-                        self.write_end(prefix, *ns, name, cat, text_of(&text, *args), out);
+                        let span = Span { ns: *ns, kind: SpanEvent::End, name, cat };
+                        self.write_span(prefix, &span, [text_of(&text, *args), None], out);
                     }
                     Record::Own { tid, ns, event } => {
                         let events = self.fix_own_event(event, *tid, self.ts_us(*ns));
@@ -220,7 +221,7 @@ impl<W: Write> Fixup<W> {
         }
     }
 
-    /// A span's begin (`B`), or the whole span (`X`, with its `dur`) when its end is known, as
+    /// A span's begin (`B`), end (`E`), or the whole span (`X`, with its `dur`), as
     /// `{"ph":…,"name":…,"cat":…,"pid":…,"tid":…,"ts":…[,"dur":…][,"args":…]}`, in this order (lynload's
     /// fast path reads span events in it); `thread` is the `pid`…`ts` part up to the time
     /// ([`ThreadPrefix`]). The args of a whole span are its begin's and its end's in one object, as a
@@ -230,32 +231,22 @@ impl<W: Write> Fixup<W> {
         // One reservation for the whole event (the numbers need at most 50 bytes, the keys 50).
         out.reserve(100 + span.name.len() + span.cat.len() + thread.len() + args_len);
         self.separate(out);
-        out.extend_from_slice(if span.end_ns.is_some() { br#"{"ph":"X","name":"# } else { br#"{"ph":"B","name":"# });
+        out.extend_from_slice(match span.kind {
+            SpanEvent::Begin => br#"{"ph":"B","name":"#,
+            SpanEvent::End => br#"{"ph":"E","name":"#,
+            SpanEvent::Whole { .. } => br#"{"ph":"X","name":"#,
+        });
         crate::json::push_str_bytes(out, span.name);
         out.extend_from_slice(br#","cat":"#);
         crate::json::push_str_bytes(out, span.cat);
         out.extend_from_slice(thread);
         push_micros(out, self.ts_ns(span.ns));
-        if let Some(end_ns) = span.end_ns {
+        if let SpanEvent::Whole { end_ns } = span.kind {
             out.extend_from_slice(br#","dur":"#);
             #[allow(clippy::cast_possible_wrap)]
             push_micros(out, end_ns.saturating_sub(span.ns) as i64);
         }
         push_args(out, args);
-        out.push(b'}');
-    }
-
-    /// A span's end (`E`), keyed as [`Fixup::write_span`] keys a begin.
-    fn write_end(&self, thread: &[u8], ns: u64, name: &str, cat: &str, args: Option<&str>, out: &mut Vec<u8>) {
-        out.reserve(80 + name.len() + cat.len() + thread.len() + args.map_or(0, str::len));
-        self.separate(out);
-        out.extend_from_slice(br#"{"ph":"E","name":"#);
-        crate::json::push_str_bytes(out, name);
-        out.extend_from_slice(br#","cat":"#);
-        crate::json::push_str_bytes(out, cat);
-        out.extend_from_slice(thread);
-        push_micros(out, self.ts_ns(ns));
-        push_args(out, [args, None]);
         out.push(b'}');
     }
 
@@ -429,12 +420,23 @@ impl ThreadPrefix {
     }
 }
 
-/// What [`Fixup::write_span`] writes of a span: its begin, and its end when it is written whole.
+/// What [`Fixup::write_span`] writes of a span: which event, at `ns`.
 struct Span<'a> {
     ns: u64,
-    end_ns: Option<u64>,
+    kind: SpanEvent,
     name: &'a str,
     cat: &'a str,
+}
+
+/// The event a span record becomes.
+#[derive(Clone, Copy)]
+enum SpanEvent {
+    Begin,
+    End,
+    /// The begin, with the end at `end_ns`: one complete event.
+    Whole {
+        end_ns: u64,
+    },
 }
 
 /// The args a record points to in its batch's text; `None` for none, and for an empty object.
@@ -622,6 +624,15 @@ mod tests {
         chrome_line(batches.file(Batch { parts: vec![(records, text.to_owned())] }), 0, 1.0)
     }
 
+    /// The events a fresh fixup writes for `records`, filed as one batch with `text`, once it is closed.
+    fn written(records: Vec<Record>, text: &str) -> Vec<Value> {
+        let (mut f, batches) = fixup();
+        f.write_all(&batch_line(&batches, records, text)).unwrap();
+        f.flush().unwrap();
+        f.close();
+        events(&f.into_inner())
+    }
+
     fn instant(name: &str) -> Record {
         let event = OwnEvent::Instant { name: name.into(), cat: "user".into(), args: Map::new() };
         Record::Own { tid: 7, ns: 1_000_000, event: Box::new(event) }
@@ -726,7 +737,6 @@ mod tests {
 
     #[test]
     fn only_a_span_with_nothing_recorded_inside_it_is_written_whole() {
-        let (mut f, batches) = fixup();
         let text = r#"{"a":1}{"b":2}{"c":3}[4]"#;
         let t = |start, len| Some(Text { start, len });
         let records = vec![
@@ -747,10 +757,7 @@ mod tests {
             begin(1, 9_000, "odd", t(0, 7)),
             end(1, 9_500, "odd", t(21, 3)),
         ];
-        f.write_all(&batch_line(&batches, records, text)).unwrap();
-        f.flush().unwrap();
-        f.close();
-        let ev = events(&f.into_inner());
+        let ev = written(records, text);
         let phases: Vec<&str> = ev.iter().map(|e| e["ph"].as_str().expect("ph")).collect();
         assert_eq!(phases, ["B", "X", "E", "B", "B", "E", "E", "B", "E", "B", "E"]);
         let whole = &ev[1];
@@ -778,7 +785,6 @@ mod tests {
         assert!(keys_disjoint(r#"{"a\"b":1}"#, r#"{"a":1}"#));
         assert!(!keys_disjoint(r#"{"a\"b":1}"#, r#"{"a\"b":2}"#));
 
-        let (mut f, batches) = fixup();
         let text = r#"{"error":"strict"}{"error":"ValueError"}{ }{"rows":1}"#;
         let t = |start, len| Some(Text { start, len });
         let records = vec![
@@ -788,10 +794,7 @@ mod tests {
             begin(1, 3_000, "spaced", t(40, 3)),
             end(1, 4_000, "spaced", t(43, 10)),
         ];
-        f.write_all(&batch_line(&batches, records, text)).unwrap();
-        f.flush().unwrap();
-        f.close();
-        let ev = events(&f.into_inner());
+        let ev = written(records, text);
         let phases: Vec<&str> = ev.iter().map(|e| e["ph"].as_str().expect("ph")).collect();
         assert_eq!(phases, ["B", "E", "X"]);
         assert_eq!(
@@ -867,14 +870,10 @@ mod tests {
 
     #[test]
     fn names_that_need_escaping_stay_valid_json() {
-        let (mut f, batches) = fixup();
         let name = "say \"hi\"\n";
         let records =
             vec![Record::Begin { tid: 1, ns: 0, name: name.to_owned().into(), cat: "user".into(), args: None }];
-        f.write_all(&batch_line(&batches, records, "")).unwrap();
-        f.flush().unwrap();
-        f.close();
-        assert_eq!(events(&f.into_inner())[0]["name"], name);
+        assert_eq!(written(records, "")[0]["name"], name);
     }
 
     struct Failing;

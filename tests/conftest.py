@@ -167,6 +167,7 @@ def lynshim_run(
     # lynguine writes lynguine.log into the working directory: never the repository's.
     if cwd is None:
         cwd = out.parent
+        cwd.mkdir(parents=True, exist_ok=True)
     args = [*launcher, "run", "-o", str(out)]
     if label:
         args += ["--label", label]

@@ -21,6 +21,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tracing::Level;
 
+use crate::clock::Converter;
+
 /// Callsite field of lynshim's `tracing` events: which kind of event this is ([`kind::BATCH`]).
 pub const F_KIND: &str = "k";
 /// Callsite field of lynshim's `tracing` events: the batch's number in [`Batches`].
@@ -42,7 +44,8 @@ pub struct Text {
     pub len: usize,
 }
 
-/// What a traced thread records. Times are CLOCK_MONOTONIC nanoseconds; `tid` is the OS thread id.
+/// What a traced thread records. Times (`ns`) are readings of [`crate::clock::now`], which the writer
+/// converts with its batch's [`Batch::clock`]; `tid` is the OS thread id.
 #[derive(Debug)]
 pub enum Record {
     /// A span begins, with its args at the begin.
@@ -81,10 +84,13 @@ pub enum OwnEvent {
     Flow { end: FlowEnd, id: u64, name: String, cat: String },
 }
 
-/// Records in the order they were recorded, with their args' text, one handoff after another.
+/// Records in the order they were recorded, with their args' text, one handoff after another, and the
+/// anchors that turn their times into CLOCK_MONOTONIC nanoseconds (read by the emitter once every record
+/// of the batch was made; the writer converts each time as it writes it, when it reads the record anyway).
 #[derive(Debug, Default)]
 pub struct Batch {
     pub parts: Vec<(Vec<Record>, String)>,
+    pub clock: Converter,
 }
 
 impl Batch {
@@ -266,7 +272,7 @@ mod tests {
         let batches = Batches::default();
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry());
         tracing::dispatcher::with_default(&dispatch, || {
-            batches.send(Batch { parts: vec![(Vec::new(), String::new())] });
+            batches.send(Batch { parts: vec![(Vec::new(), String::new())], ..Batch::default() });
         });
         assert_eq!(batches.take_through(0).len(), 1);
         assert!(batches.take_through(0).is_empty());
@@ -275,7 +281,7 @@ mod tests {
     #[test]
     fn batches_whose_line_was_missed_come_with_the_next_and_never_pile_up() {
         let batches = Batches::default();
-        let one = || Batch { parts: vec![(Vec::new(), "x".to_owned())] };
+        let one = || Batch { parts: vec![(Vec::new(), "x".to_owned())], ..Batch::default() };
         let ids: Vec<u64> = (0..4).map(|_| batches.file(one())).collect();
         assert_eq!(ids, [0, 1, 2, 3]);
         // The writer meets batch 2's line (0's and 1's were not recognised): 0, 1 and 2, in order.

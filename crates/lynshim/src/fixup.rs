@@ -175,7 +175,7 @@ impl<W: Write> Fixup<W> {
         }
     }
 
-    fn write_batch(&mut self, Batch { parts }: Batch, out: &mut Vec<u8>) {
+    fn write_batch(&mut self, Batch { parts, clock }: Batch, out: &mut Vec<u8>) {
         let mut prefix = ThreadPrefix::default();
         for (records, text) in parts {
             // Read in place, not moved out: a record is about 100 bytes.
@@ -197,22 +197,23 @@ impl<W: Write> Fixup<W> {
                         {
                             let both = [text_of(&text, *args), text_of(&text, *end_args)];
                             if end_tid == tid && end_name == name && end_cat == cat && mergeable(both) {
-                                let span = Span { ns: *ns, kind: SpanEvent::Whole { end_ns: *end_ns }, name, cat };
+                                let kind = SpanEvent::Whole { end_ns: clock.ns(*end_ns) };
+                                let span = Span { ns: clock.ns(*ns), kind, name, cat };
                                 self.write_span(prefix, &span, both, out);
                                 at += 1;
                                 continue;
                             }
                         }
-                        let span = Span { ns: *ns, kind: SpanEvent::Begin, name, cat };
+                        let span = Span { ns: clock.ns(*ns), kind: SpanEvent::Begin, name, cat };
                         self.write_span(prefix, &span, [text_of(&text, *args), None], out);
                     }
                     Record::End { tid, ns, name, cat, args } => {
                         let prefix = prefix.of(self.pid, *tid);
-                        let span = Span { ns: *ns, kind: SpanEvent::End, name, cat };
+                        let span = Span { ns: clock.ns(*ns), kind: SpanEvent::End, name, cat };
                         self.write_span(prefix, &span, [text_of(&text, *args), None], out);
                     }
                     Record::Own { tid, ns, event } => {
-                        let events = self.fix_own_event(event, *tid, self.ts_us(*ns));
+                        let events = self.fix_own_event(event, *tid, self.ts_us(clock.ns(*ns)));
                         self.write_values(&events, out);
                     }
                 }
@@ -621,7 +622,7 @@ mod tests {
 
     /// `records` filed as one batch with `text`, and the tracing-chrome line naming it.
     fn batch_line(batches: &Batches, records: Vec<Record>, text: &str) -> Vec<u8> {
-        chrome_line(batches.file(Batch { parts: vec![(records, text.to_owned())] }), 0, 1.0)
+        chrome_line(batches.file(Batch { parts: vec![(records, text.to_owned())], ..Batch::default() }), 0, 1.0)
     }
 
     /// The events a fresh fixup writes for `records`, filed as one batch with `text`, once it is closed.
@@ -809,7 +810,7 @@ mod tests {
         // tracing-chrome with source locations writes ".file" first: the quick search fails, the full
         // parse finds the same batch.
         let (mut f, batches) = fixup();
-        let id = batches.file(Batch { parts: vec![(vec![instant("a")], String::new())] });
+        let id = batches.file(Batch { parts: vec![(vec![instant("a")], String::new())], ..Batch::default() });
         let line = json!({".file": "src/batch.rs", ".line": 1, "args": {"k": "batch", "p": id.to_string()},
                           "cat": "lynshim", "name": "event", "ph": "i", "pid": 1, "tid": 0, "ts": 9.0, "s": "t"});
         f.write_all(b"[\n").unwrap();

@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod clock;
 pub mod emitter;
 pub mod fixup;
 pub mod imports;

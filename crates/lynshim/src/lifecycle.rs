@@ -27,6 +27,7 @@ use lynschema::{arg, category, event, files, moment, FORMAT_VERSION};
 use serde_json::{Map, Value};
 
 use crate::batch::{Batches, OwnEvent};
+use crate::clock;
 use crate::emitter::{self, Message};
 use crate::fixup::{Fixup, SharedFixup};
 use crate::parent_trace::find_parent_trace;
@@ -82,6 +83,9 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
 
     let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+    clock::choose();
+    // Before the session's first record, which it must come before (see `clock::Converter`).
+    let clock = clock::Converter::start();
     let zero_mono_ns = procinfo::monotonic_ns();
     let wall_zero_now = procinfo::unix_ns();
     let age_ns = if info.forked_from.is_some() { 0 } else { procinfo::process_age_ns(start_ticks) };
@@ -94,7 +98,7 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     let (sender, receiver) = mpsc::channel();
     let emitted = batches.clone();
     let emitter = std::thread::Builder::new().name("lynshim-emitter".into()).spawn(move || {
-        emitter::run(&receiver, &dispatch, guard, &emitted, || session::collect(generation));
+        emitter::run(&receiver, &dispatch, guard, &emitted, clock, || session::collect(generation));
     })?;
 
     let parent_trace = find_parent_trace(dir, &path);

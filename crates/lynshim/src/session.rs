@@ -3,11 +3,10 @@
 //!
 //! A traced call must cost well under a microsecond (issue #17), so the traced thread does not create
 //! `tracing` spans (see [`crate::emitter`] for why and for where the records go). [`enter`] and
-//! [`exit`] read the clock, take the session lock (one process-wide `Mutex`: two atomic operations when
-//! uncontended) and append a [`Record`] to the session's list. The lock is never held across Python
-//! code, and across a system call only every [`HANDOFF_RECORDS`] records, when the list goes to the
-//! emitter (a channel send that may wake it), and at the calls that reach a memory moment (an RSS
-//! sample reads `/proc`). Each thread keeps the names of its open spans on a stack and Python holds a
+//! [`exit`] read the clock, take the session lock (see [`SessionLock`]) and append a [`Record`] to the
+//! session's list. The lock is never held across Python code, and across a system call only every
+//! [`HANDOFF_RECORDS`] records, when the list goes to the emitter (a channel send that may wake it), and
+//! at the calls that reach a memory moment (an RSS sample reads `/proc`). Each thread keeps the names of its open spans on a stack and Python holds a
 //! token (generation, depth) for each, so a span opened before a fork or a `stop()` can never close
 //! into the next session.
 //!
@@ -20,14 +19,17 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use lynschema::{category, event, moment};
 use serde_json::{Map, Value};
+use spin::mutex::{SpinMutex, SpinMutexGuard};
+use spin::relax::Yield;
 
 use crate::batch::{Batches, Name, OwnEvent, Record, Text};
+use crate::clock;
 use crate::emitter::Message;
 use crate::fixup::Fixup;
 pub use crate::lifecycle::{after_fork_in_child, end, start, End, StartInfo};
@@ -84,7 +86,19 @@ struct Moments {
     after_data: bool,
 }
 
-static SESSION: Mutex<Option<Session>> = Mutex::new(None);
+/// The session lock: a spin lock that yields while it waits, rather than `std::sync::Mutex`.
+///
+/// Every traced call takes it twice, and `std`'s futex lock pays an atomic read-modify-write to unlock
+/// (a swap, to learn whether anyone waits) besides the one to lock; `perf annotate` put most of the
+/// session's samples on those two instructions (issue #17). This one unlocks with a plain release
+/// store. It is held for a few hundred nanoseconds at most (longer only at a handoff or an RSS sample),
+/// taken by the traced threads (which mostly hold the GIL, so rarely at once) and by the emitter every
+/// few milliseconds: a waiter seldom waits, and yields its core when it does. A child after `fork`
+/// can also unlock it by force, which a held `std` mutex would not allow (see
+/// [`forget_parent_session`]).
+type SessionLock = SpinMutex<Option<Session>, Yield>;
+
+static SESSION: SessionLock = SpinMutex::new(None);
 pub(crate) static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// A session is running: read without the lock by the hot path of every traced call.
 pub(crate) static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -136,8 +150,8 @@ thread_local! {
     };
 }
 
-pub(crate) fn session() -> MutexGuard<'static, Option<Session>> {
-    SESSION.lock().unwrap_or_else(PoisonError::into_inner)
+pub(crate) fn session() -> SpinMutexGuard<'static, Option<Session>> {
+    SESSION.lock()
 }
 
 fn tid() -> u64 {
@@ -192,7 +206,7 @@ pub fn enter(name: Name, cat: Name, args: impl Args, thread_name: impl FnOnce() 
     }
     THREAD.with(|thread| {
         let new_thread_name = thread.new_name(thread_name);
-        let ns = procinfo::monotonic_ns();
+        let ns = clock::now();
         let tid = thread.tid();
         let generation = {
             let mut guard = session();
@@ -228,7 +242,7 @@ pub fn exit(token: u64, end_args: impl Args) {
         return;
     }
     let depth = usize::try_from(token & 0xffff_ffff).unwrap_or(usize::MAX);
-    let ns = procinfo::monotonic_ns();
+    let ns = clock::now();
     THREAD.with(|thread| {
         let tid = thread.tid();
         let mut guard = session();
@@ -336,6 +350,11 @@ pub(crate) fn collect(generation: u64) -> bool {
 pub(crate) fn forget_parent_session() -> Option<PathBuf> {
     // The forking thread's id is the parent's: ask again.
     THREAD.with(|thread| thread.tid.set(0));
+    // SAFETY: only the forking thread exists in the child. A thread of the parent that held the lock as
+    // it forked (the emitter collecting, say) would hold it here for ever. Its half-made changes do not
+    // matter: the parent's session is only forgotten below, and of it only the path, never changed
+    // after the session started, is read.
+    unsafe { SESSION.force_unlock() };
     let parent = session().take()?;
     ACTIVE.store(false, Ordering::SeqCst);
     let path = parent.path.clone();
@@ -378,7 +397,7 @@ impl Session {
 
     /// One of lynshim's own events on the calling thread, timed now.
     pub(crate) fn record(&mut self, event: OwnEvent) {
-        self.push(Record::Own { tid: tid(), ns: procinfo::monotonic_ns(), event: Box::new(event) });
+        self.push(Record::Own { tid: tid(), ns: clock::now(), event: Box::new(event) });
     }
 
     fn push(&mut self, record: Record) {
@@ -440,7 +459,7 @@ impl Session {
     /// Close the spans still open on the calling thread into this session, as it ends. After
     /// thread-local storage is gone (the exit handler) there is nothing left to close.
     pub(crate) fn close_open_spans(&mut self) {
-        let ns = procinfo::monotonic_ns();
+        let ns = clock::now();
         let tid = THREAD.try_with(|thread| thread.tid.get()).ok().filter(|&t| t != 0).unwrap_or_else(procinfo::gettid);
         let _ = THREAD.try_with(|thread| {
             let (open_generation, open) = &mut *thread.open.borrow_mut();

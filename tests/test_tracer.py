@@ -675,3 +675,33 @@ def test_a_module_name_that_is_not_utf8_fails_to_import_as_in_bare_python(tmp_pa
     assert run.proc.returncode == bare.returncode == 0
     assert run.proc.stdout == bare.stdout and run.proc.stdout.startswith(b"ModuleNotFoundError")
     assert run.proc.stderr.splitlines()[:-1] == bare.stderr.splitlines()
+
+
+def test_span_times_line_up_with_the_monotonic_clock(tmp_path: Path) -> None:
+    # Spans are timed on the records' clock (the CPU's counter where the kernel keeps time by it) and
+    # written in CLOCK_MONOTONIC, converted between anchors read batch by batch: each span must lie inside a
+    # window timed around it with time.monotonic_ns() and recorded as it was timed (`_native.complete`).
+    # Twenty windows of 3 ms cross several of the emitter's 10 ms batches, and a flush in the middle.
+    code = textwrap.dedent(
+        """
+        import time, lynshim
+        from lynshim import _native
+        for i in range(20):
+            t0 = time.monotonic_ns()
+            with lynshim.span(f"inner{i}"):
+                time.sleep(0.003)
+            t1 = time.monotonic_ns()
+            _native.complete(f"window{i}", "user", t0, t1)
+            if i == 10:
+                _native.flush()
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    spans = {s["name"]: s for s in run.traces[0].spans()}
+    for i in range(20):
+        inner, window = spans[f"inner{i}"], spans[f"window{i}"]
+        # Microseconds, written to the nanosecond: the anchors themselves are read within a microsecond.
+        assert window["ts"] - 1 <= inner["ts"], (inner, window)
+        assert inner["ts"] + inner["dur"] <= window["ts"] + window["dur"] + 1, (inner, window)
+        assert 3000 <= inner["dur"] <= window["dur"] + 1, (inner, window)

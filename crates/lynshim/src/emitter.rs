@@ -19,7 +19,7 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::Registry;
 
 use crate::batch::{Batch, Batches, Record};
-use crate::clock::Converter;
+use crate::clock::Anchors;
 
 /// Events reach the file about this long after they were recorded (unless the process is killed with
 /// SIGKILL first, which loses them): the emitter collects and flushes at this pace while records come.
@@ -53,14 +53,14 @@ pub fn chrome_dispatch<W: io::Write + Send + 'static>(writer: W) -> (Dispatch, F
 
 /// The emitter's loop: records in, `tracing` events out (see the module doc). `collect` hands the
 /// session's pending records to the channel and says whether there were any; `clock` reads the anchors
-/// that convert their times to CLOCK_MONOTONIC (see [`crate::clock`]). Returns when every sender is gone and the channel is
-/// empty, after tracing-chrome has written everything out.
+/// that convert their times to CLOCK_MONOTONIC (see [`crate::clock`]). Returns when every sender is gone
+/// and the channel is empty, after tracing-chrome has written everything out.
 pub fn run(
     messages: &Receiver<Message>,
     dispatch: &Dispatch,
     guard: FlushGuard,
     batches: &Batches,
-    mut clock: Converter,
+    mut clock: Anchors,
     collect: impl Fn() -> bool,
 ) {
     let default = tracing::dispatcher::set_default(dispatch);
@@ -71,6 +71,8 @@ pub fn run(
         let message = match messages.recv_timeout(if busy { FLUSH_DELAY } else { IDLE_DELAY }) {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
+                // An anchor on the clock too, so that a stretch stays short while nothing is sent.
+                clock.mark();
                 // Collect what the traced threads recorded since their last handoff; it arrives as a
                 // message, in order after every earlier handoff.
                 busy = collect();
@@ -99,11 +101,11 @@ pub fn run(
             next = if count < MAX_BATCH { messages.try_recv().ok() } else { None };
         }
         if !batch.is_empty() {
-            // Read once every record of the batch was made: each lies between two anchors. The writer
+            // Read once every record of the batch was made: each lies before the last anchor. The writer
             // converts the times as it writes them (it reads every record anyway; a pass here cost the
             // emitter several times its other work, mostly in cache misses).
             clock.mark();
-            batch.clock = clock.clone();
+            batch.clock = clock.converter();
             batches.send(batch);
             unflushed = true;
         }
@@ -164,7 +166,7 @@ mod tests {
         let (sender, receiver) = mpsc::channel();
         sender.send(Message::Records(records, text)).expect("channel open");
         drop(sender);
-        run(&receiver, &dispatch, guard, &batches, Converter::default(), || false);
+        run(&receiver, &dispatch, guard, &batches, Anchors::default(), || false);
         drop(dispatch);
         let mut fixup = Arc::try_unwrap(fixup).ok().expect("writer thread ended").into_inner().expect("lock");
         fixup.close();

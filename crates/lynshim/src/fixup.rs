@@ -696,6 +696,38 @@ mod tests {
         );
     }
 
+    /// Records timed on the counter: the writer converts each time with its batch's anchors, once (the
+    /// begin and the end of a whole span, a lone begin and end, lynshim's own events).
+    #[test]
+    fn times_are_converted_with_the_anchors_of_their_batch() {
+        // 4 counts per nanosecond, from count 1 000 000 at 0 ns: a span at 5 ms is at count 21 000 000.
+        let count = |ns: u64| 1_000_000 + 4 * ns;
+        let clock = crate::clock::Converter::through(&[(count(0), 0), (count(1_000_000), 1_000_000)]);
+        let records = vec![
+            begin(7, count(5_000_000), "whole", None),
+            end(7, count(9_000_000), "whole", None),
+            begin(7, count(10_000_000), "outer", None),
+            instant("inside"),
+            end(7, count(12_000_000), "outer", None),
+        ];
+        let (mut f, batches) = fixup();
+        let id = batches.file(Batch { parts: vec![(records, String::new())], clock });
+        f.write_all(&chrome_line(id, 0, 1.0)).unwrap();
+        f.flush().unwrap();
+        f.close();
+        let ev = events(&f.into_inner());
+        let times: Vec<(&str, f64, Option<f64>)> = ev
+            .iter()
+            .map(|e| (e["ph"].as_str().expect("ph"), e["ts"].as_f64().expect("ts"), e["dur"].as_f64()))
+            .collect();
+        // Microseconds from the process's start: the fixup's session began 1 000 µs after it. The instant
+        // was made at count 1 000 000, which is 0 ns.
+        assert_eq!(
+            times,
+            [("X", 6_000.0, Some(4_000.0)), ("B", 11_000.0, None), ("i", 1_000.0, None), ("E", 13_000.0, None)]
+        );
+    }
+
     fn begin(tid: u64, ns: u64, name: &'static str, args: Option<Text>) -> Record {
         Record::Begin { tid, ns, name: name.into(), cat: "field".into(), args }
     }

@@ -6,9 +6,10 @@
 //! without leaving Rust; a module import runs through the [`imports`] hook, which records its span and
 //! leaves Rust only for the modules whose functions are patched; spans go through `tracing` and
 //! tracing-chrome into one Chrome-trace file per process (recorded by [`session`], handed to `tracing`
-//! in batches by the [`emitter`] thread in the protocol of [`batch`]), fixed up on the way with the real pid and tid, process and thread
-//! names, counters and flows ([`fixup`]); the process facts come from `/proc` ([`procinfo`]); names and
-//! keys come from the shared schema crate, re-exported to Python as `lynshim._native.schema`.
+//! in batches by the [`emitter`] thread in the protocol of [`batch`]), fixed up on the way with the real
+//! pid and tid, process and thread names, counters and flows ([`fixup`]), timed by the [`clock`] of the
+//! records; the process facts come from `/proc` ([`procinfo`]); names and keys come from the shared
+//! schema crate, re-exported to Python as `lynshim._native.schema`.
 //!
 //! Every function here is total from Python's point of view: it never raises because tracing failed
 //! (a failure warns once on stderr and turns tracing off); it raises only for a wrong call.
@@ -335,7 +336,8 @@ fn flush() {
     guarded((), session::flush);
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock spans are timed on.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the trace's times (spans are recorded on the CPU's counter
+/// where there is one, and converted to it, see `crate::clock`), and of `complete`'s arguments.
 #[pyfunction]
 fn monotonic_ns() -> u64 {
     procinfo::monotonic_ns()

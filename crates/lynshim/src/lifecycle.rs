@@ -84,8 +84,9 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
 
     let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
     clock::choose();
-    // Before the session's first record, which it must come before (see `clock::Converter`).
-    let clock = clock::Converter::start();
+    session::hold_lock_across_fork();
+    // Before the session's first record, which it must come before (see `clock::Anchors`).
+    let clock = clock::Anchors::start();
     let zero_mono_ns = procinfo::monotonic_ns();
     let wall_zero_now = procinfo::unix_ns();
     let age_ns = if info.forked_from.is_some() { 0 } else { procinfo::process_age_ns(start_ticks) };

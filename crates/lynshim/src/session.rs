@@ -2,13 +2,13 @@
 //! waiting for the emitter, and the functions the rest of lynshim records through.
 //!
 //! A traced call must cost well under a microsecond (issue #17), so the traced thread does not create
-//! `tracing` spans (see [`crate::emitter`] for why and for where the records go). [`enter`] and
-//! [`exit`] read the clock, take the session lock (see [`SessionLock`]) and append a [`Record`] to the
-//! session's list. The lock is never held across Python code, and across a system call only every
-//! [`HANDOFF_RECORDS`] records, when the list goes to the emitter (a channel send that may wake it), and
-//! at the calls that reach a memory moment (an RSS sample reads `/proc`). Each thread keeps the names of its open spans on a stack and Python holds a
-//! token (generation, depth) for each, so a span opened before a fork or a `stop()` can never close
-//! into the next session.
+//! `tracing` spans (see [`crate::emitter`] for why and for where the records go). [`enter`] and [`exit`]
+//! read the clock ([`crate::clock`]), take the session lock (a spin lock, see `SessionLock`) and append
+//! a [`Record`] to the session's list. The lock is never held across Python code, and across a system
+//! call only every [`HANDOFF_RECORDS`] records, when the list goes to the emitter (a channel send that
+//! may wake it), and at the calls that reach a memory moment (an RSS sample reads `/proc`). Each thread
+//! keeps the names of its open spans on a stack and Python holds a token (generation, depth) for each,
+//! so a span opened before a fork or a `stop()` can never close into the next session.
 //!
 //! The other jobs of a session live beside this one: the batch format in [`crate::batch`], the emitter
 //! thread in [`crate::emitter`], the file's layout in [`crate::fixup`], starting, ending and forking in
@@ -86,16 +86,16 @@ struct Moments {
     after_data: bool,
 }
 
-/// The session lock: a spin lock that yields while it waits, rather than `std::sync::Mutex`.
+/// The session lock: a spin lock, rather than `std::sync::Mutex`.
 ///
 /// Every traced call takes it twice, and `std`'s futex lock pays an atomic read-modify-write to unlock
 /// (a swap, to learn whether anyone waits) besides the one to lock; `perf annotate` put most of the
 /// session's samples on those two instructions (issue #17). This one unlocks with a plain release
 /// store. It is held for a few hundred nanoseconds at most (longer only at a handoff or an RSS sample),
 /// taken by the traced threads (which mostly hold the GIL, so rarely at once) and by the emitter every
-/// few milliseconds: a waiter seldom waits, and yields its core when it does. A child after `fork`
-/// can also unlock it by force, which a held `std` mutex would not allow (see
-/// [`forget_parent_session`]).
+/// few milliseconds: a waiter seldom waits, and calls `sched_yield` between tries when it does. `fork`
+/// holds it (see [`hold_lock_across_fork`]), so a child never starts with it held by a thread that
+/// does not exist there.
 type SessionLock = SpinMutex<Option<Session>, Yield>;
 
 static SESSION: SessionLock = SpinMutex::new(None);
@@ -152,6 +152,30 @@ thread_local! {
 
 pub(crate) fn session() -> SpinMutexGuard<'static, Option<Session>> {
     SESSION.lock()
+}
+
+/// Make every `fork` of this process take the session lock first and release it after, in the parent
+/// and in the child (`pthread_atfork`, registered once). Without it, a fork made while another thread
+/// held the lock (the emitter collecting, say) would leave the child's lock held for ever, and the
+/// child's first traced call, whatever runs it first (a GC callback, another library's fork hook),
+/// would spin on it. Holding it across the fork also means the child sees no half-made change.
+/// The forking thread never holds it already: it is never held across Python code, or across a call
+/// that could fork.
+pub(crate) fn hold_lock_across_fork() {
+    extern "C" fn take() {
+        std::mem::forget(SESSION.lock());
+    }
+    extern "C" fn release() {
+        // SAFETY: `take` locked it in this thread, just before the fork, and forgot the guard.
+        unsafe { SESSION.force_unlock() };
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: the handlers are plain functions of this library, which is never unloaded (Python
+        // does not unload extension modules). It fails only for want of memory, and then forks are
+        // as they would be without it.
+        let _ = unsafe { libc::pthread_atfork(Some(take), Some(release), Some(release)) };
+    });
 }
 
 fn tid() -> u64 {
@@ -350,11 +374,6 @@ pub(crate) fn collect(generation: u64) -> bool {
 pub(crate) fn forget_parent_session() -> Option<PathBuf> {
     // The forking thread's id is the parent's: ask again.
     THREAD.with(|thread| thread.tid.set(0));
-    // SAFETY: only the forking thread exists in the child. A thread of the parent that held the lock as
-    // it forked (the emitter collecting, say) would hold it here for ever. Its half-made changes do not
-    // matter: the parent's session is only forgotten below, and of it only the path, never changed
-    // after the session started, is read.
-    unsafe { SESSION.force_unlock() };
     let parent = session().take()?;
     ACTIVE.store(false, Ordering::SeqCst);
     let path = parent.path.clone();

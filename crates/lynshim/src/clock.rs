@@ -183,8 +183,11 @@ impl Stretch {
 impl Converter {
     /// `at`, a reading of [`now`], in CLOCK_MONOTONIC nanoseconds: on the straight line through the two
     /// anchors around it (beyond the first or the last anchor, through the nearest two). Each stretch
-    /// ends where the next begins, so the conversion never goes backwards. (Inlined into the writer:
-    /// it runs for every event, and a call to it showed as 9 % of the native module's samples.)
+    /// ends where the next begins, so one converter never goes backwards. A later batch's converter may
+    /// place a time made after the last anchor of an earlier batch's a little differently (on a
+    /// stretch read since, rather than extended): by the anchors' own uncertainty, tens of nanoseconds.
+    /// (Inlined into the writer: it runs for every event, and a call to it showed as 9 % of the native
+    /// module's samples.)
     #[inline]
     pub fn ns(&self, at: u64) -> u64 {
         match (self.last, self.anchors.first()) {

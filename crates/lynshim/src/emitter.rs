@@ -101,9 +101,10 @@ pub fn run(
             next = if count < MAX_BATCH { messages.try_recv().ok() } else { None };
         }
         if !batch.is_empty() {
-            // Read once every record of the batch was made: each lies before the last anchor. The writer
-            // converts the times as it writes them (it reads every record anyway; a pass here cost the
-            // emitter several times its other work, mostly in cache misses).
+            // Read once every record of the batch was made: each lies before the last anchor kept, or
+            // less than a millisecond after it (anchors are kept that far apart). The writer converts the
+            // times as it writes them (it reads every record anyway; a pass here cost the emitter several
+            // times its other work, mostly in cache misses).
             clock.mark();
             batch.clock = clock.converter();
             batches.send(batch);

@@ -627,8 +627,13 @@ mod tests {
 
     /// The events a fresh fixup writes for `records`, filed as one batch with `text`, once it is closed.
     fn written(records: Vec<Record>, text: &str) -> Vec<Value> {
+        written_batch(Batch { parts: vec![(records, text.to_owned())], ..Batch::default() })
+    }
+
+    /// The events a fresh fixup writes for `batch`, once it is closed.
+    fn written_batch(batch: Batch) -> Vec<Value> {
         let (mut f, batches) = fixup();
-        f.write_all(&batch_line(&batches, records, text)).unwrap();
+        f.write_all(&chrome_line(batches.file(batch), 0, 1.0)).unwrap();
         f.flush().unwrap();
         f.close();
         events(&f.into_inner())
@@ -710,12 +715,7 @@ mod tests {
             instant("inside"),
             end(7, count(12_000_000), "outer", None),
         ];
-        let (mut f, batches) = fixup();
-        let id = batches.file(Batch { parts: vec![(records, String::new())], clock });
-        f.write_all(&chrome_line(id, 0, 1.0)).unwrap();
-        f.flush().unwrap();
-        f.close();
-        let ev = events(&f.into_inner());
+        let ev = written_batch(Batch { parts: vec![(records, String::new())], clock });
         let times: Vec<(&str, f64, Option<f64>)> = ev
             .iter()
             .map(|e| (e["ph"].as_str().expect("ph"), e["ts"].as_f64().expect("ts"), e["dur"].as_f64()))

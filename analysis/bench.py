@@ -14,6 +14,7 @@ that drift and load affect both sides alike. Rewrites analysis/benchmarks.md. Ne
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import math
@@ -188,13 +189,14 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
         for name, cmd in case_tools.items():
             ours = name.startswith("lynshim")
             # A median of n per-pair ratios is only as sure as the pairs' spread allows (here ±5–10 % per
-            # pair): lynshim's single-process rows, the ones a 2 % target is about, get half as many pairs
-            # again; the peers, whose overhead is far from the noise (and viztracer's runs are 8× as long),
-            # half as many. The five-process build (ten seconds a pair) stays at `pairs`.
+            # pair, so ±1–2 % on a median of 30): lynshim's single-process rows, the ones a 2 % target is
+            # about, get three times as many pairs; the peers, whose overhead is far from the noise (and
+            # viztracer's runs are 8× as long), half as many. The five-process build (ten seconds a pair)
+            # stays at `pairs`.
             if label.startswith("five") or name == "python -X importtime":
                 n = pairs
             elif ours:
-                n = pairs * 3 // 2
+                n = pairs * 3
             else:
                 n = max(pairs // 2, 3)
             ratios = [t / b for b, t in paired(n, bare_cmd, cmd, cwd)]
@@ -314,6 +316,112 @@ def startup_breakdown(work: Path, rounds: int) -> tuple[list[str], str]:
         f"off (hooks, patching, GC and exit spans, the writer) {rest_ms:+.1f} ms."
     )
     return rows, note
+
+
+#: Imports a fresh package's modules three ways in one process, in rotation: through CPython's own
+#: `_find_and_load_unlocked`, through lynshim's hook with import spans off, and with them on. Alternating
+#: within one process every few milliseconds cancels the machine's phases, which separate runs cannot.
+IMPORT_COST = textwrap.dedent(
+    """
+    import statistics, sys, time
+    import _frozen_importlib as bootstrap
+    original = bootstrap._find_and_load_unlocked   # before lynshim puts its hook there
+    import lynshim
+    from lynshim import _imports
+    sys.path.insert(0, sys.argv[1])
+    count, rounds = int(sys.argv[2]), int(sys.argv[3])
+    lynshim.start(sys.argv[4])
+    import pk
+    hook = _imports._installed
+    names = [f"pk.m{i}" for i in range(count)]
+    def once(mode):
+        for name in names:
+            sys.modules.pop(name, None)
+            pk.__dict__.pop(name[3:], None)
+        bootstrap._find_and_load_unlocked = original if mode == "bare" else hook
+        hook.set_record_imports(mode == "spans")
+        t = time.perf_counter_ns()
+        for name in names:
+            __import__(name)
+        elapsed = time.perf_counter_ns() - t
+        bootstrap._find_and_load_unlocked = hook
+        hook.set_record_imports(True)
+        return elapsed / count
+    modes = ["bare", "hook", "spans"]
+    times = {mode: [] for mode in modes}
+    for r in range(rounds):
+        for mode in modes[r % 3:] + modes[:r % 3]:
+            times[mode].append(once(mode))
+    print(repr({mode: [t - b for t, b in zip(times[mode], times["bare"])] for mode in ("hook", "spans")}))
+    """
+)
+
+#: Run as `python -c 'import lynguine'` is, traced in-process; as Python's exit begins (before lynshim's own
+#: exit handler, registered first, runs last) it prints each thread's name and CPU time from the kernel's
+#: scheduler statistics, in nanoseconds.
+THREAD_CPU = textwrap.dedent(
+    """
+    import atexit, os, sys
+    def threads():
+        task = f"/proc/{os.getpid()}/task"
+        out = []
+        for tid in sorted(os.listdir(task), key=int):
+            with open(f"{task}/{tid}/comm") as comm, open(f"{task}/{tid}/schedstat") as stat:
+                out.append((int(tid) == os.getpid(), comm.read().strip(), int(stat.read().split()[0])))
+        sys.stderr.write(repr(out) + "\\n")
+    atexit.register(threads)
+    import lynguine
+    """
+)
+
+
+def tracer_parts(work: Path, rounds: int) -> list[str]:
+    """lynshim's cost in a traced `import lynguine`, part by part, each measured where this machine's noise
+    is small: the import hook's cost per import on the traced thread (one process, alternating, see
+    IMPORT_COST) and the CPU of lynshim's two threads (the kernel's per-thread counts). With the activation
+    span these are what the start-up ratio is made of; they are lines for the breakdown's notes."""
+    package = work / "many-modules" / "pk"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    count = 500
+    for i in range(count):
+        (package / f"m{i}.py").write_text(f"x = {i}\n")
+    subprocess.run([PY, "-m", "compileall", "-q", str(package)], check=True)
+    script = work / "import_cost.py"
+    script.write_text(IMPORT_COST)
+    out = subprocess.run(
+        [PY, str(script), str(package.parent), str(count), str(rounds), str(work / "import-cost")],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    over = ast.literal_eval(out.strip().splitlines()[-1])
+    lines = [
+        f"the import hook costs the traced thread {statistics.median(over['spans']):+.0f} ns per import with "
+        f"its span (IQR {statistics.quantiles(over['spans'], n=4)[0]:+.0f}–"
+        f"{statistics.quantiles(over['spans'], n=4)[2]:+.0f}), {statistics.median(over['hook']):+.0f} ns with "
+        f"import spans off (patching only), over CPython's own import, in one process alternating the three "
+        f"every {count} imports of a package's empty modules ({rounds} rounds)"
+    ]
+    threads_script = work / "thread_cpu.py"
+    threads_script.write_text(THREAD_CPU)
+    env = clean_env() | in_process_env(work / "thread-cpu")
+    cpu: dict[str, list[float]] = {"traced thread": [], "lynshim-emitter": [], "lynshim-writer": []}
+    for _ in range(max(rounds // 10, 5)):
+        err = subprocess.run([PY, str(threads_script)], env=env, capture_output=True, text=True, check=True).stderr
+        threads = ast.literal_eval(err.strip().splitlines()[-1])
+        for main, name, ns in threads:
+            key = "traced thread" if main else name
+            if key in cpu:
+                cpu[key].append(ns / 1e6)
+    lines.append(
+        "CPU of lynshim's threads in a traced `import lynguine` until Python's exit begins (median of "
+        f"{len(cpu['traced thread'])} runs, `/proc/<pid>/task/<tid>/schedstat`): "
+        + ", ".join(f"{name} {spread(values)} ms" for name, values in cpu.items() if values)
+        + "; the two lynshim threads run beside the traced thread, on the other core when one is free"
+    )
+    return lines
 
 
 def launcher_cost(work: Path, pairs: int) -> str:
@@ -585,14 +693,11 @@ def per_call_perf(work: Path, loops: int) -> tuple[list[str], list[str]]:
         ).stdout
         return [line.split(None, 2) for line in out.splitlines() if line.strip() and not line.startswith("#")]
 
-    # Threads by role: the traced thread is the process's first; lynshim names its emitter; tracing-chrome's
-    # writer threads (one per session: the script starts a session per function) are unnamed but run
-    # lynshim's native code; anything else is the libraries' own (OpenBLAS...).
+    # Threads by role: the traced thread is the process's first; lynshim names its emitter and tracing-chrome's
+    # writer threads (one per session: the script starts a session per function); anything else is the
+    # libraries' own (OpenBLAS...).
     rows = report("--sort", "pid,dso", "--percent-limit", "0.5")
     main_tid = min(int(who.split(":")[0]) for _, who, _ in rows)
-    writers = {
-        who for _, who, dso in rows if "_native" in dso and who.endswith(":python") and who != f"{main_tid}:python"
-    }
     shares: dict[tuple[str, str], float] = {}
     for pct, who, dso in rows:
         role = (
@@ -601,7 +706,7 @@ def per_call_perf(work: Path, loops: int) -> tuple[list[str], list[str]]:
             else "lynshim's emitter"
             if who.endswith(":lynshim-emitter")
             else "tracing-chrome's writer"
-            if who in writers
+            if who.endswith(":lynshim-writer")
             else "other threads"
         )
         key = (role, dso.strip())
@@ -802,6 +907,7 @@ def main() -> None:
         print("start-up…", file=sys.stderr)
         s_rows, s_notes = startup(pairs, work)
         s_profile_rows, s_profile = startup_breakdown(work, pairs)
+        s_parts = tracer_parts(work, 20 if args.quick else 200)
         s_launcher = launcher_cost(work, pairs)
         s_instr_rows, s_instr_note = ([], "not measured with --quick") if args.quick else startup_instructions(work)
         a_row, a_note = activation_in_build(work, 2 if args.quick else 5)
@@ -877,6 +983,10 @@ Where the start-up overhead goes, measured (ms):
 {chr(10).join(s_profile_rows)}
 
 {s_profile}
+
+Measured where the noise is small:
+
+{chr(10).join("- " + line for line in s_parts)}.
 
 {s_launcher}. A single-process command under `lynshim run` pays it in full, so its ratio above is the
 in-process ratio plus this over the command's own time; a build pays it once for all its processes (the

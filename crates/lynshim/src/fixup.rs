@@ -545,6 +545,7 @@ pub struct SharedFixup<W: Write>(pub std::sync::Arc<std::sync::Mutex<Fixup<W>>>)
 
 impl<W: Write> Write for SharedFixup<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        name_writer_thread();
         let mut fixup = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         fixup.write(buf)
     }
@@ -552,6 +553,26 @@ impl<W: Write> Write for SharedFixup<W> {
     fn flush(&mut self) -> io::Result<()> {
         let mut fixup = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         fixup.flush()
+    }
+}
+
+/// The name tracing-chrome's writer thread gets, as `top`, `perf` and `/proc/<pid>/task/*/comm` show it.
+pub const WRITER_THREAD_NAME: &std::ffi::CStr = c"lynshim-writer";
+
+/// Name the calling thread [`WRITER_THREAD_NAME`], once, if Rust spawned it without a name. tracing-chrome
+/// spawns its writer thread unnamed, so the OS showed it under the program's own name ("python"), beside
+/// OpenBLAS's and the program's threads; it is the only unnamed thread that writes through
+/// [`SharedFixup`] (Python's threads are not Rust's, and test threads are named).
+fn name_writer_thread() {
+    thread_local! {
+        static NAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if NAMED.with(|named| named.replace(true)) || std::thread::current().name().is_some() {
+        return;
+    }
+    // SAFETY: a NUL-terminated name of fewer than 16 bytes, for the calling thread.
+    unsafe {
+        libc::pthread_setname_np(libc::pthread_self(), WRITER_THREAD_NAME.as_ptr());
     }
 }
 

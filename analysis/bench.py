@@ -189,8 +189,8 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
         for name, cmd in case_tools.items():
             ours = name.startswith("lynshim")
             # A median of n per-pair ratios is only as sure as the pairs' spread allows (here ±5–10 % per
-            # pair, so ±1–2 % on a median of 30): lynshim's single-process rows, the ones a 2 % target is
-            # about, get three times as many pairs; the peers, whose overhead is far from the noise (and
+            # pair: ±1–2 % on a median of 30 pairs, ±0.8–1.6 % on 60): lynshim's single-process rows, the
+            # ones a 2 % target is about, get three times as many pairs; the peers, whose overhead is far from the noise (and
             # viztracer's runs are 8× as long), half as many. The five-process build (ten seconds a pair)
             # stays at `pairs`.
             if label.startswith("five") or name == "python -X importtime":
@@ -320,14 +320,16 @@ def startup_breakdown(work: Path, rounds: int) -> tuple[list[str], str]:
 
 #: Imports a fresh package's modules three ways in one process, in rotation: through CPython's own
 #: `_find_and_load_unlocked`, through lynshim's hook with import spans off, and with them on. Alternating
-#: within one process every few milliseconds cancels the machine's phases, which separate runs cannot.
+#: within one process every few tens of milliseconds cancels the machine's phases, which separate runs
+#: cannot. Each round runs the three in one of the six orders, in turn, and writes its spans out (outside
+#: the timer) before the next: the background threads' catching up never falls into one mode's time.
 IMPORT_COST = textwrap.dedent(
     """
-    import statistics, sys, time
+    import itertools, sys, time
     import _frozen_importlib as bootstrap
     original = bootstrap._find_and_load_unlocked   # before lynshim puts its hook there
     import lynshim
-    from lynshim import _imports
+    from lynshim import _imports, _native
     sys.path.insert(0, sys.argv[1])
     count, rounds = int(sys.argv[2]), int(sys.argv[3])
     lynshim.start(sys.argv[4])
@@ -346,11 +348,14 @@ IMPORT_COST = textwrap.dedent(
         elapsed = time.perf_counter_ns() - t
         bootstrap._find_and_load_unlocked = hook
         hook.set_record_imports(True)
+        _native.flush()
+        time.sleep(0.02)
         return elapsed / count
     modes = ["bare", "hook", "spans"]
+    orders = list(itertools.permutations(modes))
     times = {mode: [] for mode in modes}
     for r in range(rounds):
-        for mode in modes[r % 3:] + modes[:r % 3]:
+        for mode in orders[r % len(orders)]:
             times[mode].append(once(mode))
     print(repr({mode: [t - b for t, b in zip(times[mode], times["bare"])] for mode in ("hook", "spans")}))
     """
@@ -358,7 +363,7 @@ IMPORT_COST = textwrap.dedent(
 
 #: Run as `python -c 'import lynguine'` is, traced in-process; as Python's exit begins (before lynshim's own
 #: exit handler, registered first, runs last) it prints each thread's name and CPU time from the kernel's
-#: scheduler statistics, in nanoseconds.
+#: scheduler statistics, in nanoseconds, on a line of its own on stdout.
 THREAD_CPU = textwrap.dedent(
     """
     import atexit, os, sys
@@ -368,7 +373,7 @@ THREAD_CPU = textwrap.dedent(
         for tid in sorted(os.listdir(task), key=int):
             with open(f"{task}/{tid}/comm") as comm, open(f"{task}/{tid}/schedstat") as stat:
                 out.append((int(tid) == os.getpid(), comm.read().strip(), int(stat.read().split()[0])))
-        sys.stderr.write(repr(out) + "\\n")
+        print("threads:", repr(out), flush=True)
     atexit.register(threads)
     import lynguine
     """
@@ -402,24 +407,26 @@ def tracer_parts(work: Path, rounds: int) -> list[str]:
         f"its span (IQR {statistics.quantiles(over['spans'], n=4)[0]:+.0f}–"
         f"{statistics.quantiles(over['spans'], n=4)[2]:+.0f}), {statistics.median(over['hook']):+.0f} ns with "
         f"import spans off (patching only), over CPython's own import, in one process alternating the three "
-        f"every {count} imports of a package's empty modules ({rounds} rounds)"
+        f"every {count} imports of a package's one-line modules ({rounds} rounds)"
     ]
     threads_script = work / "thread_cpu.py"
     threads_script.write_text(THREAD_CPU)
     env = clean_env() | in_process_env(work / "thread-cpu")
-    cpu: dict[str, list[float]] = {"traced thread": [], "lynshim-emitter": [], "lynshim-writer": []}
+    cpu: dict[str, list[float]] = {"lynshim-emitter": [], "lynshim-writer": [], "the program's thread": []}
     for _ in range(max(rounds // 10, 5)):
-        err = subprocess.run([PY, str(threads_script)], env=env, capture_output=True, text=True, check=True).stderr
-        threads = ast.literal_eval(err.strip().splitlines()[-1])
-        for main, name, ns in threads:
-            key = "traced thread" if main else name
+        out = subprocess.run([PY, str(threads_script)], env=env, capture_output=True, text=True, check=True).stdout
+        line = next(line for line in out.splitlines() if line.startswith("threads: "))
+        for main, name, ns in ast.literal_eval(line.removeprefix("threads: ")):
+            key = "the program's thread" if main else name
             if key in cpu:
                 cpu[key].append(ns / 1e6)
+    runs = len(cpu["the program's thread"])
     lines.append(
         "CPU of lynshim's threads in a traced `import lynguine` until Python's exit begins (median of "
-        f"{len(cpu['traced thread'])} runs, `/proc/<pid>/task/<tid>/schedstat`): "
+        f"{runs} runs, `/proc/<pid>/task/<tid>/schedstat`): "
         + ", ".join(f"{name} {spread(values)} ms" for name, values in cpu.items() if values)
-        + "; the two lynshim threads run beside the traced thread, on the other core when one is free"
+        + " (the program's thread, for scale: the whole import); the two lynshim threads run beside the "
+        "program's, on the other core when one is free"
     )
     return lines
 
@@ -986,7 +993,7 @@ Where the start-up overhead goes, measured (ms):
 
 Measured where the noise is small:
 
-{chr(10).join("- " + line for line in s_parts)}.
+{chr(10).join("- " + line + "." for line in s_parts)}
 
 {s_launcher}. A single-process command under `lynshim run` pays it in full, so its ratio above is the
 in-process ratio plus this over the command's own time; a build pays it once for all its processes (the

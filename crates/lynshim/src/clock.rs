@@ -7,10 +7,12 @@
 //! ([`Anchor`]) as it sends batches and on its clock, at least [`MIN_STRETCH_NS`] apart ([`Anchors`]);
 //! the writer turns each count into nanoseconds on the straight line through the two anchors around it
 //! ([`Converter`]). The counter runs at a constant rate, and CLOCK_MONOTONIC nearly so (NTP slews it by
-//! at most 500 parts per million, and changes its rate seldom), so over one stretch of a few
-//! milliseconds a count lands within about a hundred nanoseconds of the CLOCK_MONOTONIC time it was read
-//! at: the file holds times that line up with every other process's, and with the events lynshim times
-//! on CLOCK_MONOTONIC itself.
+//! at most 500 parts per million, and changes its rate seldom), so over one stretch (about one
+//! [`FLUSH_DELAY`](crate::emitter::FLUSH_DELAY), 50 ms, while records come) a count lands within about a
+//! hundred nanoseconds of the CLOCK_MONOTONIC time it was read at while the rate holds. A rate change
+//! in mid-stretch bends the line by at most a quarter of the change times the stretch: a few ppm, as NTP
+//! makes them, tens of nanoseconds; the extreme, 500 ppm at once over 50 ms, 6 µs. The file holds times
+//! that line up with every other process's, and with the events lynshim times on CLOCK_MONOTONIC itself.
 //!
 //! The counter is used only on x86-64 and only when the kernel's own clock source is `tsc`: the kernel
 //! chooses it only once it has found the counter constant-rate and in step across CPUs. Anywhere else
@@ -84,8 +86,9 @@ impl Anchor {
 /// allow (tens of nanoseconds over a millisecond), however fast batches come.
 pub const MIN_STRETCH_NS: u64 = 1_000_000;
 /// Anchors kept, at most: a quarter of a second or more. A record is converted in the batch the emitter
-/// sends after it was made, a few milliseconds later, or, should the emitter fall behind, as long as it
-/// stays behind: one older than every anchor kept is placed on the line of the oldest stretch.
+/// sends after it was made, at most a [`FLUSH_DELAY`](crate::emitter::FLUSH_DELAY) or so later (100 ms
+/// when the emitter idles), or, should the emitter fall behind, as long as it stays behind: one older
+/// than every anchor kept is placed on the line of the oldest stretch.
 const ANCHORS: usize = 256;
 
 /// The emitter's side: reads the anchors and hands a [`Converter`] to each batch.

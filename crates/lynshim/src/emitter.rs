@@ -5,7 +5,7 @@
 //! the span's fields, allocates its name and target and sends a message to its writer thread at every
 //! enter and exit), so the traced threads never call `tracing` themselves: they append records to the
 //! session's list (see [`crate::session`]) and full lists come down a channel to this thread, which also
-//! collects what is left every few milliseconds. It sends them on through tracing-chrome in batches
+//! collects what is left every [`FLUSH_DELAY`]. It sends them on through tracing-chrome in batches
 //! ([`crate::batch`]), which tracing-chrome writes on its writer thread and [`crate::fixup`] expands into
 //! the events of the file, and it tells tracing-chrome to flush on a clock.
 
@@ -72,7 +72,17 @@ pub fn run(
     let mut last_flush = Instant::now();
     let mut busy = true;
     loop {
-        let message = match messages.recv_timeout(if busy { FLUSH_DELAY } else { IDLE_DELAY }) {
+        // While something sent is not flushed yet, wake when its flush is due, [`FLUSH_DELAY`] after the last:
+        // a batch sent just after a flush (a full list handed off) would otherwise wait for the next round
+        // and one more, nearly twice as long.
+        let wait = if unflushed {
+            FLUSH_DELAY.saturating_sub(last_flush.elapsed())
+        } else if busy {
+            FLUSH_DELAY
+        } else {
+            IDLE_DELAY
+        };
+        let message = match messages.recv_timeout(wait) {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
                 // An anchor on the clock too, so that a stretch stays short while nothing is sent.

@@ -21,7 +21,9 @@
 //!   known in a C `on_exit` handler that runs after thread-local storage is gone, where neither
 //!   `tracing` nor tracing-chrome can be used, so the exit event is written directly ([`Fixup::write_own`]);
 //! - a failing write (full disk, file removed) is reported once on stderr and later output is dropped,
-//!   so the traced program never sees an error from its tracer.
+//!   so the traced program never sees an error from its tracer;
+//! - tracing-chrome's writer thread, which it spawns unnamed, is named `lynshim-writer` at its first
+//!   write, so that `top -H`, `perf` and `/proc` tell it from the program's own threads.
 
 use std::io::{self, Write};
 
@@ -556,18 +558,23 @@ impl<W: Write> Write for SharedFixup<W> {
     }
 }
 
-/// The name tracing-chrome's writer thread gets, as `top`, `perf` and `/proc/<pid>/task/*/comm` show it.
-pub const WRITER_THREAD_NAME: &std::ffi::CStr = c"lynshim-writer";
+/// The name tracing-chrome's writer thread gets, as `top -H`, `perf` and `/proc/<pid>/task/*/comm` show it.
+const WRITER_THREAD_NAME: &std::ffi::CStr = c"lynshim-writer";
 
-/// Name the calling thread [`WRITER_THREAD_NAME`], once, if Rust spawned it without a name. tracing-chrome
-/// spawns its writer thread unnamed, so the OS showed it under the program's own name ("python"), beside
-/// OpenBLAS's and the program's threads; it is the only unnamed thread that writes through
-/// [`SharedFixup`] (Python's threads are not Rust's, and test threads are named).
+/// Name the calling thread [`WRITER_THREAD_NAME`], once. Only tracing-chrome's writer thread writes
+/// through [`SharedFixup`] (tracing-chrome moves its writer into the thread it spawns; the exit handler
+/// locks the [`Fixup`] itself), and tracing-chrome spawns it unnamed, so the OS showed it under the
+/// program's name ("python"), beside the program's and OpenBLAS's threads. Whatever calls this, the
+/// process's main thread keeps its name, which is the process's in `ps` and `top`, and so does a thread
+/// Rust named (a test's).
 fn name_writer_thread() {
     thread_local! {
         static NAMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    if NAMED.with(|named| named.replace(true)) || std::thread::current().name().is_some() {
+    if NAMED.with(|named| named.replace(true))
+        || crate::procinfo::gettid() == u64::from(std::process::id())
+        || std::thread::current().name().is_some()
+    {
         return;
     }
     // SAFETY: a NUL-terminated name of fewer than 16 bytes, for the calling thread.

@@ -92,8 +92,8 @@ struct Moments {
 /// (a swap, to learn whether anyone waits) besides the one to lock; `perf annotate` put most of the
 /// session's samples on those two instructions (issue #17). This one unlocks with a plain release
 /// store. It is held for a few hundred nanoseconds at most (longer only at a handoff or an RSS sample),
-/// taken by the traced threads (which mostly hold the GIL, so rarely at once) and by the emitter every
-/// few milliseconds: a waiter seldom waits, and calls `sched_yield` between tries when it does. `fork`
+/// taken by the traced threads (which mostly hold the GIL, so rarely at once) and by the emitter once
+/// per [`FLUSH_DELAY`](crate::emitter::FLUSH_DELAY) or so: a waiter seldom waits, and calls `sched_yield` between tries when it does. `fork`
 /// holds it (see [`hold_lock_across_fork`]), so a child never starts with it held by a thread that
 /// does not exist there.
 type SessionLock = SpinMutex<Option<Session>, Yield>;

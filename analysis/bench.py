@@ -190,9 +190,9 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             ours = name.startswith("lynshim")
             # A median of n per-pair ratios is only as sure as the pairs' spread allows (here ±5–10 % per
             # pair: ±1–2 % on a median of 30 pairs, ±0.8–1.6 % on 60): lynshim's single-process rows, the
-            # ones a 2 % target is about, get three times as many pairs; the peers, whose overhead is far from the noise (and
-            # viztracer's runs are 8× as long), half as many. The five-process build (ten seconds a pair)
-            # stays at `pairs`.
+            # ones a 2 % target is about, get three times as many pairs; the peers, whose overhead is far
+            # from the noise (and viztracer's runs are 8× as long), half as many. The five-process build
+            # (ten seconds a pair) stays at `pairs`.
             if label.startswith("five") or name == "python -X importtime":
                 n = pairs
             elif ours:
@@ -401,13 +401,13 @@ def tracer_parts(work: Path, rounds: int) -> list[str]:
         text=True,
         check=True,
     ).stdout
-    over = ast.literal_eval(out.strip().splitlines()[-1])
+    over_us = {
+        mode: [ns / 1000 for ns in diffs] for mode, diffs in ast.literal_eval(out.strip().splitlines()[-1]).items()
+    }
     lines = [
-        f"the import hook costs the traced thread {statistics.median(over['spans']):+.0f} ns per import with "
-        f"its span (IQR {statistics.quantiles(over['spans'], n=4)[0]:+.0f}–"
-        f"{statistics.quantiles(over['spans'], n=4)[2]:+.0f}), {statistics.median(over['hook']):+.0f} ns with "
-        f"import spans off (patching only), over CPython's own import, in one process alternating the three "
-        f"every {count} imports of a package's one-line modules ({rounds} rounds)"
+        f"the import hook costs the traced thread {spread(over_us['spans'])} µs per import with its span, "
+        f"{spread(over_us['hook'])} µs with import spans off (patching only), over CPython's own import, in "
+        f"one process alternating the three every {count} imports of a package's one-line modules (n rounds)"
     ]
     threads_script = work / "thread_cpu.py"
     threads_script.write_text(THREAD_CPU)

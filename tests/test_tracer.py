@@ -393,7 +393,7 @@ def test_lynshim_threads_are_named(tmp_path: Path) -> None:
         _native.flush()
         task = f"/proc/{os.getpid()}/task"
         for _ in range(200):
-            threads = {int(tid) == os.getpid(): [] for tid in os.listdir(task)}
+            threads = {True: [], False: []}  # is it the program's own thread: names
             for tid in os.listdir(task):
                 threads[int(tid) == os.getpid()].append(open(f"{task}/{tid}/comm").read().strip())
             if "lynshim-writer" in threads[False]:

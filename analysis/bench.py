@@ -135,6 +135,10 @@ def in_process_env(out: Path) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("LYNSHIM_") or k == "PYTHONPATH"}
 
 
+#: The start-up table's control row: the bare command paired against itself.
+CONTROL = "bare against bare (control)"
+
+
 def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     script = work / "import_lynguine.py"
     script.write_text("import lynguine\n")
@@ -146,6 +150,8 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
         return {
             "lynshim run": [LYNSHIM, "run", "-o", str(out / "lynshim"), "--", PY, *program],
             "lynshim, in-process (no launcher)": [*[f"{k}={v}" for k, v in traced_env.items()], PY, *program],
+            # The same bare command against itself: what a tracer costing nothing scores in this run.
+            CONTROL: [PY, *program],
             "python -X importtime": [PY, "-X", "importtime", *program],
             "cProfile": [PY, "-m", "cProfile", "-o", str(out / "cprofile.out"), *program],
             "viztracer": [str(VENV_BIN / "viztracer"), "--quiet", "-o", str(out / "viz.json"), *program],
@@ -188,6 +194,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
         timed(bare_cmd, cwd)  # warm the page cache
         for name, cmd in case_tools.items():
             ours = name.startswith("lynshim")
+            control = name == CONTROL
             # A median of n per-pair ratios is only as sure as the pairs' spread allows (here ±5–10 % per
             # pair: ±1–2 % on a median of 30 pairs, ±0.8–1.6 % on 60): lynshim's single-process rows, the
             # ones a 2 % target is about, get three times as many pairs; the peers, whose overhead is far
@@ -195,7 +202,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             # (ten seconds a pair) stays at `pairs`.
             if label.startswith("five") or name == "python -X importtime":
                 n = pairs
-            elif ours:
+            elif ours or control:
                 n = pairs * 3
             else:
                 n = max(pairs // 2, 3)
@@ -205,6 +212,11 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             )
             if ours:
                 notes.append(f"{name} on {label}: {ratio_verdict(ratios, 1.02)}")
+            if control:
+                notes.append(
+                    f"{name} on {label}, what a tracer costing nothing scores in this run: median ratio "
+                    f"{statistics.median(ratios):.3f}; 95 % interval of the median: {interval_text(ratios)}"
+                )
     if not talk_dir.is_dir():
         notes.append(f"the corpus talk cases were not run: {CORPUS} is absent")
     elif not (VENV_BIN / "mdfield").exists():
@@ -978,6 +990,8 @@ The interval is a distribution-free 95 % confidence interval of the median (orde
 holds 1.02, this machine's run-to-run noise is too large for this many pairs to say on which side of the
 target the tracer's cost lies. It takes the pairs to be independent, and they are not quite: this
 machine's speed changes in phases that last several runs, so the intervals are if anything too narrow.
+The control rows pair the bare command with itself, as many pairs as lynshim's rows get: their distance
+from 1.000 is what this run's noise alone puts into a median, for a tracer that costs nothing.
 
 | workload | tool | ratio: median (IQR, n) | 95 % interval of the median | target |
 | --- | --- | --- | --- | --- |

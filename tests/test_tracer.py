@@ -10,6 +10,7 @@ import ast
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -340,6 +341,127 @@ def test_sigterm_closes_the_trace_and_dies_of_sigterm(tmp_path: Path, launcher: 
     assert json.loads(trace.path.read_text())  # complete JSON, closing bracket included
 
 
+def test_sigterm_ends_the_process_where_python_never_gets_to_its_handler(tmp_path: Path) -> None:
+    # CPython runs a Python-level handler only when its main thread next checks for signals. Here that thread
+    # is in a long computation in C, which no signal interrupts; bare, SIGTERM's default action ends the
+    # process at once. (The same wait, for ever, hung a multiprocessing pool whose worker was taking its
+    # queue's lock as the pool terminated it.) lynshim's native guard ends it soon after, with a complete
+    # trace. SIGALRM's default action is the backstop that fails the test instead of waiting a minute.
+    code = textwrap.dedent(
+        """
+        import itertools, os, signal, subprocess, lynguine
+        signal.alarm(30)
+        # From another process: a thread of this one would wait for the GIL, which sum() never lets go.
+        subprocess.Popen(["sh", "-c", f"sleep 1; kill -TERM {os.getpid()}"])
+        sum(itertools.repeat(1, 10**11))
+        print("not ended")
+        """
+    )
+    bare = untraced([PY, "-c", code], env=clean_env(), cwd=tmp_path)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert bare.returncode == run.proc.returncode == -signal.SIGTERM, run.proc.stderr
+    assert run.proc.stdout == bare.stdout == b""
+    trace = run.traces[0]
+    assert trace.exit["exit_signal"] == signal.SIGTERM and trace.exit["exit_status"] is None
+    assert json.loads(trace.path.read_text())  # complete JSON, closing bracket included
+    assert any(s["name"] == "lynguine" for s in trace.spans(schema.CAT_IMPORT))
+
+
+def test_a_signal_handled_in_a_fork_child_before_lynshims_fork_handler(tmp_path: Path) -> None:
+    # A SIGTERM that a forked child handles before lynshim's fork handler has run (a multiprocessing pool
+    # terminating a worker it had just started) found the parent's session there and ended it: it joined the
+    # parent's threads, which the child does not have, said "internal error" on stderr, and would have
+    # written the exit into the parent's file. The program's own fork handler, registered before lynshim
+    # starts tracing so that it runs first, ends the session here as lynshim's SIGTERM handler would.
+    code = textwrap.dedent(
+        """
+        import os, sys, lynshim
+        from lynshim import _native
+        os.register_at_fork(after_in_child=lambda: _native.killed_by_signal(15))
+        lynshim.start(sys.argv[1])
+        with lynshim.span("before fork"):
+            pass
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """
+    )
+    out = tmp_path / "t"
+    proc = subprocess.run([PY, "-c", code, str(out)], env=clean_env(), cwd=tmp_path, capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"0\n", b"")
+    (parent,) = [Trace(p, load_events(p)) for p in out.glob("*" + schema.TRACE_SUFFIX)]
+    assert json.loads(parent.path.read_text())
+    assert parent.exit["exit_status"] == 0 and parent.exit["exit_signal"] is None
+    assert [s["name"] for s in parent.spans(schema.CAT_USER)] == ["before fork"]
+
+
+def test_multiprocessing_pool_terminated_as_bare(tmp_path: Path) -> None:
+    # A fork pool's `with` block terminates its workers: the program ends as it does bare, and each worker's
+    # trace is complete, whichever way the worker ended: by the pool's SIGTERM (blocked on the queue's lock,
+    # say), or through os._exit(0) after taking the pool's sentinel, the way every forked child of
+    # multiprocessing ends.
+    code = textwrap.dedent(
+        """
+        import multiprocessing
+        def started(both):
+            global barrier
+            barrier = both
+        def square(x):
+            barrier.wait(timeout=60)  # one task each: both workers are up and traced
+            return x * x
+        if __name__ == "__main__":
+            context = multiprocessing.get_context("fork")
+            with context.Pool(2, initializer=started, initargs=(context.Barrier(2),)) as pool:
+                print(pool.map(square, range(2), chunksize=1))
+        """
+    )
+    script = tmp_path / "pool.py"
+    script.write_text(code)
+    bare = untraced([PY, str(script)], env=clean_env(), cwd=tmp_path, timeout=60)
+    run = lynshim_run(tmp_path / "t", [PY, str(script)], env=clean_env(), timeout=60)
+    expected = (0, b"[0, 1]\n")
+    assert (run.proc.returncode, run.proc.stdout) == (bare.returncode, bare.stdout) == expected
+    workers = [t for t in run.traces if "forked_from" in t.meta]
+    (pool,) = [t for t in run.traces if t not in workers]
+    assert len(workers) == 2 and pool.exit["exit_status"] == 0
+    for worker in workers:
+        assert worker.meta["forked_from"] == str(pool.path)
+        assert (worker.exit["exit_status"], worker.exit["exit_signal"]) in ((0, None), (None, signal.SIGTERM))
+        assert json.loads(worker.path.read_text())
+
+
+def test_lynshim_threads_take_no_signals(tmp_path: Path) -> None:
+    # A signal sent to the process goes to a thread that does not block it. On one of lynshim's, CPython's
+    # handler only notes it for the main thread, which a blocking call then never leaves: lynshim's threads
+    # block every signal, and the program's thread keeps its mask.
+    code = textwrap.dedent(
+        """
+        import os, time, lynshim
+        from lynshim import _native
+        with lynshim.span("something to write"):
+            pass
+        _native.flush()
+        task = f"/proc/{os.getpid()}/task"
+        masks = {}
+        for tid in os.listdir(task):
+            status = dict(line.split(":\t", 1) for line in open(f"{task}/{tid}/status").read().splitlines())
+            masks[open(f"{task}/{tid}/comm").read().strip()] = int(status["SigBlk"], 16)
+        print(repr(masks))
+        """
+    )
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert run.proc.returncode == 0, run.proc.stderr
+    masks = ast.literal_eval(run.proc.stdout.decode())
+    assert masks.pop(Path(PY).name[:15]) == 0
+    assert sorted(masks) == ["lynshim-emitter", "lynshim-writer"]
+    for name, mask in masks.items():
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+            assert mask & (1 << (signum - 1)), (name, signum)
+        # A fault on one of them still reaches faulthandler and Rust's own report.
+        assert not mask & (1 << (signal.SIGSEGV - 1) | 1 << (signal.SIGBUS - 1)), name
+
+
 def test_program_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
@@ -353,22 +475,20 @@ def test_program_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
     assert run.traces[0].exit["exit_status"] == 4
 
 
-@pytest.mark.parametrize("how", ["sigkill", "os_exit"])
-def test_killed_process_leaves_a_loadable_partial_trace(tmp_path: Path, how: str) -> None:
-    end = "os.kill(os.getpid(), signal.SIGKILL)" if how == "sigkill" else "os._exit(9)"
+def test_killed_process_leaves_a_loadable_partial_trace(tmp_path: Path) -> None:
     code = textwrap.dedent(
-        f"""
+        """
         import os, signal, time, lynshim
         import lynguine
         for i in range(200):
             with lynshim.span("step", i=i):
                 pass
         time.sleep(0.3)  # the writer thread catches up; what follows is lost
-        {end}
+        os.kill(os.getpid(), signal.SIGKILL)
         """
     )
     run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
-    assert run.proc.returncode == (-9 if how == "sigkill" else 9)
+    assert run.proc.returncode == -9
     trace = run.traces[0]
     text = trace.path.read_text()
     assert not text.rstrip().endswith("]")
@@ -378,6 +498,36 @@ def test_killed_process_leaves_a_loadable_partial_trace(tmp_path: Path, how: str
     assert len(steps) >= 200 - 64 // 2
     assert any(s["name"] == "lynguine" for s in Trace(trace.path, events).spans(schema.CAT_IMPORT))
     assert trace.exit is None
+
+
+@pytest.mark.parametrize("where", ["process", "fork child"])
+def test_os_exit_writes_the_trace_out(tmp_path: Path, where: str) -> None:
+    # os._exit runs neither Python's exit nor C's exit handlers (every forked multiprocessing child ends that
+    # way): lynshim's wrapper writes every span and the exit status first. The function still looks like
+    # the real one to the program.
+    code = textwrap.dedent(
+        f"""
+        import inspect, os, sys, lynshim, lynguine
+        assert os._exit.__name__ == "_exit" and str(inspect.signature(os._exit)) == "(status)"
+        if {where == "fork child"!r} and os.fork():
+            print(os.waitstatus_to_exitcode(os.wait()[1]))
+            sys.exit(0)
+        for i in range(200):
+            with lynshim.span("step", i=i):
+                pass
+        print("done", flush=True)
+        os._exit(9)
+        print("after")
+        """
+    )
+    bare = untraced([PY, "-c", code], env=clean_env(), cwd=tmp_path)
+    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
+    assert (run.proc.returncode, run.proc.stdout) == (bare.returncode, bare.stdout), run.proc.stderr
+    (trace,) = [t for t in run.traces if (where == "fork child") == ("forked_from" in t.meta)]
+    assert json.loads(trace.path.read_text())  # complete JSON, closing bracket included
+    assert trace.exit["exit_status"] == 9 and trace.exit["exit_signal"] is None
+    assert trace.exit.get("lynguine_version")
+    assert [s["args"]["i"] for s in trace.spans(schema.CAT_USER)] == list(range(200))
 
 
 def test_lynshim_threads_are_named(tmp_path: Path) -> None:

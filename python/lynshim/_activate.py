@@ -9,6 +9,9 @@ installs, once per process:
 - an ``atexit`` handler, registered before the program's own so it runs after them, that records the
   versions of lynguine and lamd and writes every span out (the exit status follows from native code);
 - an ``os.register_at_fork`` handler, so a forked child writes its own file;
+- ``os._exit`` in front of the real one, writing every span and the exit status out first: a process that
+  ends that way (every forked ``multiprocessing`` child does) runs neither Python's exit nor C's, and its
+  trace stopped at the emitter's last round, without an exit event;
 - a SIGTERM handler, only where SIGTERM still has its default action, that closes the trace and then
   dies of the same signal, so the exit status seen by the parent is unchanged.
 """
@@ -139,18 +142,47 @@ def _install_hooks() -> None:
         sys.addaudithook(_record_open)
     atexit.register(_at_python_exit)
     os.register_at_fork(before=_native.flush, after_in_child=_after_fork_in_child)
+    os._exit = _exit
     _install_sigterm_handler()
     # Set last: after a failure (activate stops the session) a later activation tries again.
     _hooks_installed = True
 
 
-def _library_version(name: str) -> str | None:
+_os_exit = os._exit
+
+
+def _exit(status: int, /) -> None:
+    # Whatever happens while the trace is written (a KeyboardInterrupt acted on between two calls here, an
+    # odd status), the real os._exit is called, with the program's own argument: a forked child must never
+    # go back into its parent's code.
+    try:
+        if _state.active:
+            code = type(status).__index__(status)
+            if -(2**31) <= code < 2**31:
+                _state.active = False
+                _record_library_versions(look_up_distributions=False)
+                _native.exiting_now(code)
+    except BaseException:  # noqa: BLE001, S110 - tracing gives way; os._exit below says what is wrong
+        pass
+    finally:
+        _os_exit(status)
+
+
+# The real function's name, docs and signature (inspect follows __wrapped__), as wrapt's wrappers keep them.
+for _attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+    setattr(_exit, _attribute, getattr(_os_exit, _attribute))
+_exit.__wrapped__ = _os_exit  # type: ignore[attr-defined]
+
+
+def _library_version(name: str, look_up_distributions: bool = True) -> str | None:
     module = sys.modules.get(name)
     if module is None:
         return None
     version = getattr(module, "__version__", None)
     if isinstance(version, str):
         return version
+    if not look_up_distributions:  # importlib.metadata is a dozen modules: not on os._exit's way out
+        return None
     try:
         from importlib.metadata import version as dist_version
 
@@ -188,12 +220,16 @@ def _at_python_exit() -> None:
     if os.environ.get(schema.ENV_RECORD_FILES) == "1":
         files = sorted(f for f in (_opened | _mapped_files() | {sys.executable}) if os.path.isfile(f))
         _native.set_exit_meta(schema.ARG_OPENED_FILES, files)
-    for name, key in (("lynguine", schema.ARG_LYNGUINE_VERSION), ("lamd", schema.ARG_LAMD_VERSION)):
-        version = _library_version(name)
-        if version:
-            _native.set_exit_meta(key, version)
+    _record_library_versions()
     _state.active = False
     _native.python_exiting()
+
+
+def _record_library_versions(look_up_distributions: bool = True) -> None:
+    for name, key in (("lynguine", schema.ARG_LYNGUINE_VERSION), ("lamd", schema.ARG_LAMD_VERSION)):
+        version = _library_version(name, look_up_distributions)
+        if version:
+            _native.set_exit_meta(key, version)
 
 
 def _after_fork_in_child() -> None:
@@ -211,14 +247,19 @@ def _install_sigterm_handler() -> None:
             return
         _signal.signal(_signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # not the main thread, or no signals here
-        pass
+        return
+    # Python runs _on_sigterm only when its main thread next checks for signals, which a thread blocked at
+    # the wrong moment or busy in C may never do; bare, SIGTERM would have ended it at once. The native
+    # guard ends the process itself if this handler has not run soon after (lynshim/_native: signals.rs).
+    _native.guard_termination(_signal.SIGTERM)
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:
     # Close the trace with the signal as the exit reason, then die of the same signal, as the default
-    # action would have: the parent sees the same wait status.
-    if _state.active:
-        _state.active = False
-        _native.killed_by_signal(signum)
+    # action would have: the parent sees the same wait status. Not only while _state.active: the signal may
+    # be acted on inside lynshim's os._exit, after it cleared that and before it wrote the trace out; a
+    # session already ended is left alone.
+    _state.active = False
+    _native.killed_by_signal(signum)
     _signal.signal(signum, _signal.SIG_DFL)
     os.kill(os.getpid(), signum)

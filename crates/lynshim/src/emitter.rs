@@ -20,6 +20,7 @@ use tracing_subscriber::Registry;
 
 use crate::batch::{Batch, Batches, Record};
 use crate::clock::Anchors;
+use crate::{session, signals};
 
 /// Events reach the file about this long after they were recorded (unless the process is killed with
 /// SIGKILL first, which loses them): the emitter collects and flushes at this pace while records come.
@@ -58,7 +59,9 @@ pub fn chrome_dispatch<W: io::Write + Send + 'static>(writer: W) -> (Dispatch, F
 /// The emitter's loop: records in, `tracing` events out (see the module doc). `collect` hands the
 /// session's pending records to the channel and says whether there were any; `clock` reads the anchors
 /// that convert their times to CLOCK_MONOTONIC (see [`crate::clock`]). Returns when every sender is gone
-/// and the channel is empty, after tracing-chrome has written everything out.
+/// and the channel is empty, after tracing-chrome has written everything out: `None`; or, when a signal
+/// that Python's handler should have acted on is overdue ([`signals::overdue`]), once what the traced
+/// threads had recorded is written out: `Some(signal)`, for the caller to end the session and the process.
 pub fn run(
     messages: &Receiver<Message>,
     dispatch: &Dispatch,
@@ -66,16 +69,28 @@ pub fn run(
     batches: &Batches,
     mut clock: Anchors,
     collect: impl Fn() -> bool,
-) {
+) -> Option<i32> {
     let default = tracing::dispatcher::set_default(dispatch);
     let mut unflushed = false;
     let mut last_flush = Instant::now();
     let mut busy = true;
+    let mut ending_for = None;
     loop {
+        if ending_for.is_none() {
+            ending_for = signals::overdue();
+            if ending_for.is_some() {
+                // Nothing more is recorded, and everything recorded until now comes down the channel;
+                // the rounds below take it without waiting and stop at the first empty one.
+                session::ACTIVE.store(false, std::sync::atomic::Ordering::SeqCst);
+                collect();
+            }
+        }
         // While something sent is not flushed yet, wake when its flush is due, [`FLUSH_DELAY`] after the last:
         // a batch sent just after a flush (a full list handed off) would otherwise wait for the next round
         // and one more, nearly twice as long.
-        let wait = if unflushed {
+        let wait = if ending_for.is_some() {
+            Duration::ZERO
+        } else if unflushed {
             FLUSH_DELAY.saturating_sub(last_flush.elapsed())
         } else if busy {
             FLUSH_DELAY
@@ -84,6 +99,7 @@ pub fn run(
         };
         let message = match messages.recv_timeout(wait) {
             Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) if ending_for.is_some() => break,
             Err(RecvTimeoutError::Timeout) => {
                 // An anchor on the clock too, so that a stretch stays short while nothing is sent.
                 clock.mark();
@@ -137,6 +153,7 @@ pub fn run(
     drop(default);
     // tracing-chrome writes out what it has and joins its writer thread.
     drop(guard);
+    ending_for
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod parent_trace;
 pub mod probe;
 pub mod procinfo;
 pub mod session;
+pub mod signals;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -169,6 +170,20 @@ fn stop() {
 #[pyfunction]
 fn python_exiting() {
     guarded((), || session::end(End::PythonExit));
+}
+
+/// Put a native handler for `signum` in front of the Python one just set, so that the process still
+/// ends if Python never gets to run it (see [`signals`]).
+#[pyfunction]
+fn guard_termination(signum: i32) {
+    guarded((), || signals::guard_termination(signum));
+}
+
+/// The process is about to end with `status` without Python's exit (`os._exit`, which runs neither
+/// Python's `atexit` nor C's exit handlers): write out every span and the exit event, and close the file.
+#[pyfunction]
+fn exiting_now(status: i32) {
+    guarded((), || session::end(End::Exit { status: Some(status), signal: None }));
 }
 
 /// The process is about to die of signal `signum`: write the exit event and close the file.
@@ -403,6 +418,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(activated, m)?)?;
     m.add_function(wrap_pyfunction!(python_exiting, m)?)?;
     m.add_function(wrap_pyfunction!(killed_by_signal, m)?)?;
+    m.add_function(wrap_pyfunction!(guard_termination, m)?)?;
+    m.add_function(wrap_pyfunction!(exiting_now, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(trace_path, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;

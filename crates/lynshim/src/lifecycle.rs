@@ -20,7 +20,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 
 use lynschema::{arg, category, event, files, moment, FORMAT_VERSION};
@@ -33,12 +33,15 @@ use crate::fixup::{Fixup, SharedFixup};
 use crate::parent_trace::find_parent_trace;
 use crate::procinfo;
 use crate::session::{self, Session, TraceWriter, ACTIVE, GENERATION};
+use crate::signals;
 
 /// A session whose spans are all written, waiting for the exit status (see the module doc).
 static AWAITING_EXIT: Mutex<Option<Awaiting>> = Mutex::new(None);
 
 /// What the exit handler needs of a session Python's exit has written out.
 struct Awaiting {
+    /// The process whose session it was (see [`Session::pid`]).
+    pid: u32,
     writer: TraceWriter,
     meta: Map<String, Value>,
     zero_mono_ns: u64,
@@ -95,11 +98,18 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     let batches = Batches::default();
     let fixup = Fixup::new(file, batches.clone(), pid, zero_mono_ns, shift_us, Box::new(session::warn_once));
     let writer = Arc::new(Mutex::new(fixup));
-    let (dispatch, guard) = emitter::chrome_dispatch(SharedFixup(Arc::clone(&writer)));
     let (sender, receiver) = mpsc::channel();
     let emitted = batches.clone();
-    let emitter = std::thread::Builder::new().name("lynshim-emitter".into()).spawn(move || {
-        emitter::run(&receiver, &dispatch, guard, &emitted, clock, || session::collect(generation));
+    // Both threads (tracing-chrome's writer, spawned by `chrome_dispatch`, and the emitter) start with
+    // every signal blocked: the program's signals are for the program's threads (see `crate::signals`).
+    let emitter = signals::all_blocked(|| {
+        let (dispatch, guard) = emitter::chrome_dispatch(SharedFixup(Arc::clone(&writer)));
+        std::thread::Builder::new().name("lynshim-emitter".into()).spawn(move || {
+            let collect = || session::collect(generation);
+            if let Some(signum) = emitter::run(&receiver, &dispatch, guard, &emitted, clock, collect) {
+                end_for_signal(generation, signum);
+            }
+        })
     })?;
 
     let parent_trace = find_parent_trace(dir, &path);
@@ -167,26 +177,62 @@ pub enum End {
     Exit { status: Option<i32>, signal: Option<i32> },
 }
 
+/// Set while a session is being ended: by [`end`] for its whole run, and by the emitter's
+/// [`end_for_signal`] from the moment it takes the session until the process is gone. Whichever comes
+/// second yields: `end` waits (for the end of the process), `end_for_signal` leaves the session to `end`
+/// (which is joining its thread). So the exit is written once, and nothing kills the process halfway
+/// through writing it.
+static ENDING: AtomicBool = AtomicBool::new(false);
+
+/// In a child after `fork` (its `fork` handler, before any Python code runs): the parent's ending, and
+/// a signal the parent had noted, are not the child's.
+pub(crate) fn forget_parent_ending() {
+    ENDING.store(false, Ordering::SeqCst);
+    signals::forget();
+}
+
 /// End the session (or, for [`End::Exit`], the session that Python's exit left waiting).
 pub fn end(how: End) {
+    while ENDING.swap(true, Ordering::SeqCst) {
+        // The emitter is ending the session for a signal and the process with it (or another thread is
+        // ending it): wait.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    end_unguarded(how);
+    ENDING.store(false, Ordering::SeqCst);
+}
+
+fn end_unguarded(how: End) {
     let began_ns = procinfo::monotonic_ns();
-    let running = session::session().take();
+    let pid = std::process::id();
+    let running = session::session().take().and_then(|s| {
+        if s.pid == pid {
+            return Some(s);
+        }
+        // A forked child's copy of its parent's session, before the child's fork handler forgot it
+        // (a signal handled in between): its threads and file are the parent's.
+        std::mem::forget(s);
+        None
+    });
     let awaiting = running.map(|mut s| {
         ACTIVE.store(false, Ordering::SeqCst);
         // Spans still open on this thread belong to this session: close them into it first.
         // (After thread-local storage is gone this fails and there is nothing left to close.)
         s.close_open_spans();
         s.hand_off();
-        let Session { sender, emitter, writer, exit_meta, zero_mono_ns, .. } = s;
+        let Session { sender, emitter, writer, exit_meta, zero_mono_ns, pid, .. } = s;
         // The emitter drains the channel, then tracing-chrome writes out and stops.
         drop(sender);
         if let Some(emitter) = emitter {
             let _ = emitter.join();
         }
         let writing = (how == End::PythonExit).then(|| (began_ns, procinfo::monotonic_ns()));
-        Awaiting { writer, meta: exit_meta, zero_mono_ns, writing }
+        Awaiting { pid, writer, meta: exit_meta, zero_mono_ns, writing }
     });
     let mut waiting = AWAITING_EXIT.lock().unwrap_or_else(PoisonError::into_inner);
+    if waiting.as_ref().is_some_and(|w| w.pid != pid) {
+        std::mem::forget(waiting.take());
+    }
     match how {
         End::Stop => {
             if let Some(done) = awaiting {
@@ -202,6 +248,35 @@ pub fn end(how: End) {
     }
 }
 
+/// The emitter's end of a session whose process was sent a signal that lynshim's Python handler did not
+/// get to in time (see [`crate::signals`]): the emitter has written out what was recorded; write the
+/// exit event with the signal, close the file and end the process by the signal. When the session is no
+/// longer this emitter's (Python's handler took it meanwhile, or `lynshim.stop()` did), whoever took it
+/// finishes, and this thread just ends.
+fn end_for_signal(generation: u64, signum: i32) {
+    if ENDING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let taken = {
+        let mut slot = session::session();
+        if slot.as_ref().is_some_and(|s| s.generation == generation && s.pid == std::process::id()) {
+            slot.take()
+        } else {
+            None
+        }
+    };
+    let Some(s) = taken else {
+        ENDING.store(false, Ordering::SeqCst);
+        return;
+    };
+    ACTIVE.store(false, Ordering::SeqCst);
+    let Session { writer, exit_meta, zero_mono_ns, pid, emitter, .. } = s;
+    // This thread's own handle: dropping it detaches.
+    drop(emitter);
+    write_exit(Awaiting { pid, writer, meta: exit_meta, zero_mono_ns, writing: None }, None, Some(signum));
+    signals::die_of(signum);
+}
+
 fn lock(writer: &TraceWriter) -> MutexGuard<'_, Fixup<fs::File>> {
     writer.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -209,7 +284,7 @@ fn lock(writer: &TraceWriter) -> MutexGuard<'_, Fixup<fs::File>> {
 /// lynshim's writing at Python's exit and the interpreter's teardown after it (when Python's exit
 /// came first), memory at exit, peak memory and the exit event, written directly, then the closing `]`.
 fn write_exit(done: Awaiting, status: Option<i32>, signal: Option<i32>) {
-    let Awaiting { writer, mut meta, zero_mono_ns, writing } = done;
+    let Awaiting { writer, mut meta, zero_mono_ns, writing, .. } = done;
     let fixup = &mut lock(&writer);
     let tid = procinfo::gettid();
     let now_ns = procinfo::monotonic_ns();

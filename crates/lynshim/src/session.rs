@@ -63,7 +63,10 @@ pub(crate) struct Session {
     /// The file, shared with tracing-chrome's writer thread; ours again once that thread has ended.
     pub(crate) writer: TraceWriter,
     path: PathBuf,
-    generation: u64,
+    pub(crate) generation: u64,
+    /// The process the session belongs to: a child after `fork` holds a copy of its parent's until
+    /// [`forget_parent_session`], which only the parent may end.
+    pub(crate) pid: u32,
     /// CLOCK_MONOTONIC at tracing-chrome's zero.
     pub(crate) zero_mono_ns: u64,
     /// Metadata added late (versions of libraries imported after activation), written at exit.
@@ -169,12 +172,16 @@ pub(crate) fn hold_lock_across_fork() {
         // SAFETY: `take` locked it in this thread, just before the fork, and forgot the guard.
         unsafe { SESSION.force_unlock() };
     }
+    extern "C" fn release_in_child() {
+        release();
+        crate::lifecycle::forget_parent_ending();
+    }
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {
         // SAFETY: the handlers are plain functions of this library, which is never unloaded (Python
         // does not unload extension modules). It fails only for want of memory, and then forks are
         // as they would be without it.
-        let _ = unsafe { libc::pthread_atfork(Some(take), Some(release), Some(release)) };
+        let _ = unsafe { libc::pthread_atfork(Some(take), Some(release), Some(release_in_child)) };
     });
 }
 
@@ -401,6 +408,7 @@ impl Session {
             writer,
             path,
             generation,
+            pid: std::process::id(),
             zero_mono_ns,
             exit_meta: Map::new(),
             moments: Moments::default(),

@@ -431,37 +431,6 @@ def test_multiprocessing_pool_terminated_as_bare(tmp_path: Path) -> None:
         assert json.loads(worker.path.read_text())
 
 
-def test_lynshim_threads_take_no_signals(tmp_path: Path) -> None:
-    # A signal sent to the process goes to a thread that does not block it. On one of lynshim's, CPython's
-    # handler only notes it for the main thread, which a blocking call then never leaves: lynshim's threads
-    # block every signal, and the program's thread keeps its mask.
-    code = textwrap.dedent(
-        """
-        import os, time, lynshim
-        from lynshim import _native
-        with lynshim.span("something to write"):
-            pass
-        _native.flush()
-        task = f"/proc/{os.getpid()}/task"
-        masks = {}
-        for tid in os.listdir(task):
-            status = dict(line.split(":\t", 1) for line in open(f"{task}/{tid}/status").read().splitlines())
-            masks[open(f"{task}/{tid}/comm").read().strip()] = int(status["SigBlk"], 16)
-        print(repr(masks))
-        """
-    )
-    run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
-    assert run.proc.returncode == 0, run.proc.stderr
-    masks = ast.literal_eval(run.proc.stdout.decode())
-    assert masks.pop(Path(PY).name[:15]) == 0
-    assert sorted(masks) == ["lynshim-emitter", "lynshim-writer"]
-    for name, mask in masks.items():
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
-            assert mask & (1 << (signum - 1)), (name, signum)
-        # A fault on one of them still reaches faulthandler and Rust's own report.
-        assert not mask & (1 << (signal.SIGSEGV - 1) | 1 << (signal.SIGBUS - 1)), name
-
-
 def test_program_sigterm_handler_is_left_alone(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
@@ -530,10 +499,13 @@ def test_os_exit_writes_the_trace_out(tmp_path: Path, where: str) -> None:
     assert [s["args"]["i"] for s in trace.spans(schema.CAT_USER)] == list(range(200))
 
 
-def test_lynshim_threads_are_named(tmp_path: Path) -> None:
+def test_lynshim_threads_are_named_and_take_no_signals(tmp_path: Path) -> None:
     # Both threads lynshim adds to a traced process carry its name, as `top -H`, `perf` and /proc show them:
     # its emitter, and tracing-chrome's writer, which tracing-chrome spawns unnamed (it showed under the
     # program's own name). The program's thread keeps its name. Nothing here starts other threads.
+    # Both block every signal but a fault's: a signal sent to the process goes to a thread that does not
+    # block it, and on one of lynshim's CPython's handler only notes it for the main thread, which a blocking
+    # call then never leaves. The program's thread keeps its mask.
     code = textwrap.dedent(
         """
         import os, time, lynshim
@@ -543,10 +515,11 @@ def test_lynshim_threads_are_named(tmp_path: Path) -> None:
         _native.flush()
         task = f"/proc/{os.getpid()}/task"
         for _ in range(200):
-            threads = {True: [], False: []}  # is it the program's own thread: names
+            threads = {True: [], False: []}  # is it the program's own thread: (name, blocked signals)
             for tid in os.listdir(task):
-                threads[int(tid) == os.getpid()].append(open(f"{task}/{tid}/comm").read().strip())
-            if "lynshim-writer" in threads[False]:
+                status = dict(line.split(":\t", 1) for line in open(f"{task}/{tid}/status").read().splitlines())
+                threads[int(tid) == os.getpid()].append((status["Name"], int(status["SigBlk"], 16)))
+            if "lynshim-writer" in dict(threads[False]):
                 break
             time.sleep(0.01)
         print(repr((threads[True], sorted(threads[False]))))
@@ -554,9 +527,13 @@ def test_lynshim_threads_are_named(tmp_path: Path) -> None:
     )
     run = lynshim_run(tmp_path / "t", [PY, "-c", code], env=clean_env())
     assert run.proc.returncode == 0, run.proc.stderr
-    (program,), others = ast.literal_eval(run.proc.stdout.decode())
-    assert program == Path(PY).name[:15], program
-    assert others == ["lynshim-emitter", "lynshim-writer"], others
+    [(program, program_mask)], others = ast.literal_eval(run.proc.stdout.decode())
+    assert (program, program_mask) == (Path(PY).name[:15], 0)
+    assert [name for name, _ in others] == ["lynshim-emitter", "lynshim-writer"], others
+    for name, mask in others:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+            assert mask & (1 << (signum - 1)), (name, signum)
+        assert not mask & (1 << (signal.SIGSEGV - 1) | 1 << (signal.SIGBUS - 1)), name
 
 
 def test_fork_child_writes_its_own_file(tmp_path: Path) -> None:

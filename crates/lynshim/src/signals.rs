@@ -9,14 +9,15 @@
 //!
 //! - the signal arrived just before the main thread blocked in a call that retries or was not yet in
 //!   the kernel: a `multiprocessing` pool worker taking its queue's lock as the pool terminated it
-//!   waited there for ever, and the pool with it (seen in about one run in ten of a two-worker pool);
+//!   waited there for ever, and the pool with it (two of twenty runs of a two-worker pool under
+//!   `lynshim run`; `ftrace` showed the SIGTERM delivered to the worker's main thread);
 //! - the main thread was in a long computation in C, which a signal does not interrupt.
 //!
 //! So [`guard_termination`] puts a native handler in front of CPython's: it notes the signal and passes
-//! it on. If Python's handler has not ended the session [`GRACE`] later, the emitter thread, which
+//! it on. If Python's handler has not ended the session [`GRACE_NS`] later, the emitter thread, which
 //! checks on every round, writes out what was recorded, closes the trace with the signal as the exit
 //! reason and ends the process by the signal's default action ([`die_of`]): the parent sees the status
-//! it would have seen bare, [`GRACE`] and one emitter round late.
+//! it would have seen bare, [`GRACE_NS`] and at most one emitter round (100 ms) late.
 //!
 //! lynshim's threads are started with every signal blocked but those a fault raises ([`all_blocked`]):
 //! a signal sent to the process then goes to one of the program's threads, as it would without lynshim,

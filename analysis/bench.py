@@ -419,7 +419,7 @@ def tracer_parts(work: Path, rounds: int) -> list[str]:
     lines = [
         f"the import hook costs the traced thread {spread(over_us['spans'])} µs per import with its span, "
         f"{spread(over_us['hook'])} µs with import spans off (patching only), over CPython's own import, in "
-        f"one process alternating the three every {count} imports of a package's one-line modules (n rounds)"
+        f"one process alternating the three every {count} imports of a package's one-line modules (n: rounds)"
     ]
     threads_script = work / "thread_cpu.py"
     threads_script.write_text(THREAD_CPU)

@@ -10,6 +10,7 @@
 //! the events of the file, and it tells tracing-chrome to flush on a clock.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,7 @@ pub fn run(
             if ending_for.is_some() {
                 // Nothing more is recorded, and everything recorded until now comes down the channel;
                 // the rounds below take it without waiting and stop at the first empty one.
-                session::ACTIVE.store(false, std::sync::atomic::Ordering::SeqCst);
+                session::ACTIVE.store(false, Ordering::SeqCst);
                 collect();
             }
         }

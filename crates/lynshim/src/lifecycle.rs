@@ -220,7 +220,7 @@ fn end_unguarded(how: End) {
         // (After thread-local storage is gone this fails and there is nothing left to close.)
         s.close_open_spans();
         s.hand_off();
-        let Session { sender, emitter, writer, exit_meta, zero_mono_ns, pid, .. } = s;
+        let Session { sender, emitter, writer, exit_meta, zero_mono_ns, .. } = s;
         // The emitter drains the channel, then tracing-chrome writes out and stops.
         drop(sender);
         if let Some(emitter) = emitter {

@@ -97,8 +97,8 @@ struct Moments {
 /// store. It is held for a few hundred nanoseconds at most (longer only at a handoff or an RSS sample),
 /// taken by the traced threads (which mostly hold the GIL, so rarely at once) and by the emitter once
 /// per [`FLUSH_DELAY`](crate::emitter::FLUSH_DELAY) or so: a waiter seldom waits, and calls
-/// `sched_yield` between tries when it does. `fork` holds it (see [`hold_lock_across_fork`]), so a child never starts with it held by a thread that
-/// does not exist there.
+/// `sched_yield` between tries when it does. `fork` holds it (see [`hold_lock_across_fork`]), so a child
+/// never starts with it held by a thread that does not exist there.
 type SessionLock = SpinMutex<Option<Session>, Yield>;
 
 static SESSION: SessionLock = SpinMutex::new(None);

@@ -79,8 +79,7 @@ pub fn guard_termination(signum: i32) {
             return;
         }
         let handler = current.sa_sigaction;
-        let ours = on_signal as extern "C" fn(libc::c_int) as usize;
-        if handler == ours
+        if handler == ours()
             || handler == libc::SIG_DFL
             || handler == libc::SIG_IGN
             || current.sa_flags & libc::SA_SIGINFO != 0
@@ -89,7 +88,7 @@ pub fn guard_termination(signum: i32) {
         }
         PASS_ON.store(handler, Ordering::SeqCst);
         let mut replaced = current;
-        replaced.sa_sigaction = ours;
+        replaced.sa_sigaction = ours();
         libc::sigaction(signum, &replaced, std::ptr::null_mut());
     }
 }
@@ -132,9 +131,13 @@ fn still_guarded(signum: i32) -> bool {
     // SAFETY: sigaction only reads into a valid, writable sigaction.
     unsafe {
         let mut current: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(signum, std::ptr::null(), &mut current) == 0
-            && current.sa_sigaction == on_signal as extern "C" fn(libc::c_int) as usize
+        libc::sigaction(signum, std::ptr::null(), &mut current) == 0 && current.sa_sigaction == ours()
     }
+}
+
+/// [`on_signal`] as `sigaction` holds a handler.
+fn ours() -> libc::sighandler_t {
+    on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t
 }
 
 /// Forget a signal noted so far: the parent's, in a child after `fork` (called by the child's `fork`

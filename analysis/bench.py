@@ -63,19 +63,37 @@ def timed(cmd: list[str], cwd: Path | None = None) -> float:
     return time.perf_counter() - t
 
 
+def one_pair(bare: list[str], traced: list[str], cwd: Path | None, traced_first: bool) -> tuple[float, float]:
+    """One (bare, traced) pair of wall times, back to back."""
+    if traced_first:
+        t = timed(traced, cwd)
+        return timed(bare, cwd), t
+    b = timed(bare, cwd)
+    return b, timed(traced, cwd)
+
+
 def paired(pairs: int, bare: list[str], traced: list[str], cwd: Path | None = None) -> list[tuple[float, float]]:
     """`pairs` (bare, traced) wall times. Which run of a pair goes first alternates: that cancels what running
     second gains or loses (warmer caches, the first run's writeback), which a fixed order would count as cost."""
-    times = []
-    for i in range(pairs):
-        if i % 2:
-            t = timed(traced, cwd)
-            b = timed(bare, cwd)
-        else:
-            b = timed(bare, cwd)
-            t = timed(traced, cwd)
-        times.append((b, t))
-    return times
+    return [one_pair(bare, traced, cwd, traced_first=i % 2 == 1) for i in range(pairs)]
+
+
+def interleaved(pairs: dict[str, int]) -> list[list[str]]:
+    """The rounds in which to run each tool's pairs, `pairs` being how many each gets: every tool's pairs
+    spread evenly over the same rounds, in an order that rotates from round to round.
+
+    Measured one after the other, each tool's row saw its own stretch of this machine's phases (its speed
+    changes for several runs at a time): a slow phase during one row moved that row's median and not the
+    others', and the control row could not show it. Interleaved, every row of a workload, the control
+    included, sees the same phases."""
+    rounds = max(pairs.values(), default=0)
+    plan = []
+    for i in range(rounds):
+        # A tool with n of the rounds' pairs runs in the rounds where floor(i * n / rounds) steps up.
+        tools = [name for name, n in pairs.items() if (i + 1) * n // rounds > i * n // rounds]
+        shift = i % len(tools)
+        plan.append(tools[shift:] + tools[:shift])
+    return plan
 
 
 def spread(values: list[float]) -> str:
@@ -139,6 +157,19 @@ def in_process_env(out: Path) -> dict[str, str]:
 CONTROL = "bare against bare (control)"
 
 
+def pairs_for(label: str, tool: str, pairs: int) -> int:
+    """How many pairs a start-up row gets. A median of n per-pair ratios is only as sure as the pairs' spread
+    allows (here ±5–10 % per pair: ±1–2 % on a median of 30 pairs, ±0.8–1.6 % on 60): lynshim's
+    single-process rows, the ones a 2 % target is about, and their control get three times `pairs`; the
+    peers, whose overhead is far from the noise (and viztracer's runs are 8× as long), half as many. The
+    five-process build (ten seconds a pair) stays at `pairs`."""
+    if label.startswith("five") or tool == "python -X importtime":
+        return pairs
+    if tool.startswith("lynshim") or tool == CONTROL:
+        return pairs * 3
+    return max(pairs // 2, 3)
+
+
 def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     script = work / "import_lynguine.py"
     script.write_text("import lynguine\n")
@@ -192,21 +223,16 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     rows, notes = [], []
     for label, bare_cmd, case_tools, cwd in cases:
         timed(bare_cmd, cwd)  # warm the page cache
-        for name, cmd in case_tools.items():
+
+        ratios_of: dict[str, list[float]] = {name: [] for name in case_tools}
+        for round_ in interleaved({name: pairs_for(label, name, pairs) for name in case_tools}):
+            for name in round_:
+                done = ratios_of[name]
+                b, t = one_pair(bare_cmd, case_tools[name], cwd, traced_first=len(done) % 2 == 1)
+                done.append(t / b)
+        for name, ratios in ratios_of.items():
             ours = name.startswith("lynshim")
             control = name == CONTROL
-            # A median of n per-pair ratios is only as sure as the pairs' spread allows (here ±5–10 % per
-            # pair: ±1–2 % on a median of 30 pairs, ±0.8–1.6 % on 60): lynshim's single-process rows, the
-            # ones a 2 % target is about, get three times as many pairs; the peers, whose overhead is far
-            # from the noise (and viztracer's runs are 8× as long), half as many. The five-process build
-            # (ten seconds a pair) stays at `pairs`.
-            if label.startswith("five") or name == "python -X importtime":
-                n = pairs
-            elif ours or control:
-                n = pairs * 3
-            else:
-                n = max(pairs // 2, 3)
-            ratios = [t / b for b, t in paired(n, bare_cmd, cmd, cwd)]
             rows.append(
                 f"| {label} | {name} | {spread(ratios)} | {interval_text(ratios)} | {'≤ 1.02' if ours else ''} |"
             )

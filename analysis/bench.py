@@ -498,29 +498,42 @@ def startup_instructions(work: Path) -> tuple[list[str], str]:
     whatever the load on the machine, so its count tells the tracer's own work on the critical path apart from
     this machine's timing noise (the interquartile ranges above) and from the background threads' competition
     for the cores; the background threads' counts vary a little with how valgrind schedules them. OpenBLAS's
-    idle threads are held to one (in every variant alike): their spinning varies from run to run."""
+    idle threads are held to one (in every variant alike): their spinning varies from run to run. The hash
+    seed is fixed: with a random one, dicts and sets lay out differently from run to run, and CPython's
+    `_PyObject_Free` alone counted 11 M (0.4 %) fewer in an in-process traced run than in a bare one, in code
+    the tracer never calls, more than the tracer adds.
+
+    The `lynshim run` variant runs valgrind under the launcher, so the program gets what a command under
+    `lynshim run` gets (the preload library in `LD_PRELOAD`, its exec record, the launcher's environment);
+    its count is the program's alone, not the launcher's (2 ms of wall, measured above)."""
     if shutil.which("valgrind") is None:
         return [], "valgrind is not installed: no instruction counts of start-up"
-    env = clean_env() | {"OPENBLAS_NUM_THREADS": "1"}
+    env = clean_env() | {"OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    in_process = "traced (in-process)"
     variants = {
-        "bare": env,
-        "traced": env | in_process_env(work / "cg-spans"),
-        "traced, no import spans": env | in_process_env(work / "cg-no-import-spans") | {schema.ENV_IMPORTS: "0"},
+        "bare": ([], env),
+        in_process: ([], env | in_process_env(work / "cg-spans")),
+        "traced, no import spans": ([], env | in_process_env(work / "cg-no-import-spans") | {schema.ENV_IMPORTS: "0"}),
+        "traced by `lynshim run`": ([LYNSHIM, "run", "-o", str(work / "cg-run"), "--"], env),
     }
     counts: dict[str, tuple[int, int]] = {}
-    for i, (name, variant_env) in enumerate(variants.items()):
+    for i, (name, (launcher, variant_env)) in enumerate(variants.items()):
         out = work / f"callgrind-{i}"
         out.mkdir()
         # `%p`: a child process (none is expected) writes files of its own rather than over these.
         cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/cg.%p.out"]
-        proc = subprocess.Popen([*cmd, PY, "-c", "import lynguine"], env=variant_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen([*launcher, *cmd, PY, "-c", "import lynguine"], env=variant_env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         if proc.wait() != 0:
             return [], f"callgrind failed on the {name} run: no instruction counts of start-up"
         # One file per thread: `-01` is the main thread (the traced program's), the others lynshim's emitter
-        # and writer. valgrind runs the program in its own process, so the files carry its pid.
+        # and writer. valgrind runs the program in its own process, so the files carry its pid (under the
+        # launcher, not the pid started here): the directory holds one process's files.
+        pids = {f.name.split(".")[1] for f in out.glob("cg.*.out-*")}
+        if len(pids) != 1:
+            return [], f"callgrind wrote files for {len(pids)} processes on the {name} run, not one"
         totals: dict[str, int] = {}
-        for f in out.glob(f"cg.{proc.pid}.out-*"):
+        for f in out.glob("cg.*.out-*"):
             found = re.search(r"^totals: (\d+)", f.read_text(), re.M)
             if found is None:
                 return [], f"callgrind's {f.name} of the {name} run has no totals: no instruction counts of start-up"
@@ -535,11 +548,14 @@ def startup_instructions(work: Path) -> tuple[list[str], str]:
         f"{(other - bare_other) / 1e6:+.1f} |"
         for name, (main, other) in counts.items()
     ]
-    traced_main = counts["traced"][0]
+    traced_main = counts[in_process][0]
+    run_main = counts["traced by `lynshim run`"][0]
     note = (
         f"On the traced program's own thread lynshim adds {(traced_main - bare_main) / 1e6:.1f} M instructions to "
         f"{bare_main / 1e6:.0f} M ({(traced_main - bare_main) / bare_main * 100:.2f} %): activation, the import hook "
-        f"and the spans' records; writing the trace is the other threads' work."
+        f"and the spans' records; writing the trace is the other threads' work. Under `lynshim run` the program's "
+        f"thread executes {(run_main - traced_main) / 1e6:+.1f} M instructions beside in-process tracing (the "
+        f"preload library's exec record, and the dynamic loader looking each symbol up in one more library)."
     )
     return rows, note
 
@@ -1017,7 +1033,9 @@ holds 1.02, this machine's run-to-run noise is too large for this many pairs to 
 target the tracer's cost lies. It takes the pairs to be independent, and they are not quite: this
 machine's speed changes in phases that last several runs, so the intervals are if anything too narrow.
 The control rows pair the bare command with itself, as many pairs as lynshim's rows get: their distance
-from 1.000 is what this run's noise alone puts into a median, for a tracer that costs nothing.
+from 1.000 is what this run's noise alone puts into a median, for a tracer that costs nothing. A workload's
+rows are measured interleaved, every tool's pairs spread over the same rounds in a rotating order, so that
+all of them, the control included, see the same phases of the machine.
 
 | workload | tool | ratio: median (IQR, n) | 95 % interval of the median | target |
 | --- | --- | --- | --- | --- |
@@ -1039,15 +1057,22 @@ Measured where the noise is small:
 in-process ratio plus this over the command's own time; a build pays it once for all its processes (the
 five-process row).
 
-Instructions executed, counted by callgrind (`import lynguine`, millions; the traced program's thread counts
-the same whatever the machine's load, so it separates the tracer's own work from the timing noise above;
-lynshim's background threads vary a little with valgrind's scheduling):
+Instructions executed, counted by callgrind (`import lynguine`, millions, hash seed fixed; the traced
+program's thread counts the same whatever the machine's load, so it separates the tracer's own work from the
+timing noise above; lynshim's background threads vary a little with valgrind's scheduling):
 
 | run | traced program's thread (M) | over bare | lynshim's threads (M) | over bare (M) |
 | --- | --- | --- | --- | --- |
 {chr(10).join(s_instr_rows)}
 
 {s_instr_note}
+
+Where a start-up ratio above misses 1.02, what these measure is what the tracer's own work can account for:
+the instructions it adds to the program's thread, its two threads' CPU (on the other core when one is free),
+its activation, and `lynshim run`'s launcher. What they leave out is what no count here separates from the
+machine's noise: the time the program's thread waits while lynshim's threads or the kernel's work on their
+behalf (page faults, file writes) hold the core it needs, and how each run's phase of the machine happens to
+fall on the traced run or the bare one of its pair, which the control rows show.
 
 | measure | median (IQR, n) | target |
 | --- | --- | --- |

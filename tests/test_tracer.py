@@ -476,8 +476,9 @@ def test_os_exit_writes_the_trace_out(tmp_path: Path, where: str) -> None:
     # the real one to the program.
     code = textwrap.dedent(
         f"""
-        import inspect, os, sys, lynshim, lynguine
+        import inspect, os, pickle, posix, sys, lynshim, lynguine
         assert os._exit.__name__ == "_exit" and str(inspect.signature(os._exit)) == "(status)"
+        assert posix._exit is os._exit and pickle.loads(pickle.dumps(os._exit)) is os._exit
         if {where == "fork child"!r} and os.fork():
             print(os.waitstatus_to_exitcode(os.wait()[1]))
             sys.exit(0)

@@ -23,6 +23,7 @@ installs, once per process:
 import _signal
 import atexit
 import os
+import posix
 import sys
 
 from lynshim import _args, _imports, _lifecycle, _native, _state, targets
@@ -142,7 +143,9 @@ def _install_hooks() -> None:
         sys.addaudithook(_record_open)
     atexit.register(_at_python_exit)
     os.register_at_fork(before=_native.flush, after_in_child=_after_fork_in_child)
-    os._exit = _exit
+    # posix too, where `os._exit.__module__` says it lives: `posix._exit is os._exit` stays true, and pickle,
+    # which finds a function by its module and name and checks it is the same object, still can.
+    os._exit = posix._exit = _exit
     _install_sigterm_handler()
     # Set last: after a failure (activate stops the session) a later activation tries again.
     _hooks_installed = True

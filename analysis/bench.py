@@ -505,7 +505,7 @@ def startup_instructions(work: Path) -> tuple[list[str], str]:
 
     The `lynshim run` variant runs valgrind under the launcher, so the program gets what a command under
     `lynshim run` gets (the preload library in `LD_PRELOAD`, its exec record, the launcher's environment);
-    its count is the program's alone, not the launcher's (2 ms of wall, measured above)."""
+    its count is the program's alone, not the launcher's (whose wall time is the launcher line above)."""
     if shutil.which("valgrind") is None:
         return [], "valgrind is not installed: no instruction counts of start-up"
     env = clean_env() | {"OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}

@@ -26,7 +26,7 @@ import os
 import posix
 import sys
 
-from lynshim import _args, _imports, _lifecycle, _native, _state, targets
+from lynshim import _args, _imports, _lifecycle, _native, _patch, _state, targets
 from lynshim._native import schema
 
 _hooks_installed = False
@@ -171,10 +171,8 @@ def _exit(status: int, /) -> None:
         _os_exit(status)
 
 
-# The real function's name, docs and signature (inspect follows __wrapped__), as wrapt's wrappers keep them.
-for _attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-    setattr(_exit, _attribute, getattr(_os_exit, _attribute))
-_exit.__wrapped__ = _os_exit  # type: ignore[attr-defined]
+# The real function's name, docs and signature (inspect follows __wrapped__), as every traced function keeps them.
+_patch._look_like(_exit, _os_exit)
 
 
 def _library_version(name: str, look_up_distributions: bool = True) -> str | None:

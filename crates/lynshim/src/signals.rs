@@ -71,26 +71,21 @@ pub fn all_blocked<T>(f: impl FnOnce() -> T) -> T {
 /// handler): it notes the signal for [`overdue`] and calls CPython's. Done once the Python handler is
 /// set; a program that sets its own handler later replaces both, as it would have replaced Python's.
 pub fn guard_termination(signum: i32) {
+    let Some(current) = action(signum) else { return };
+    let handler = current.sa_sigaction;
+    if handler == ours()
+        || handler == libc::SIG_DFL
+        || handler == libc::SIG_IGN
+        || current.sa_flags & libc::SA_SIGINFO != 0
+    {
+        return;
+    }
+    PASS_ON.store(handler, Ordering::SeqCst);
+    let mut replaced = current;
+    replaced.sa_sigaction = ours();
     // SAFETY: sigaction with valid pointers; the handler installed is async-signal-safe (atomics and
     // clock_gettime, then CPython's own handler, which is).
-    unsafe {
-        let mut current: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(signum, std::ptr::null(), &mut current) != 0 {
-            return;
-        }
-        let handler = current.sa_sigaction;
-        if handler == ours()
-            || handler == libc::SIG_DFL
-            || handler == libc::SIG_IGN
-            || current.sa_flags & libc::SA_SIGINFO != 0
-        {
-            return;
-        }
-        PASS_ON.store(handler, Ordering::SeqCst);
-        let mut replaced = current;
-        replaced.sa_sigaction = ours();
-        libc::sigaction(signum, &replaced, std::ptr::null_mut());
-    }
+    unsafe { libc::sigaction(signum, &replaced, std::ptr::null_mut()) };
 }
 
 extern "C" fn on_signal(signum: libc::c_int) {
@@ -128,10 +123,15 @@ pub fn overdue() -> Option<i32> {
 }
 
 fn still_guarded(signum: i32) -> bool {
+    action(signum).is_some_and(|current| current.sa_sigaction == ours())
+}
+
+/// The action in place for `signum`, if it can be read.
+fn action(signum: i32) -> Option<libc::sigaction> {
     // SAFETY: sigaction only reads into a valid, writable sigaction.
     unsafe {
         let mut current: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(signum, std::ptr::null(), &mut current) == 0 && current.sa_sigaction == ours()
+        (libc::sigaction(signum, std::ptr::null(), &mut current) == 0).then_some(current)
     }
 }
 

@@ -8,6 +8,7 @@ with the programs by name and the critical path through make.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CORPUS, REPO, SAMPLE, clean_env, lynshim_run, require_lamd
+from lynshim._native import schema
 from test_analyze import LYNANALYZE
 
 PY = sys.executable
@@ -173,6 +175,11 @@ def test_a_real_lamd_build_is_accounted_for(tmp_path: Path) -> None:
     assert len(rows) >= 5 and {r["lamd_command"] for r in rows} >= {"maketalk", "mdfield", "mdpp"}
     for row in rows:
         assert row["unattributed_us"] <= 0.02 * row["wall_us"], row
+    # lamd has no __version__: its version comes from its installed distribution, as importlib.metadata says.
+    lamd_traces = [t for t in run.traces if not t.is_exec_record and t.meta.get(schema.ARG_LAMD_COMMAND)]
+    assert len(lamd_traces) >= 5
+    for trace in lamd_traces:
+        assert trace.exit[schema.ARG_LAMD_VERSION] == importlib.metadata.version("lamd"), trace.process_name
     # maketalk waits for make: waiting, not lamd's work.
     maketalk = next(r for r in rows if r["lamd_command"] == "maketalk")
     assert maketalk["waiting_us"] > 0.5 * maketalk["wall_us"] and maketalk["work_us"] < 0.1 * maketalk["wall_us"]

@@ -73,6 +73,33 @@ def test_import_lynguine_process_is_traced(tmp_path: Path) -> None:
     assert trace.path.read_text().rstrip().endswith("]")
 
 
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        (["lamd/__init__.py", "lamd-0.1.3.dist-info/RECORD"], "0.1.3"),
+        (["lamd/__init__.py", "Lamd-0.1.3.dist-info/RECORD", "lamd_extras-2.0.dist-info/RECORD"], "0.1.3"),
+        # Two versions' leftovers, none, or only an egg: importlib.metadata is asked instead.
+        (["lamd/__init__.py", "lamd-0.1.3.dist-info/RECORD", "lamd-0.1.2.dist-info/RECORD"], None),
+        (["lamd/__init__.py"], None),
+        (["lamd/__init__.py", "lamd-0.1.3.egg-info/PKG-INFO"], None),
+        # A module that is not a package directory of that name (a single file, a vendored copy).
+        (["lamd.py", "lamd-0.1.3.dist-info/RECORD"], None),
+        (["vendor/lamd/__init__.py", "lamd-0.1.3.dist-info/RECORD"], None),
+    ],
+)
+def test_a_library_version_is_read_beside_its_package(tmp_path: Path, entries: list[str], expected: str | None) -> None:
+    import types
+
+    from lynshim import _activate
+
+    for entry in entries:
+        (tmp_path / entry).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / entry).touch()
+    module = types.ModuleType("lamd")
+    module.__file__ = str(tmp_path / entries[0])
+    assert _activate._version_beside(module, "lamd") == expected
+
+
 def test_run_record_and_summary_line(tmp_path: Path, launcher: tuple[str, ...]) -> None:
     # The program names its parent: the launcher asked for, which launched the run itself.
     code = "import os, sys; print(os.readlink(f'/proc/{os.getppid()}/exe')); sys.exit(3)"

@@ -184,12 +184,35 @@ def _library_version(name: str, look_up_distributions: bool = True) -> str | Non
         return version
     if not look_up_distributions:  # importlib.metadata is a dozen modules: not on os._exit's way out
         return None
+    version = _version_beside(module, name)
+    if version:
+        return version
     try:
         from importlib.metadata import version as dist_version
 
         return dist_version(name)
     except Exception:  # noqa: BLE001 - a version we cannot learn is left out
         return None
+
+
+def _version_beside(module: object, name: str) -> str | None:
+    """The version in the name of the one ``{name}-{version}.dist-info`` directory beside the package's own
+    (pip's layout: ``site-packages/lamd/`` and ``site-packages/lamd-0.1.3.dist-info/``), found with one
+    directory listing; None where there is no such single directory (an editable install, a package
+    outside site-packages, two versions' leftovers), and the caller asks ``importlib.metadata``.
+
+    lamd has no ``__version__``, and ``importlib.metadata.version`` looks through every entry of
+    ``sys.path``: 1.5 ms at every lamd process's exit here, where this takes 0.1 ms."""
+    package_dir = os.path.dirname(getattr(module, "__file__", None) or "")
+    if os.path.basename(package_dir) != name:
+        return None
+    prefix = name.lower().replace("-", "_") + "-"
+    try:
+        found = [e for e in os.listdir(os.path.dirname(package_dir)) if e.lower().startswith(prefix)]
+    except OSError:
+        return None
+    found = [e[len(prefix) : -len(".dist-info")] for e in found if e.endswith(".dist-info")]
+    return found[0] if len(found) == 1 and found[0] else None
 
 
 _opened: set[str] = set()

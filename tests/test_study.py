@@ -7,6 +7,7 @@ no lynguine server is left running.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, require_lamd
+
+sys.path.insert(0, str(REPO))
+from analysis.study.quickwins import ONE_BLAS_THREAD_PRELUDE  # noqa: E402
 
 TALK = "_ai/the-atomic-human-google.md"
 
@@ -111,6 +115,34 @@ def test_report_numbers_are_the_summaries(small_study: Path) -> None:
         total = sum(rec["analysis"]["attribution_us"].values())
         assert abs(total - rec["wall_us"]) <= 0.02 * rec["wall_us"], (rec["mode"], total, rec["wall_us"])
     assert re.search(r"\d+ of \d+ warm-server builds produced files byte-identical", text)
+
+
+def test_quick_wins_report_build_time_and_cpu(small_study: Path) -> None:
+    text = (small_study / "REPORT.md").read_text()
+    quickwins = json.loads((small_study / "study-data" / "quickwins.json").read_text())
+    builds = json.loads((small_study / "study-data" / "builds.json").read_text())
+    (direct,) = [r for r in builds["records"] if r["mode"] == "direct" and r["format"] == "notes"]
+    (one_blas,) = [r for r in quickwins["records"] if r["mode"] == "quickwin:one-blas-thread"]
+    assert one_blas["make_ok"] and one_blas["outputs"] == direct["outputs"], one_blas["make_errors"]
+    assert direct["cpu_us"] > 0 and one_blas["cpu_us"] > 0
+    # One run each: a row's medians are the runs' own wall time and CPU, in seconds; its outputs are direct's.
+    row = next(l for l in text.splitlines() if l.startswith("| quick win: one OpenBLAS thread |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3:5] == [f"{direct['wall_us'] / 1e6:.2f}", f"{one_blas['wall_us'] / 1e6:.2f}"], row
+    assert cells[8:10] == [f"{direct['cpu_us'] / 1e6:.2f}", f"{one_blas['cpu_us'] / 1e6:.2f}"], row
+    assert cells[-1] == "1/1", row
+    # The shim holds OpenBLAS to one thread before lamd imports numpy, and only where the caller has not chosen.
+    shim = small_study.parent / "out" / "shims" / "one-blas-thread" / "mdfield"
+    source = shim.read_text()
+    assert source.index('setdefault("OPENBLAS_NUM_THREADS", "1")') < source.index("from lamd.mdfield import main")
+    # …which leaves numpy's import without its worker threads (one per further core).
+    count = "import numpy, os; print(len(os.listdir('/proc/self/task')))"
+    threads = {
+        prelude: subprocess.run([sys.executable, "-c", prelude + count], capture_output=True, text=True, check=True)
+        for prelude in ("", ONE_BLAS_THREAD_PRELUDE)
+    }
+    assert int(threads[ONE_BLAS_THREAD_PRELUDE].stdout) == 1
+    assert int(threads[""].stdout) > 1 or os.cpu_count() == 1, "numpy's OpenBLAS starts threads of its own"
 
 
 def test_servers_are_ended(small_study: Path) -> None:

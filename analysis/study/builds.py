@@ -137,6 +137,8 @@ def build(
         "run_dir": str(run_dir),
         "command": "maketalk " + " ".join([Path(talk).name, *FORMATS[fmt]]),
         "wall_us": (record["end_unix_ns"] - record["start_unix_ns"]) / 1e3,
+        # The CPU of every process of the build that was waited for (the launcher's RUSAGE_CHILDREN).
+        "cpu_us": (record["children_user_s"] + record["children_sys_s"]) * 1e6,
         "exit_status": record.get("exit_status"),
         "make_ok": not failed and res.returncode == 0,
         "make_errors": failed[:5],

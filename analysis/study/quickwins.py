@@ -9,6 +9,10 @@ Each is a directory of executables put first on PATH for the build, standing in 
 - ``lazy-imports``: the same entry points, with the packages lynanalyze names as lazy-import candidates for
   these builds (imported, never called into) deferred through ``importlib.util.LazyLoader``: they are
   loaded only if touched. A change lynguine could make in its modules.
+- ``one-blas-thread``: the same entry points, with ``OPENBLAS_NUM_THREADS=1`` set (unless the caller set it)
+  before anything is imported. numpy's OpenBLAS starts a worker thread per core when numpy is imported, and
+  each spins, waiting for work that a lamd command never gives it, before it sleeps. A change lamd could
+  make in its entry points (or its makefiles' environment).
 - ``thin-client`` (server world): ``mdfield`` replaced by a client that imports nothing but the standard
   library and asks an already running lynguine server (lamd's server mode with a client that does not import
   lynguine/pandas, as CIP-0008's thin client would); the other commands unchanged.
@@ -55,10 +59,14 @@ os._exit(rc & 0xFF)
 """
 
 PLAIN = """#!{python}
-# study quick win "lazy-imports": lamd's {module}.main with heavy packages deferred.
+# study quick win "{variant}": lamd's {module}.main, {what}.
 import sys
 {prelude}from {module} import main
 sys.exit(main())
+"""
+
+ONE_BLAS_THREAD_PRELUDE = """import os
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 """
 
 LAZY_PRELUDE = """import importlib.abc, importlib.machinery, importlib.util
@@ -123,7 +131,13 @@ def make_shims(root: Path, variant: str, lazy: list[str]) -> Path:
         if variant == "no-teardown":
             text = NO_TEARDOWN.format(python=py, module=module, prelude="")
         elif variant == "lazy-imports":
-            text = PLAIN.format(python=py, module=module, prelude=LAZY_PRELUDE.format(lazy=sorted(lazy)))
+            prelude = LAZY_PRELUDE.format(lazy=sorted(lazy))
+            text = PLAIN.format(
+                python=py, variant=variant, module=module, what="heavy packages deferred", prelude=prelude
+            )
+        elif variant == "one-blas-thread":
+            what = "numpy's OpenBLAS held to one thread"
+            text = PLAIN.format(python=py, variant=variant, module=module, what=what, prelude=ONE_BLAS_THREAD_PRELUDE)
         elif variant == "thin-client":
             if name != "mdfield":
                 continue

@@ -23,8 +23,11 @@ VARIANT_ORDER = [
     "quickwin:thin-client",
     "quickwin:no-teardown",
     "quickwin:lazy-imports",
+    "quickwin:one-blas-thread",
     "direct-j2",
 ]
+#: The quick-win variants (analysis/study/quickwins.py), in the order section 6 shows them.
+QUICK_WINS = ("quickwin:no-teardown", "quickwin:lazy-imports", "quickwin:one-blas-thread", "quickwin:thin-client")
 VARIANT_NAMES = {
     "untraced": "untraced (no lynshim)",
     "direct": "direct (lamd default)",
@@ -33,6 +36,7 @@ VARIANT_NAMES = {
     "quickwin:thin-client": "warm server + thin mdfield client (no lynguine import)",
     "quickwin:no-teardown": "quick win: no interpreter teardown",
     "quickwin:lazy-imports": "quick win: lazy imports",
+    "quickwin:one-blas-thread": "quick win: one OpenBLAS thread",
     "direct-j2": "direct, make -j2",
 }
 
@@ -77,10 +81,12 @@ def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
     return not (a["max"] < b["min"] or b["max"] < a["min"])
 
 
-def group_walls(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float]]:
+def group_runs(records: list[dict[str, Any]], measure: str = "wall_us") -> dict[tuple[str, str, str], dict[str, float]]:
+    """Statistics of ``measure`` over the runs of each (mode, talk, format); runs without it are left out."""
     g: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in records:
-        g[(r["mode"], r["talk"], r["format"])].append(r["wall_us"])
+        if r.get(measure) is not None:
+            g[(r["mode"], r["talk"], r["format"])].append(r[measure])
     return {k: c.stats(v) for k, v in g.items()}
 
 
@@ -116,7 +122,8 @@ class Report:
         self.records: list[dict[str, Any]] = []
         for key in ("builds", "server", "quickwins"):
             self.records += (self.d.get(key) or {}).get("records", [])
-        self.walls = group_walls(self.records)
+        self.walls = group_runs(self.records)
+        self.cpus = group_runs(self.records, "cpu_us")
         self.out: list[str] = []
         self.figures: list[str] = []
         self.checks: dict[str, str] = {}
@@ -136,12 +143,19 @@ class Report:
                 tot[phase_group(k)] += v
         return dict(tot)
 
-    def compare(self, mode: str) -> list[dict[str, Any]]:
+    def compare(self, mode: str, measure: str = "wall_us") -> list[dict[str, Any]]:
+        """Each talk/format's runs of ``mode`` against direct mode's: build wall time, or the builds' CPU.
+
+        CPU is what the launcher's ``RUSAGE_CHILDREN`` counts, the processes of the build it waited for: not a
+        server's, which no build waits for, so server modes and the thin client have no CPU comparison."""
+        if measure == "cpu_us" and (mode.startswith("server") or mode == "quickwin:thin-client"):
+            return []
+        runs = self.cpus if measure == "cpu_us" else self.walls
         rows = []
-        for (m, talk, fmt), st in sorted(self.walls.items()):
+        for (m, talk, fmt), st in sorted(runs.items()):
             if m != mode:
                 continue
-            base = self.walls.get(("direct", talk, fmt))
+            base = runs.get(("direct", talk, fmt))
             if not base:
                 continue
             diff = st["median"] - base["median"]
@@ -276,15 +290,23 @@ class Report:
             ("quickwin:thin-client", "a warm server with a thin mdfield client"),
             ("quickwin:no-teardown", "skipping interpreter teardown"),
             ("quickwin:lazy-imports", "lazy imports of unused packages"),
+            ("quickwin:one-blas-thread", "one OpenBLAS thread per process (OPENBLAS_NUM_THREADS=1)"),
         ):
             rows = self.compare(mode)
             if not rows:
                 continue
             rels = [r["rel"] for r in rows]
             distinct = sum(r["distinct"] for r in rows)
+            cpu = self.compare(mode, "cpu_us")
+            cpu_text = (
+                f"; the builds' CPU changes by {pct(min(r['rel'] for r in cpu))} to {pct(max(r['rel'] for r in cpu))}, "
+                f"{sum(r['distinct'] for r in cpu)} of {len(cpu)} outside the noise"
+                if cpu
+                else ""
+            )
             self.w(
                 f"- {what.capitalize()}: median build-time change {pct(min(rels))} to {pct(max(rels))} "
-                f"across {len(rows)} talk/format pairs; {distinct} of {len(rows)} outside the run-to-run noise."
+                f"across {len(rows)} talk/format pairs; {distinct} of {len(rows)} outside the run-to-run noise{cpu_text}."
             )
         self.w("", "**Recommendation.** " + self.recommendation(), "")
 
@@ -292,7 +314,9 @@ class Report:
         warm = self.compare("server-warm")
         cold = self.compare("server-cold")
         thin = self.compare("quickwin:thin-client")
-        wins = {m: self.compare(m) for m in ("quickwin:no-teardown", "quickwin:lazy-imports")}
+        wins = {
+            m: self.compare(m) for m in ("quickwin:no-teardown", "quickwin:lazy-imports", "quickwin:one-blas-thread")
+        }
         parts = []
         if warm:
             med = statistics.median([r["rel"] for r in warm])
@@ -328,9 +352,16 @@ class Report:
             if rows:
                 med = statistics.median([r["rel"] for r in rows])
                 good = sum(r["distinct"] and r["diff_us"] < 0 for r in rows)
+                cpu = self.compare(m, "cpu_us")
+                cpu_text = (
+                    f"; CPU median {pct(statistics.median([r['rel'] for r in cpu]))} "
+                    f"({sum(r['distinct'] and r['diff_us'] < 0 for r in cpu)} of {len(cpu)} outside the noise)"
+                    if cpu
+                    else ""
+                )
                 parts.append(
                     f"{VARIANT_NAMES[m].split(': ')[-1].capitalize()}: median {pct(med)} "
-                    f"({good} of {len(rows)} outside the noise)."
+                    f"({good} of {len(rows)} outside the noise{cpu_text})."
                 )
         return " ".join(parts) or "Not enough data for a recommendation."
 
@@ -836,12 +867,16 @@ class Report:
             "",
         )
         rows = []
-        for mode in ("quickwin:no-teardown", "quickwin:lazy-imports", "quickwin:thin-client"):
+        for mode in QUICK_WINS:
             same, total, stable = self.identical(mode)
+            cpu = {(r["talk"], r["format"]): r for r in self.compare(mode, "cpu_us")}
             for r in self.compare(mode):
+                rc = cpu.get((r["talk"], r["format"]))
                 rows.append(
                     variant_cells(mode, r)
-                    + [ms(r["diff_us"]), pct(r["rel"]), "yes" if r["distinct"] else "no", f"{same}/{total}"]
+                    + [ms(r["diff_us"]), pct(r["rel"]), "yes" if r["distinct"] else "no"]
+                    + ([rng(rc["direct"], s_), rng(rc["variant"], s_), pct(rc["rel"])] if rc else ["–", "–", "–"])
+                    + [f"{same}/{total}"]
                 )
         self.w(
             table(
@@ -854,13 +889,16 @@ class Report:
                     "saving ms (−: faster)",
                     "change",
                     "outside the noise?",
+                    "direct CPU s",
+                    "variant CPU s",
+                    "CPU change",
                     "runs of this variant (all talks) byte-identical to a direct build",
                 ],
                 rows,
             ),
             "",
         )
-        for mode in ("quickwin:no-teardown", "quickwin:lazy-imports", "quickwin:thin-client"):
+        for mode in QUICK_WINS:
             diff = self.differing_files(mode)
             if diff:
                 self.w(

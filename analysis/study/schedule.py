@@ -2,7 +2,7 @@
 so that the machine's slow drifts (another engineer's compile, say) fall on every variant alike instead of on
 whichever ran during them. Per round, for each talk × format:
 
-    untraced → direct → [no-teardown → lazy-imports] → server-cold → (server started) server-warm →
+    untraced → direct → [no-teardown → lazy-imports → one-blas-thread] → server-cold → (server started) server-warm →
     thin-client → (server ended)
 
 Formats outside VARIANT_FORMATS get direct builds only. ``make -j2`` builds of the largest talk follow.
@@ -39,6 +39,7 @@ def run_schedule(
         shims["no-teardown"] = make_shims(study.out, "no-teardown", lazy)
         if lazy:
             shims["lazy-imports"] = make_shims(study.out, "lazy-imports", lazy)
+        shims["one-blas-thread"] = make_shims(study.out, "one-blas-thread", lazy)
         shims["thin-client"] = make_shims(study.out, "thin-client", lazy)
     leftover = c.lynguine_servers()
     if leftover:
@@ -58,7 +59,7 @@ def run_schedule(
                 add(build(study, talk, fmt, mode="direct", run_no=i))
                 if not variants:
                     continue
-                for name in ("no-teardown", "lazy-imports"):
+                for name in ("no-teardown", "lazy-imports", "one-blas-thread"):
                     if name in shims:
                         add(build(study, talk, fmt, mode=f"quickwin:{name}", run_no=i, path_prefix=shims[name]))
                 if server:

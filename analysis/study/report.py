@@ -64,7 +64,13 @@ def rng(st: dict[str, float], unit=ms) -> str:
 
 
 def pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.0f} %"
+    # round() to an int: a change of -0.4 % reads "0 %", not "-0 %".
+    return "–" if x is None else f"{round(100 * x)} %"
+
+
+def first_upper(text: str) -> str:
+    """``text`` with its first letter a capital, the rest as written (str.capitalize lowercases OpenBLAS)."""
+    return text[:1].upper() + text[1:]
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
@@ -305,7 +311,7 @@ class Report:
                 else ""
             )
             self.w(
-                f"- {what.capitalize()}: median build-time change {pct(min(rels))} to {pct(max(rels))} "
+                f"- {first_upper(what)}: median build-time change {pct(min(rels))} to {pct(max(rels))} "
                 f"across {len(rows)} talk/format pairs; {distinct} of {len(rows)} outside the run-to-run noise{cpu_text}."
             )
         self.w("", "**Recommendation.** " + self.recommendation(), "")
@@ -360,7 +366,7 @@ class Report:
                     else ""
                 )
                 parts.append(
-                    f"{VARIANT_NAMES[m].split(': ')[-1].capitalize()}: median {pct(med)} "
+                    f"{first_upper(VARIANT_NAMES[m].split(': ')[-1])}: median {pct(med)} "
                     f"({good} of {len(rows)} outside the noise{cpu_text})."
                 )
         return " ".join(parts) or "Not enough data for a recommendation."

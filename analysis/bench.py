@@ -160,10 +160,9 @@ CONTROL = "bare against bare (control)"
 def pairs_for(label: str, tool: str, pairs: int) -> int:
     """How many pairs a start-up row gets. A median of n per-pair ratios is only as sure as the pairs' spread
     allows (a pair's ratio spreads by ±5–10 % here; the standard error of a median of 60 is about 1 %, of 100
-    about 0.8 %): lynshim's
-    single-process rows, the ones a 2 % target is about, and their control get five times `pairs`; the
-    peers, whose overhead is far from the noise (and viztracer's runs are 8× as long), half as many. The
-    five-process build (ten seconds a pair) gets one and a half times `pairs`."""
+    about 0.8 %): lynshim's single-process rows, the ones a 2 % target is about, and their control get five
+    times `pairs`; the peers, whose overhead is far from the noise (and viztracer's runs are 8× as long), half
+    as many. The five-process build (ten seconds a pair) gets one and a half times `pairs`."""
     if label.startswith("five"):
         return pairs * 3 // 2
     if tool == "python -X importtime":

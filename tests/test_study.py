@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, require_lamd
 
 sys.path.insert(0, str(REPO))
+from analysis.study.common import lynguine_servers  # noqa: E402
 from analysis.study.quickwins import ONE_BLAS_THREAD_PRELUDE  # noqa: E402
 
 TALK = "_ai/the-atomic-human-google.md"
@@ -29,9 +30,6 @@ def study(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
 
 
 def servers() -> list[int]:
-    sys.path.insert(0, str(REPO))
-    from analysis.study.common import lynguine_servers
-
     return lynguine_servers()
 
 

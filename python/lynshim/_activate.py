@@ -206,12 +206,17 @@ def _version_beside(module: object, name: str) -> str | None:
     package_dir = os.path.dirname(getattr(module, "__file__", None) or "")
     if os.path.basename(package_dir) != name:
         return None
-    prefix = name.lower().replace("-", "_") + "-"
+    # `name` is a module's, so it has no "-" for the dist-info name to normalise to "_".
+    prefix = name.lower() + "-"
     try:
-        found = [e for e in os.listdir(os.path.dirname(package_dir)) if e.lower().startswith(prefix)]
+        entries = os.listdir(os.path.dirname(package_dir))
     except OSError:
         return None
-    found = [e[len(prefix) : -len(".dist-info")] for e in found if e.endswith(".dist-info")]
+    found = [
+        e[len(prefix) : -len(".dist-info")]
+        for e in entries
+        if e.lower().startswith(prefix) and e.endswith(".dist-info")
+    ]
     return found[0] if len(found) == 1 and found[0] else None
 
 

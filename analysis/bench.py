@@ -159,16 +159,19 @@ CONTROL = "bare against bare (control)"
 
 def pairs_for(label: str, tool: str, pairs: int) -> int:
     """How many pairs a start-up row gets. A median of n per-pair ratios is only as sure as the pairs' spread
-    allows (a pair's ratio spreads by ±5–10 % here; the standard error of a median of 60 is about 1 %, of 100
-    about 0.8 %): lynshim's single-process rows, the ones a 2 % target is about, and their control get five
-    times `pairs`; the peers, whose overhead is far from the noise (and viztracer's runs are 8× as long), half
-    as many. The five-process build (ten seconds a pair) gets one and a half times `pairs`."""
+    allows. A single process's pair ratio spreads by ±5–10 % here (IQR about 0.97–1.05): the standard error
+    of a median of 100 is about 0.8 %, as large as the tracer's own cost, and the two runs of 2026-11-30 put
+    a single-process row's median up to 1.6 % apart. lynshim's single-process rows, the ones a 2 % target is
+    about, and their control get eight times `pairs` (about 0.6 %); the peers, whose overhead is far from the
+    noise (and viztracer's runs are 8× as long), half as many. A five-process pair (eight seconds, long
+    enough for the machine's speed to change within it) spreads wider still (IQR about 1.00–1.08): it gets
+    two and a half times `pairs`, about 1 %."""
     if label.startswith("five"):
-        return pairs * 3 // 2
+        return pairs * 5 // 2
     if tool == "python -X importtime":
         return pairs
     if tool.startswith("lynshim") or tool == CONTROL:
-        return pairs * 5
+        return pairs * 8
     return max(pairs // 2, 3)
 
 

@@ -357,10 +357,10 @@ def startup_breakdown(work: Path, rounds: int) -> tuple[list[str], str]:
         f"{rounds} rounds of `python -c 'import lynguine'` (in-process tracing, no launcher), each running the three "
         f"in a rotating order; \"over bare\" is the median (IQR) of each round's difference from that round's bare "
         f"run. A traced run writes {imports} import spans and {gcs} GC spans. Of the traced run's "
-        f"{wall_over['traced']:+.1f} ms: lynshim's activation {activation_ms:.1f} ms (median of its own "
-        f"spans, `lynshim bench -n 5`); the import spans {spans_ms:+.1f} ms "
+        f"{wall_over['traced']:+z.1f} ms: lynshim's activation {activation_ms:.1f} ms (median of its own "
+        f"spans, `lynshim bench -n 5`); the import spans {spans_ms:+z.1f} ms "
         f"({spans_ms * 1000 / max(imports, 1):.1f} µs per import); everything else the shim does with import spans "
-        f"off (hooks, patching, GC and exit spans, the writer) {rest_ms:+.1f} ms."
+        f"off (hooks, patching, GC and exit spans, the writer) {rest_ms:+z.1f} ms."
     )
     return rows, note
 

@@ -29,10 +29,6 @@ def study(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     )
 
 
-def servers() -> list[int]:
-    return lynguine_servers()
-
-
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_lamd()
@@ -151,8 +147,9 @@ def test_servers_are_ended(small_study: Path) -> None:
     started = {p for r in cold for p in r["servers_started"]} | {
         p for s in server["warm_server_starts"] for p in s["pids"]
     }
-    assert not started & set(servers())
-    assert servers() == []
+    running = lynguine_servers()
+    assert not started & set(running)
+    assert running == []
     # the server's trace is complete (SIGTERM, not SIGKILL): its exit event is there
     run_dir = Path(cold[0]["run_dir"])
     heads = {p: p.read_text()[:4000] for p in run_dir.glob("*.lynshim.json")}

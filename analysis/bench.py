@@ -209,25 +209,10 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             None,
         )
     )
-    talk_dir = CORPUS / "talks" / "_ai"
-    if talk_dir.is_dir():
-        corpus_copy = work / "corpus"
-        shutil.copytree(CORPUS, corpus_copy)
-        talk_cwd = corpus_copy / "talks" / "_ai"
-        # lamd's own command, as its make rules run it: the lamd-style command of issue #17.
-        mdfield = VENV_BIN / "mdfield"
-        if mdfield.exists():
-            program = [str(mdfield), "title", "the-atomic-human-google.md"]
-            cases.append(("lamd `mdfield title` on a corpus talk", [PY, *program], tools(program), talk_cwd))
-        else:
-            # Without lamd, the lynguine call mdfield makes, from a script. (With lamd it is not measured: its
-            # seven minutes go to more pairs on the two workloads the targets name.)
-            field = work / "field.py"
-            field.write_text(
-                "from lynguine.util.talk import talk_field\n"
-                "print(talk_field('title', 'the-atomic-human-google.md', user_file=['_lamd.yml', '_config.yml']))\n"
-            )
-            cases.append(("talk_field on a corpus talk", [PY, str(field)], tools([str(field)]), talk_cwd))
+    command = lamd_style_command(work)
+    if command is not None:
+        label, program, talk_cwd = command
+        cases.append((label, [PY, *program], tools(program), talk_cwd))
     rows, notes = [], []
     for label, bare_cmd, case_tools, cwd in cases:
         timed(bare_cmd, cwd)  # warm the page cache
@@ -251,7 +236,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
                     f"{name} on {label}, what a tracer costing nothing scores in this run: median ratio "
                     f"{statistics.median(ratios):.3f}; 95 % interval of the median: {interval_text(ratios)}"
                 )
-    if not talk_dir.is_dir():
+    if command is None:
         notes.append(f"the corpus talk cases were not run: {CORPUS} is absent")
     elif not (VENV_BIN / "mdfield").exists():
         notes.append(
@@ -259,6 +244,138 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             "installed (`make bench` installs it from ../shared/lamd)"
         )
     return rows, notes
+
+
+def lamd_style_command(work: Path) -> tuple[str, list[str], Path] | None:
+    """The lamd-style command of issue #17, on a copy of the corpus in `work`: `(label, program and its
+    arguments, the directory to run it in)`, or None without the corpus. lamd's own `mdfield title`, as its
+    make rules run it; without lamd, the lynguine call mdfield makes, from a script."""
+    talk_dir = CORPUS / "talks" / "_ai"
+    if not talk_dir.is_dir():
+        return None
+    corpus_copy = work / "corpus"
+    if not corpus_copy.exists():
+        shutil.copytree(CORPUS, corpus_copy)
+    talk_cwd = corpus_copy / "talks" / "_ai"
+    mdfield = VENV_BIN / "mdfield"
+    if mdfield.exists():
+        return "lamd `mdfield title` on a corpus talk", [str(mdfield), "title", "the-atomic-human-google.md"], talk_cwd
+    field = work / "field.py"
+    field.write_text(
+        "from lynguine.util.talk import talk_field\n"
+        "print(talk_field('title', 'the-atomic-human-google.md', user_file=['_lamd.yml', '_config.yml']))\n"
+    )
+    return "talk_field on a corpus talk", [str(field)], talk_cwd
+
+
+#: A `sitecustomize` for the phase timing of `command_phases`, in bare and traced runs alike. It notes
+#: CLOCK_MONOTONIC when it runs (in a traced run lynshim's bootstrap has activated tracing by then and hands
+#: over to it) and, from an `atexit` handler registered after lynshim's own (so run before it), when Python's
+#: exit begins; it prints both on stderr, on a line of their own.
+PHASE_SITE = textwrap.dedent(
+    """
+    import atexit, sys, time
+    _site_ns = time.monotonic_ns()
+    atexit.register(lambda: sys.stderr.write(f"lynshim-bench-phases {_site_ns} {time.monotonic_ns()}\\n"))
+    """
+)
+
+
+def phase_times(started_ns: int, ended_ns: int, stderr: str) -> list[float]:
+    """One run's phases (PHASES), in ms, from the parent's clock readings around the run and the line
+    PHASE_SITE printed on the run's stderr."""
+    line = next((line for line in stderr.splitlines() if line.startswith("lynshim-bench-phases ")), None)
+    if line is None:
+        raise RuntimeError(
+            "the command printed no phase line: the bench's sitecustomize did not run (a `sitecustomize` earlier "
+            "on sys.path, or the command is not a Python program)"
+        )
+    site_ns, exit_ns = (int(word) for word in line.split()[1:3])
+    if not started_ns <= site_ns <= exit_ns <= ended_ns:
+        raise RuntimeError(f"phase times out of order: {started_ns} {site_ns} {exit_ns} {ended_ns}")
+    return [(site_ns - started_ns) / 1e6, (exit_ns - site_ns) / 1e6, (ended_ns - exit_ns) / 1e6]
+
+
+#: The phases of `command_phases`: (name, what it holds).
+PHASES = (
+    ("start-up", "spawn to `sitecustomize`: the interpreter's start-up; traced, lynshim's activation"),
+    ("program", "`sitecustomize` to Python's exit: imports and work, with lynshim's hooks and patching"),
+    ("exit", "Python's exit to the parent's wait: lynshim's writing, teardown, the process's end"),
+)
+
+
+#: lynshim's own spans that `command_phases` reports beside the phases.
+OWN_SPANS = (schema.EVENT_SHIM_ACTIVATION, schema.EVENT_SHIM_WRITE, schema.EVENT_TEARDOWN)
+
+
+def command_phases(work: Path, rounds: int) -> tuple[list[str], str]:
+    """The lamd-style command's tracer cost by phase, on the clocks of the command itself. The ratio rows say
+    how much a traced run costs; this says where: each run, bare and traced in-process in alternating order,
+    is cut at `sitecustomize` and at the start of Python's exit (see PHASE_SITE), and each phase of the traced
+    run is paired with the same phase of the bare run next to it. lynshim's own spans (its activation, its
+    writing at exit) say which part of a phase is lynshim's work."""
+    command = lamd_style_command(work)
+    if command is None:
+        return [], f"not measured: {CORPUS} is absent"
+    label, program, cwd = command
+    site = work / "phase-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(PHASE_SITE)
+    bootstrap = in_process_env(work / "unused")["PYTHONPATH"]
+
+    def once(traced: bool, i: int) -> tuple[list[float], dict[str, float]]:
+        env = clean_env() | {"PYTHONPATH": str(site)}
+        trace_dir = work / "phases" / str(i)
+        if traced:
+            env |= in_process_env(trace_dir) | {"PYTHONPATH": os.pathsep.join([bootstrap, str(site)])}
+        started = time.monotonic_ns()
+        done = subprocess.run(
+            [PY, *program], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True
+        )
+        ended = time.monotonic_ns()
+        phases = phase_times(started, ended, done.stderr)
+        own: dict[str, float] = {}
+        if traced:
+            trace = next(trace_dir.glob(f"*{schema.TRACE_SUFFIX}"))
+            for event in json.loads(trace.read_text()):
+                if event.get("ph") == "X" and event.get("name") in OWN_SPANS:
+                    own[event["name"]] = own.get(event["name"], 0.0) + event["dur"] / 1000
+        return phases, own
+
+    once(False, -1)  # warm the page cache
+    bare: list[list[float]] = []
+    traced: list[list[float]] = []
+    own: list[dict[str, float]] = []
+    for i in range(rounds):
+        for is_traced in (True, False) if i % 2 else (False, True):
+            phases, spans = once(is_traced, i)
+            if is_traced:
+                traced.append(phases)
+                own.append(spans)
+            else:
+                bare.append(phases)
+    rows = []
+    for j, (name, holds) in enumerate(PHASES):
+        over = [t[j] - b[j] for b, t in zip(bare, traced, strict=True)]
+        rows.append(
+            f"| {name} | {holds} | {statistics.median(b[j] for b in bare):.1f} | "
+            f"{statistics.median(t[j] for t in traced):.1f} | {spread(over)} |"
+        )
+    total = [sum(t) - sum(b) for b, t in zip(bare, traced, strict=True)]
+    rows.append(
+        f"| whole run | | {statistics.median(sum(b) for b in bare):.1f} | {statistics.median(sum(t) for t in traced):.1f} | {spread(total)} |"
+    )
+
+    def own_ms(name: str) -> float:
+        return statistics.median(spans.get(name, 0.0) for spans in own)
+
+    note = (
+        f"{label}, {rounds} rounds of a bare and an in-process traced run in alternating order; ms. lynshim's "
+        f"own spans in the traced runs (medians): its activation {own_ms(schema.EVENT_SHIM_ACTIVATION):.2f} ms "
+        f"(in the start-up phase), its writing at Python's exit {own_ms(schema.EVENT_SHIM_WRITE):.2f} ms and the "
+        f"interpreter's teardown after it {own_ms(schema.EVENT_TEARDOWN):.1f} ms (both in the exit phase)"
+    )
+    return rows, note
 
 
 def activation_in_build(work: Path, runs: int) -> tuple[str, str]:
@@ -979,6 +1096,7 @@ def main() -> None:
         s_profile_rows, s_profile = startup_breakdown(work, pairs)
         s_parts = tracer_parts(work, 20 if args.quick else 200)
         s_launcher = launcher_cost(work, pairs)
+        s_phase_rows, s_phase_note = command_phases(work, 3 if args.quick else 100)
         s_instr_rows, s_instr_note = ([], "not measured with --quick") if args.quick else startup_instructions(work)
         a_row, a_note = activation_in_build(work, 2 if args.quick else 5)
         print("per call…", file=sys.stderr)
@@ -1082,6 +1200,14 @@ its activation, and `lynshim run`'s launcher. What they leave out is what no cou
 machine's noise: the time the program's thread waits while lynshim's threads or the kernel's work on their
 behalf (page faults, file writes) hold the core it needs, and how each run's phase of the machine happens to
 fall on the traced run or the bare one of its pair, which the control rows show.
+
+Where the lamd-style command's tracing cost falls in its run, on the command's own clocks (ms): each run is
+cut where `sitecustomize` runs and where Python's exit begins, and each phase of a traced run is paired with
+the same phase of the bare run beside it. {s_phase_note}.
+
+| phase | what it holds | bare | traced | traced over bare, paired: median (IQR, n) |
+| --- | --- | --- | --- | --- |
+{chr(10).join(s_phase_rows)}
 
 | measure | median (IQR, n) | target |
 | --- | --- | --- |

@@ -1,12 +1,18 @@
 """The statistics `make bench` (analysis/bench.py) reports its start-up ratios with: the schedule that
-interleaves every tool's pairs over the same rounds, and the distribution-free interval of a median."""
+interleaves every tool's pairs over the same rounds, and the distribution-free interval of a median; and
+the clock readings that cut a run into the phases of its start-up breakdown."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 
-from conftest import REPO
+import pytest
+from conftest import REPO, clean_env
 
 sys.path.insert(0, str(REPO))
 from analysis import bench  # noqa: E402 - needs the repository on sys.path
@@ -33,3 +39,37 @@ def test_median_interval_is_the_binomial_order_statistics() -> None:
     assert bench.median_interval([float(v) for v in range(1, 21)]) == (6.0, 15.0)
     assert bench.median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
     assert bench.median_interval([float(v) for v in range(1, 7)]) == (1.0, 6.0)
+
+
+def _phases_of(env: dict[str, str], site: Path) -> list[float]:
+    started = time.monotonic_ns()
+    done = subprocess.run(
+        [sys.executable, "-c", "print('ok')"], env=env, capture_output=True, text=True, check=True, cwd=site
+    )
+    ended = time.monotonic_ns()
+    assert done.stdout == "ok\n"
+    return bench.phase_times(started, ended, done.stderr)
+
+
+def test_phase_site_cuts_bare_and_traced_runs_into_three_phases(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(bench.PHASE_SITE)
+    bare = _phases_of(clean_env() | {"PYTHONPATH": str(site)}, site)
+    # Traced, lynshim's bootstrap comes first on PYTHONPATH and hands over to the bench's sitecustomize.
+    traced_env = bench.in_process_env(tmp_path / "traces")
+    traced_env["PYTHONPATH"] = os.pathsep.join([traced_env["PYTHONPATH"], str(site)])
+    traced = _phases_of(clean_env() | traced_env, site)
+    for phases in (bare, traced):
+        assert len(phases) == len(bench.PHASES) == 3
+        assert all(ms >= 0 for ms in phases)
+        assert phases[0] > 0  # an interpreter's start-up takes time
+    assert len(list((tmp_path / "traces").glob("*" + bench.schema.TRACE_SUFFIX))) == 1
+
+
+def test_phase_times_says_what_is_wrong() -> None:
+    assert bench.phase_times(0, 10_000_000, "x\nlynshim-bench-phases 2000000 7000000\n") == [2.0, 5.0, 3.0]
+    with pytest.raises(RuntimeError, match="no phase line"):
+        bench.phase_times(0, 10, "Traceback ...\n")
+    with pytest.raises(RuntimeError, match="out of order"):
+        bench.phase_times(0, 10, "lynshim-bench-phases 8 5\n")

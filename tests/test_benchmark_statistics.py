@@ -41,10 +41,10 @@ def test_median_interval_is_the_binomial_order_statistics() -> None:
     assert bench.median_interval([float(v) for v in range(1, 7)]) == (1.0, 6.0)
 
 
-def _phases_of(env: dict[str, str], site: Path) -> list[float]:
+def _phases_of(env: dict[str, str], cwd: Path) -> list[float]:
     started = time.monotonic_ns()
     done = subprocess.run(
-        [sys.executable, "-c", "print('ok')"], env=env, capture_output=True, text=True, check=True, cwd=site
+        [sys.executable, "-c", "print('ok')"], env=env, capture_output=True, text=True, check=True, cwd=cwd
     )
     ended = time.monotonic_ns()
     assert done.stdout == "ok\n"
@@ -55,11 +55,12 @@ def test_phase_site_cuts_bare_and_traced_runs_into_three_phases(tmp_path: Path) 
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(bench.PHASE_SITE)
-    bare = _phases_of(clean_env() | {"PYTHONPATH": str(site)}, site)
+    # Run outside `site`: only PYTHONPATH may find the bench's sitecustomize, as in `make bench`.
+    bare = _phases_of(clean_env() | {"PYTHONPATH": str(site)}, tmp_path)
     # Traced, lynshim's bootstrap comes first on PYTHONPATH and hands over to the bench's sitecustomize.
     traced_env = bench.in_process_env(tmp_path / "traces")
     traced_env["PYTHONPATH"] = os.pathsep.join([traced_env["PYTHONPATH"], str(site)])
-    traced = _phases_of(clean_env() | traced_env, site)
+    traced = _phases_of(clean_env() | traced_env, tmp_path)
     for phases in (bare, traced):
         assert len(phases) == len(bench.PHASES) == 3
         assert all(ms >= 0 for ms in phases)

@@ -321,13 +321,14 @@ def command_phases(work: Path, rounds: int) -> tuple[list[str], str]:
     site = work / "phase-site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(PHASE_SITE)
-    bootstrap = in_process_env(work / "unused")["PYTHONPATH"]
 
     def once(traced: bool, i: int) -> tuple[list[float], dict[str, float]]:
         env = clean_env() | {"PYTHONPATH": str(site)}
         trace_dir = work / "phases" / str(i)
         if traced:
-            env |= in_process_env(trace_dir) | {"PYTHONPATH": os.pathsep.join([bootstrap, str(site)])}
+            # lynshim's bootstrap first on PYTHONPATH; it hands over to the bench's sitecustomize after it.
+            traced_env = in_process_env(trace_dir)
+            env |= traced_env | {"PYTHONPATH": os.pathsep.join([traced_env["PYTHONPATH"], str(site)])}
         started = time.monotonic_ns()
         done = subprocess.run(
             [PY, *program], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True

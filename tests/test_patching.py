@@ -176,6 +176,30 @@ def test_wrappers_pickle_copy_and_show_the_original_attributes(patched: None) ->
     assert inspect.ismethod(bound) and bound.__func__ is vars(Base)["method"] and bound(2) == 4
 
 
+def test_wrappers_and_the_import_hook_leave_cycles_collectable() -> None:
+    """The garbage collector sees every reference a wrapper or the import hook holds, as it sees a function's.
+    A reference it cannot see counts as one from outside the heap: the wrapped function, its module's globals
+    and all they reach (for lynguine, pandas) stayed reachable through the interpreter's teardown, whose
+    collections then walked them again and again."""
+    import gc
+    import weakref
+
+    module = types.ModuleType("fixture_cycle")
+    exec("def entry(x):\n    return x\n", vars(module))
+    original = module.entry
+    module.entry = _patch.wrap(original, "fixture.entry", schema.CAT_COMPUTE)
+    assert module.entry(3) == 3
+    # wrapper -> probe -> original -> its globals -> wrapper: a cycle only the collector can free.
+    freed = weakref.ref(original)
+    del original, module
+    gc.collect()
+    assert freed() is None
+
+    find = sys.modules["_frozen_importlib"]._find_and_load_unlocked
+    hook = _native.ImportHook(find, sys, set(), _patch.module_loaded, True)
+    assert {id(find), id(sys), id(_patch.module_loaded)} <= {id(o) for o in gc.get_referents(hook)}
+
+
 def test_patching_twice_does_not_double_wrap(patched: None) -> None:
     before = vars(Base)["method"]
     _patch._patch_attribute(Base, "method", "fixture.method", schema.CAT_COMPUTE)

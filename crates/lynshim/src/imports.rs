@@ -28,9 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lynschema::{arg, category};
 use pyo3::exceptions::PyException;
+use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
+use pyo3::PyTraverseError;
 
 use crate::json::push_str;
 use crate::session;
@@ -52,6 +54,14 @@ pub struct ImportHook {
 
 #[pymethods]
 impl ImportHook {
+    /// The references the garbage collector must see, as for a traced function (`probe.rs`,
+    /// `TracedFunction::__traverse__`): `module_loaded` holds `lynshim._patch`'s globals.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.find_and_load_unlocked)?;
+        visit.call(&self.sys)?;
+        visit.call(&self.module_loaded)
+    }
+
     #[new]
     #[pyo3(signature = (find_and_load_unlocked, sys, watched, module_loaded, record_imports))]
     fn new(
@@ -158,6 +168,12 @@ struct ParentThenSpan {
 
 #[pymethods]
 impl ParentThenSpan {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.import_)?;
+        visit.call(&self.name)?;
+        visit.call(&self.sys)
+    }
+
     fn __call__<'py>(&self, py: Python<'py>, parent: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let module = self.import_.bind(py).call1((parent,))?;
         let name = self.name.bind(py);

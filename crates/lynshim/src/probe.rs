@@ -195,8 +195,8 @@ struct DefaultValue {
 /// One wrapped function.
 #[pyclass(frozen, module = "lynshim._native")]
 pub struct Probe {
-    /// Leaked: a probe lives as long as the process (patches are never undone), and spans borrow
-    /// its names without counting references on the hot path.
+    /// Leaked: spans borrow its names without counting references on the hot path, and may still be
+    /// unwritten when the collector frees the probe with its module, in the interpreter's teardown.
     name: &'static str,
     cat: &'static str,
     function: Py<PyAny>,
@@ -682,9 +682,9 @@ impl TracedFunction {
     /// the heap: the cycle wrapper → original → its module's globals → wrapper could not be collected,
     /// and every module reachable from a traced function's globals (lynguine's, pandas…) outlived
     /// the collections of the interpreter's teardown. Each of those collections then walked the whole
-    /// heap again: a traced `mdfield`'s exit phase took about 15 ms longer than a bare one's (the phase
-    /// table of analysis/benchmarks.md, before this). No `__clear__`: these references never change, and a module's globals, which
-    /// every such cycle goes through, are cleared by the collector instead.
+    /// heap again: the exit phase of a traced `mdfield` took 16 ms longer than a bare one's, 4 ms with this
+    /// (`make bench`'s phase table at 2026-11-30 16:46 and 18:42 UTC). No `__clear__`: these references
+    /// never change, and a module's globals, which every such cycle goes through, are cleared instead.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.probe)
     }

@@ -271,20 +271,21 @@ def lamd_style_command(work: Path) -> tuple[str, list[str], Path] | None:
 #: A `sitecustomize` for the phase timing of `command_phases`, in bare and traced runs alike. It notes
 #: CLOCK_MONOTONIC when it runs (in a traced run lynshim's bootstrap has activated tracing by then and hands
 #: over to it) and, from an `atexit` handler registered after lynshim's own (so run before it), when Python's
-#: exit begins; it prints both on stderr, on a line of their own.
+#: exit begins; it prints both on stderr, on a line of their own that starts with PHASE_MARKER.
+PHASE_MARKER = "lynshim-bench-phases"
 PHASE_SITE = textwrap.dedent(
     """
     import atexit, sys, time
     _site_ns = time.monotonic_ns()
-    atexit.register(lambda: sys.stderr.write(f"lynshim-bench-phases {_site_ns} {time.monotonic_ns()}\\n"))
+    atexit.register(lambda: sys.stderr.write(f"MARKER {_site_ns} {time.monotonic_ns()}\\n"))
     """
-)
+).replace("MARKER", PHASE_MARKER)
 
 
 def phase_times(started_ns: int, ended_ns: int, stderr: str) -> list[float]:
     """One run's phases (PHASES), in ms, from the parent's clock readings around the run and the line
     PHASE_SITE printed on the run's stderr."""
-    line = next((line for line in stderr.splitlines() if line.startswith("lynshim-bench-phases ")), None)
+    line = next((line for line in stderr.splitlines() if line.startswith(PHASE_MARKER + " ")), None)
     if line is None:
         raise RuntimeError(
             "the command printed no phase line: the bench's sitecustomize did not run (a `sitecustomize` earlier "

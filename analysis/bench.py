@@ -297,6 +297,17 @@ def phase_times(started_ns: int, ended_ns: int, stderr: str) -> list[float]:
     return [(site_ns - started_ns) / 1e6, (exit_ns - site_ns) / 1e6, (ended_ns - exit_ns) / 1e6]
 
 
+def phase_env(site: Path, trace_dir: Path | None) -> dict[str, str]:
+    """The environment of one run of `command_phases`: PHASE_SITE's directory (`site`) on PYTHONPATH; traced
+    in-process into `trace_dir` when one is given, with lynshim's bootstrap before it, which hands over to the
+    bench's `sitecustomize` once it has activated tracing."""
+    env = clean_env() | {"PYTHONPATH": str(site)}
+    if trace_dir is not None:
+        traced_env = in_process_env(trace_dir)
+        env |= traced_env | {"PYTHONPATH": os.pathsep.join([traced_env["PYTHONPATH"], str(site)])}
+    return env
+
+
 #: The phases of `command_phases`: (name, what it holds).
 PHASES = (
     ("start-up", "spawn to `sitecustomize`: the interpreter's start-up; traced, lynshim's activation"),
@@ -324,12 +335,8 @@ def command_phases(work: Path, rounds: int) -> tuple[list[str], str]:
     (site / "sitecustomize.py").write_text(PHASE_SITE)
 
     def once(traced: bool, i: int) -> tuple[list[float], dict[str, float]]:
-        env = clean_env() | {"PYTHONPATH": str(site)}
         trace_dir = work / "phases" / str(i)
-        if traced:
-            # lynshim's bootstrap first on PYTHONPATH; it hands over to the bench's sitecustomize after it.
-            traced_env = in_process_env(trace_dir)
-            env |= traced_env | {"PYTHONPATH": os.pathsep.join([traced_env["PYTHONPATH"], str(site)])}
+        env = phase_env(site, trace_dir if traced else None)
         started = time.monotonic_ns()
         done = subprocess.run(
             [PY, *program], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True

@@ -4,7 +4,6 @@ the clock readings that cut a run into the phases of its start-up breakdown."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, clean_env
+from conftest import REPO
 
 sys.path.insert(0, str(REPO))
 from analysis import bench  # noqa: E402 - needs the repository on sys.path
@@ -55,12 +54,10 @@ def test_phase_site_cuts_bare_and_traced_runs_into_three_phases(tmp_path: Path) 
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(bench.PHASE_SITE)
-    # Run outside `site`: only PYTHONPATH may find the bench's sitecustomize, as in `make bench`.
-    bare = _phases_of(clean_env() | {"PYTHONPATH": str(site)}, tmp_path)
-    # Traced, lynshim's bootstrap comes first on PYTHONPATH and hands over to the bench's sitecustomize.
-    traced_env = bench.in_process_env(tmp_path / "traces")
-    traced_env["PYTHONPATH"] = os.pathsep.join([traced_env["PYTHONPATH"], str(site)])
-    traced = _phases_of(clean_env() | traced_env, tmp_path)
+    # Run outside `site`: only PYTHONPATH may find the bench's sitecustomize, as in `make bench`. The
+    # environments are the bench's own; traced, lynshim's bootstrap must hand over to the sitecustomize.
+    bare = _phases_of(bench.phase_env(site, None), tmp_path)
+    traced = _phases_of(bench.phase_env(site, tmp_path / "traces"), tmp_path)
     for phases in (bare, traced):
         assert len(phases) == len(bench.PHASES) == 3
         assert all(ms >= 0 for ms in phases)

@@ -379,7 +379,7 @@ def command_phases(work: Path, rounds: int) -> tuple[list[str], str]:
         return statistics.median(spans.get(name, 0.0) for spans in own)
 
     note = (
-        f"{label}, {rounds} rounds of a bare and an in-process traced run in alternating order; ms. lynshim's "
+        f"{label}, {rounds} rounds of a bare and an in-process traced run in alternating order. lynshim's "
         f"own spans in the traced runs (medians): its activation {own_ms(schema.EVENT_SHIM_ACTIVATION):.2f} ms "
         f"(in the start-up phase), its writing at Python's exit {own_ms(schema.EVENT_SHIM_WRITE):.2f} ms and the "
         f"interpreter's teardown after it {own_ms(schema.EVENT_TEARDOWN):.1f} ms (both in the exit phase)"

@@ -175,7 +175,13 @@ def pairs_for(label: str, tool: str, pairs: int) -> int:
     return max(pairs // 2, 3)
 
 
-def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
+#: The lamd-style command of `lamd_style_command`: (label, program and its arguments, where to run it).
+Command = tuple[str, list[str], Path]
+
+
+def startup(pairs: int, work: Path, command: Command | None) -> tuple[list[str], list[str]]:
+    """Table 1's ratio rows, and its notes: `import lynguine`, five of them, and `command` (the lamd-style
+    command, when the corpus is there)."""
     script = work / "import_lynguine.py"
     script.write_text("import lynguine\n")
     out = work / "out"
@@ -209,7 +215,6 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
             None,
         )
     )
-    command = lamd_style_command(work)
     if command is not None:
         label, program, talk_cwd = command
         cases.append((label, [PY, *program], tools(program), talk_cwd))
@@ -246,7 +251,7 @@ def startup(pairs: int, work: Path) -> tuple[list[str], list[str]]:
     return rows, notes
 
 
-def lamd_style_command(work: Path) -> tuple[str, list[str], Path] | None:
+def lamd_style_command(work: Path) -> Command | None:
     """The lamd-style command of issue #17, on a copy of the corpus in `work`: `(label, program and its
     arguments, the directory to run it in)`, or None without the corpus. lamd's own `mdfield title`, as its
     make rules run it; without lamd, the lynguine call mdfield makes, from a script."""
@@ -254,8 +259,7 @@ def lamd_style_command(work: Path) -> tuple[str, list[str], Path] | None:
     if not talk_dir.is_dir():
         return None
     corpus_copy = work / "corpus"
-    if not corpus_copy.exists():
-        shutil.copytree(CORPUS, corpus_copy)
+    shutil.copytree(CORPUS, corpus_copy)
     talk_cwd = corpus_copy / "talks" / "_ai"
     mdfield = VENV_BIN / "mdfield"
     if mdfield.exists():
@@ -320,13 +324,12 @@ PHASES = (
 OWN_SPANS = (schema.EVENT_SHIM_ACTIVATION, schema.EVENT_SHIM_WRITE, schema.EVENT_TEARDOWN)
 
 
-def command_phases(work: Path, rounds: int) -> tuple[list[str], str]:
+def command_phases(work: Path, command: Command | None, rounds: int) -> tuple[list[str], str]:
     """The lamd-style command's tracer cost by phase, on the clocks of the command itself. The ratio rows say
     how much a traced run costs; this says where: each run, bare and traced in-process in alternating order,
     is cut at `sitecustomize` and at the start of Python's exit (see PHASE_SITE), and each phase of the traced
     run is paired with the same phase of the bare run next to it. lynshim's own spans (its activation, its
     writing at exit) say which part of a phase is lynshim's work."""
-    command = lamd_style_command(work)
     if command is None:
         return [], f"not measured: {CORPUS} is absent"
     label, program, cwd = command
@@ -1101,11 +1104,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("start-up…", file=sys.stderr)
-        s_rows, s_notes = startup(pairs, work)
+        # Worked out once (a copy of the corpus) for the ratio rows and the phases.
+        command = lamd_style_command(work)
+        s_rows, s_notes = startup(pairs, work, command)
         s_profile_rows, s_profile = startup_breakdown(work, pairs)
         s_parts = tracer_parts(work, 20 if args.quick else 200)
         s_launcher = launcher_cost(work, pairs)
-        s_phase_rows, s_phase_note = command_phases(work, 3 if args.quick else 100)
+        s_phase_rows, s_phase_note = command_phases(work, command, 3 if args.quick else 100)
         s_instr_rows, s_instr_note = ([], "not measured with --quick") if args.quick else startup_instructions(work)
         a_row, a_note = activation_in_build(work, 2 if args.quick else 5)
         print("per call…", file=sys.stderr)

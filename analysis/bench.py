@@ -537,9 +537,10 @@ IMPORT_COST = textwrap.dedent(
     """
 )
 
-#: Run as `python -c 'import lynguine'` is, traced in-process; as Python's exit begins (before lynshim's own
-#: exit handler, registered first, runs last) it prints each thread's name and CPU time from the kernel's
-#: scheduler statistics, in nanoseconds, on a line of its own on stdout.
+#: Run as `python -c 'import lynguine'` is, bare or traced in-process; as Python's exit begins (before
+#: lynshim's own exit handler, registered first, runs last) it prints each thread's name, CPU time and time
+#: spent runnable but waiting for a core, from the kernel's scheduler statistics, in nanoseconds, on a line
+#: of its own on stdout.
 THREAD_CPU = textwrap.dedent(
     """
     import atexit, os, sys
@@ -548,7 +549,8 @@ THREAD_CPU = textwrap.dedent(
         out = []
         for tid in sorted(os.listdir(task), key=int):
             with open(f"{task}/{tid}/comm") as comm, open(f"{task}/{tid}/schedstat") as stat:
-                out.append((int(tid) == os.getpid(), comm.read().strip(), int(stat.read().split()[0])))
+                on_cpu, waiting, _ = (int(field) for field in stat.read().split())
+                out.append((int(tid) == os.getpid(), comm.read().strip(), on_cpu, waiting))
         print("threads:", repr(out), flush=True)
     atexit.register(threads)
     import lynguine
@@ -556,11 +558,23 @@ THREAD_CPU = textwrap.dedent(
 )
 
 
-def tracer_parts(work: Path, rounds: int) -> list[str]:
+def thread_times(script: Path, env: dict[str, str]) -> list[tuple[bool, str, float, float]]:
+    """One run of THREAD_CPU: (is the program's thread, name, CPU ms, ms waiting for a core) per thread."""
+    out = subprocess.run([PY, str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("threads: "))
+    return [
+        (main, name, on_cpu / 1e6, waiting / 1e6)
+        for main, name, on_cpu, waiting in ast.literal_eval(line.removeprefix("threads: "))
+    ]
+
+
+def tracer_parts(work: Path, rounds: int) -> tuple[list[str], float, float]:
     """lynshim's cost in a traced `import lynguine`, part by part, each measured where this machine's noise
     is small: the import hook's cost per import on the traced thread (one process, alternating, see
-    IMPORT_COST) and the CPU of lynshim's two threads (the kernel's per-thread counts). With the activation
-    span these are what the start-up ratio is made of; they are lines for the breakdown's notes."""
+    IMPORT_COST), the CPU of lynshim's two threads, and the program's own thread against bare runs (the
+    kernel's per-thread counts). With the activation span these are what the start-up ratio is made of; they
+    are lines for the breakdown's notes, returned with the program thread's CPU, bare and traced over bare
+    (medians, ms), for comparing with the instructions callgrind counts."""
     package = work / "many-modules" / "pk"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -587,15 +601,23 @@ def tracer_parts(work: Path, rounds: int) -> list[str]:
     ]
     threads_script = work / "thread_cpu.py"
     threads_script.write_text(THREAD_CPU)
-    env = clean_env() | in_process_env(work / "thread-cpu")
+    traced_env = clean_env() | in_process_env(work / "thread-cpu")
     cpu: dict[str, list[float]] = {"lynshim-emitter": [], "lynshim-writer": [], "the program's thread": []}
-    for _ in range(max(rounds // 10, 5)):
-        out = subprocess.run([PY, str(threads_script)], env=env, capture_output=True, text=True, check=True).stdout
-        line = next(line for line in out.splitlines() if line.startswith("threads: "))
-        for main, name, ns in ast.literal_eval(line.removeprefix("threads: ")):
-            key = "the program's thread" if main else name
-            if key in cpu:
-                cpu[key].append(ns / 1e6)
+    # The program's thread, traced less bare, per alternating pair: (CPU, waiting for a core), ms.
+    program_over: list[tuple[float, float]] = []
+    program_bare: list[float] = []
+    for i in range(max(rounds // 5, 5)):
+        order = [traced_env, clean_env()] if i % 2 else [clean_env(), traced_env]
+        program: dict[bool, tuple[float, float]] = {}
+        for env in order:
+            traced = env is traced_env
+            for main, name, on_cpu, waiting in thread_times(threads_script, env):
+                if main:
+                    program[traced] = (on_cpu, waiting)
+                if traced and (key := "the program's thread" if main else name) in cpu:
+                    cpu[key].append(on_cpu)
+        program_over.append((program[True][0] - program[False][0], program[True][1] - program[False][1]))
+        program_bare.append(program[False][0])
     runs = len(cpu["the program's thread"])
     lines.append(
         "CPU of lynshim's threads in a traced `import lynguine` until Python's exit begins (median of "
@@ -604,7 +626,12 @@ def tracer_parts(work: Path, rounds: int) -> list[str]:
         + " (the program's thread, for scale: the whole import); the two lynshim threads run beside the "
         "program's, on the other core when one is free"
     )
-    return lines
+    lines.append(
+        f"the program's thread itself, traced over bare in {len(program_over)} alternating pairs of the same "
+        f"runs (bare runs between the traced ones, same counters): its CPU {spread([c for c, _ in program_over])} "
+        f"ms, its time runnable but waiting for a core {spread([w for _, w in program_over])} ms"
+    )
+    return lines, statistics.median(program_bare), statistics.median(c for c, _ in program_over)
 
 
 def launcher_cost(work: Path, pairs: int) -> str:
@@ -630,7 +657,66 @@ def launcher_cost(work: Path, pairs: int) -> str:
     )
 
 
-def startup_instructions(work: Path) -> tuple[list[str], str]:
+def instruction_profile(callgrind_out: str) -> Counter[tuple[str, str]]:
+    """Instructions executed in each function, by (object, function), from one of callgrind's own output
+    files (its format: https://valgrind.org/docs/manual/cl-format.html), the object being a shared library's
+    file name (`libpython3.11.so.1.0`, lynshim's `_native…so`). A function's own instructions only: the cost
+    line after a `calls=` line is the callee's, inclusive, and is skipped. Functions without symbols count
+    as one per object, `(no symbols)`; recursion levels (`f'2`) as the function."""
+    names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
+
+    def name(kind: str, spec: str) -> str:
+        # Name compression: `(id) name` defines an id, `(id)` refers to it.
+        ident, _, text = spec.partition(" ") if spec.startswith("(") else ("", "", spec)
+        if ident and text:
+            names[kind][ident] = text
+        return names[kind].get(ident, text) if ident else text
+
+    profile: Counter[tuple[str, str]] = Counter()
+    obj = function = ""
+    callee_cost_next = False
+    for line in callgrind_out.splitlines():
+        if callee_cost_next:
+            callee_cost_next = False
+            continue
+        key, eq, spec = line.partition("=")
+        if eq and key in ("ob", "cob"):
+            named = Path(name("ob", spec)).name
+            obj = named if key == "ob" else obj
+        elif eq and key in ("fn", "cfn"):
+            named = re.sub(r"'\d+$", "", name("fn", spec))
+            function = named if key == "fn" else function
+        elif key == "calls" and eq:
+            callee_cost_next = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            fields = line.split()
+            if len(fields) >= 2:
+                shown = "(no symbols)" if function.startswith("0x") else function
+                profile[(obj, shown)] += int(fields[1])
+    return profile
+
+
+def instruction_attribution(bare: Counter[tuple[str, str]], traced: Counter[tuple[str, str]], top: int) -> list[str]:
+    """Where a traced run's extra instructions go: by object (shared library), then the `top` functions that
+    changed most, as `name +x.xx M` (negative where the traced run executes fewer)."""
+    by_object: Counter[str] = Counter()
+    by_function: Counter[tuple[str, str]] = Counter()
+    for key in bare.keys() | traced.keys():
+        by_object[key[0]] += traced[key] - bare[key]
+        by_function[key] += traced[key] - bare[key]
+    objects = sorted(((o, d) for o, d in by_object.items() if abs(d) >= 50_000), key=lambda od: -abs(od[1]))
+    functions = sorted(by_function.items(), key=lambda kv: -abs(kv[1]))[:top]
+    return [
+        "by library: " + ", ".join(f"{obj} {delta / 1e6:+.2f} M" for obj, delta in objects),
+        "by function: " + ", ".join(f"`{fn}` ({obj}) {delta / 1e6:+.2f} M" for (obj, fn), delta in functions),
+    ]
+
+
+#: What `startup_instructions` counted on the program's thread: (bare, added by in-process tracing), or None.
+Instructions = tuple[int, int] | None
+
+
+def startup_instructions(work: Path) -> tuple[list[str], str, Instructions]:
     """Instructions, not seconds: `import lynguine` bare, traced and traced without import spans under
     callgrind (valgrind), one after another. The traced program's thread executes the same instructions
     whatever the load on the machine, so its count tells the tracer's own work on the critical path apart from
@@ -643,9 +729,14 @@ def startup_instructions(work: Path) -> tuple[list[str], str]:
 
     The `lynshim run` variant runs valgrind under the launcher, so the program gets what a command under
     `lynshim run` gets (the preload library in `LD_PRELOAD`, its exec record, the launcher's environment);
-    its count is the program's alone, not the launcher's (whose wall time is the launcher line above)."""
+    its count is the program's alone, not the launcher's (whose wall time is the launcher line above).
+
+    The profile of the miss: the in-process run's extra instructions on the program's thread, function by
+    function (`instruction_profile` of each run's own callgrind file), and, from `python -c pass` bare and
+    traced, how many of them lynshim spends whatever the program does (activation and exit). Returns the
+    table's rows, its note, and (the bare thread's count, the instructions in-process tracing adds)."""
     if shutil.which("valgrind") is None:
-        return [], "valgrind is not installed: no instruction counts of start-up"
+        return [], "valgrind is not installed: no instruction counts of start-up", None
     env = clean_env() | {"OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     in_process = "traced (in-process)"
     variants = {
@@ -654,48 +745,86 @@ def startup_instructions(work: Path) -> tuple[list[str], str]:
         "traced, no import spans": ([], env | in_process_env(work / "cg-no-import-spans") | {schema.ENV_IMPORTS: "0"}),
         "traced by `lynshim run`": ([LYNSHIM, "run", "-o", str(work / "cg-run"), "--"], env),
     }
-    counts: dict[str, tuple[int, int]] = {}
-    for i, (name, (launcher, variant_env)) in enumerate(variants.items()):
-        out = work / f"callgrind-{i}"
+    runs = 0
+
+    def run(name: str, launcher: list[str], variant_env: dict[str, str], code: str) -> tuple[int, int, str] | str:
+        """(the main thread's instructions, the other threads', the main thread's callgrind file) of one
+        run of `python -c code`, or why there are none."""
+        nonlocal runs
+        out = work / f"callgrind-{runs}"
+        runs += 1
         out.mkdir()
         # `%p`: a child process (none is expected) writes files of its own rather than over these.
         cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}/cg.%p.out"]
-        proc = subprocess.Popen([*launcher, *cmd, PY, "-c", "import lynguine"], env=variant_env,
+        proc = subprocess.Popen([*launcher, *cmd, PY, "-c", code], env=variant_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         if proc.wait() != 0:
-            return [], f"callgrind failed on the {name} run: no instruction counts of start-up"
+            return f"callgrind failed on the {name} run: no instruction counts of start-up"
         # One file per thread: `-01` is the main thread (the traced program's), the others lynshim's emitter
         # and writer. valgrind runs the program in its own process, so the files carry its pid (under the
         # launcher, not the pid started here): the directory holds one process's files.
         pids = {f.name.split(".")[1] for f in out.glob("cg.*.out-*")}
         if len(pids) != 1:
-            return [], f"callgrind wrote files for {len(pids)} processes on the {name} run, not one"
+            return f"callgrind wrote files for {len(pids)} processes on the {name} run, not one"
         totals: dict[str, int] = {}
+        texts: dict[str, str] = {}
         for f in out.glob("cg.*.out-*"):
-            found = re.search(r"^totals: (\d+)", f.read_text(), re.M)
+            thread = f.name.rsplit("-", 1)[1]
+            texts[thread] = f.read_text()
+            found = re.search(r"^totals: (\d+)", texts[thread], re.M)
             if found is None:
-                return [], f"callgrind's {f.name} of the {name} run has no totals: no instruction counts of start-up"
-            totals[f.name.rsplit("-", 1)[1]] = int(found.group(1))
+                return f"callgrind's {f.name} of the {name} run has no totals: no instruction counts of start-up"
+            totals[thread] = int(found.group(1))
         if "01" not in totals:
-            return [], f"callgrind wrote no main-thread file for the {name} run: no instruction counts of start-up"
+            return f"callgrind wrote no main-thread file for the {name} run: no instruction counts of start-up"
         main = totals.pop("01")
-        counts[name] = (main, sum(totals.values()))
-    bare_main, bare_other = counts["bare"]
+        return main, sum(totals.values()), texts["01"]
+
+    counts: dict[str, tuple[int, int, str]] = {}
+    for name, (launcher, variant_env) in variants.items():
+        result = run(name, launcher, variant_env, "import lynguine")
+        if isinstance(result, str):
+            return [], result, None
+        counts[name] = result
+    # The same two with a program that imports nothing: lynshim's cost that does not grow with the program.
+    fixed: dict[str, tuple[int, int, str]] = {}
+    for name in ("bare", in_process):
+        result = run(f"{name} `pass`", [], variants[name][1], "pass")
+        if isinstance(result, str):
+            return [], result, None
+        fixed[name] = result
+    bare_main, bare_other, bare_file = counts["bare"]
     rows = [
         f"| {name} | {main / 1e6:.1f} | {(main - bare_main) / bare_main * 100:+.2f} % | {other / 1e6:.1f} | "
         f"{(other - bare_other) / 1e6:+.1f} |"
-        for name, (main, other) in counts.items()
+        for name, (main, other, _) in counts.items()
     ]
-    traced_main = counts[in_process][0]
+    traced_main, _, traced_file = counts[in_process]
     run_main = counts["traced by `lynshim run`"][0]
-    note = (
-        f"On the traced program's own thread lynshim adds {(traced_main - bare_main) / 1e6:.1f} M instructions to "
-        f"{bare_main / 1e6:.0f} M ({(traced_main - bare_main) / bare_main * 100:.2f} %): activation, the import hook "
-        f"and the spans' records; writing the trace is the other threads' work. Under `lynshim run` the program's "
-        f"thread executes {(run_main - traced_main) / 1e6:+.1f} M instructions beside in-process tracing (the "
-        f"preload library's exec record, and the dynamic loader looking each symbol up in one more library)."
+    added = traced_main - bare_main
+    fixed_added = fixed[in_process][0] - fixed["bare"][0]
+    by_library, by_function = instruction_attribution(
+        instruction_profile(bare_file), instruction_profile(traced_file), top=12
     )
-    return rows, note
+    fixed_by_library, _ = instruction_attribution(
+        instruction_profile(fixed["bare"][2]), instruction_profile(fixed[in_process][2]), top=0
+    )
+    note = (
+        f"On the traced program's own thread lynshim adds {added / 1e6:.1f} M instructions to "
+        f"{bare_main / 1e6:.0f} M ({added / bare_main * 100:.2f} %): activation, the import hook, patching, the "
+        f"spans' records and the garbage collector's callback; writing the trace is the other threads' work. "
+        f"Under `lynshim run` the program's thread executes {(run_main - traced_main) / 1e6:+.1f} M instructions "
+        f"beside in-process tracing (the preload library's exec record, and the dynamic loader looking each "
+        f"symbol up in one more library).\n\n"
+        f"Where the {added / 1e6:.1f} M go, per function, the traced run's count less the bare run's (callgrind's "
+        f"own files, each function's own instructions): {by_library}; {by_function}. lynshim's native module is "
+        f"stripped, so its functions count as one. The interpreter's share is the Python code lynshim runs "
+        f"(its modules' import and activation, the patching of lynguine's entry points as their modules load) "
+        f"and what its records and objects cost the allocator and the collector. Of the {added / 1e6:.1f} M, "
+        f"{fixed_added / 1e6:.1f} M do not grow with the program: traced `python -c pass` over bare, that is "
+        f"activation and exit ({fixed_by_library})."
+    )
+    return rows, note, (bare_main, added)
 
 
 # --- 2. per call ------------------------------------------------------------------------------------
@@ -1092,6 +1221,35 @@ def criterion_summary() -> str:
     return "; ".join(out) or "no results found in build/criterion.txt"
 
 
+def cpu_against_instructions(bare_ms: float, over_ms: float, instructions: Instructions) -> str:
+    """The program thread's extra CPU in a traced run set beside the instructions lynshim adds to it, both as
+    a share of the bare run's: where the CPU rises by more, the thread runs its instructions more slowly
+    traced, a cost of tracing that the counts do not break down. (Shares, not milliseconds: callgrind counts
+    the whole run, teardown included, and the CPU is read as Python's exit begins.)"""
+    if instructions is None:
+        return (
+            "Without callgrind's counts, the program thread's extra CPU cannot be set against lynshim's instructions."
+        )
+    bare_instructions, added = instructions
+    cpu_share = over_ms / bare_ms * 100
+    instruction_share = added / bare_instructions * 100
+    if cpu_share > instruction_share:
+        reading = (
+            "The program's thread runs more slowly traced than its count of instructions alone explains: its own "
+            "work beside lynshim's records, objects and threads (memory and caches they share, the kernel's work "
+            "on its behalf), which neither callgrind's counts nor this VM (it has no hardware counters) break down "
+            "further, and this measure's noise (the IQR above)."
+        )
+    else:
+        reading = "The CPU it gains is no more than the instructions account for, within this measure's noise (the IQR above)."
+    return (
+        f"The program's thread spent {over_ms:+.1f} ms of CPU traced over bare until Python's exit (median of the "
+        f"pairs above: {cpu_share:+.2f} % of its {bare_ms:.0f} ms), where lynshim adds {instruction_share:.2f} % to its "
+        f"instructions (callgrind, above). {reading} How each run's phase of the machine falls on the traced run or "
+        f"the bare one of its pair adds to the wall-clock ratios, as the control rows show."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for trying the script)")
@@ -1108,10 +1266,13 @@ def main() -> None:
         command = lamd_style_command(work)
         s_rows, s_notes = startup(pairs, work, command)
         s_profile_rows, s_profile = startup_breakdown(work, pairs)
-        s_parts = tracer_parts(work, 20 if args.quick else 200)
+        s_parts, program_cpu_bare, program_cpu_over = tracer_parts(work, 20 if args.quick else 200)
         s_launcher = launcher_cost(work, pairs)
         s_phase_rows, s_phase_note = command_phases(work, command, 3 if args.quick else 100)
-        s_instr_rows, s_instr_note = ([], "not measured with --quick") if args.quick else startup_instructions(work)
+        s_instr_rows, s_instr_note, instructions = (
+            ([], "not measured with --quick", None) if args.quick else startup_instructions(work)
+        )
+        s_cpu_note = cpu_against_instructions(program_cpu_bare, program_cpu_over, instructions)
         a_row, a_note = activation_in_build(work, 2 if args.quick else 5)
         print("per call…", file=sys.stderr)
         c_rows, c_notes = per_call(work, loops, rounds)
@@ -1210,10 +1371,7 @@ timing noise above; lynshim's background threads vary a little with valgrind's s
 
 Where a start-up ratio above misses 1.02, what these measure is what the tracer's own work can account for:
 the instructions it adds to the program's thread, its two threads' CPU (on the other core when one is free),
-its activation, and `lynshim run`'s launcher. What they leave out is what no count here separates from the
-machine's noise: the time the program's thread waits while lynshim's threads or the kernel's work on their
-behalf (page faults, file writes) hold the core it needs, and how each run's phase of the machine happens to
-fall on the traced run or the bare one of its pair, which the control rows show.
+its activation, and `lynshim run`'s launcher. {s_cpu_note}
 
 Where the lamd-style command's tracing cost falls in its run, on the command's own clocks (ms): each run is
 cut where `sitecustomize` runs and where Python's exit begins, and each phase of a traced run is paired with

@@ -71,3 +71,69 @@ def test_phase_times_says_what_is_wrong() -> None:
         bench.phase_times(0, 10, "Traceback ...\n")
     with pytest.raises(RuntimeError, match="out of order"):
         bench.phase_times(0, 10, "lynshim-bench-phases 8 5\n")
+
+
+#: A callgrind output file in callgrind's own format, as `valgrind --tool=callgrind` writes one: name
+#: compression (`(id) name`, then `(id)`), relative positions, a call whose cost line is the callee's
+#: inclusive cost, a recursion level, and a function without symbols.
+CALLGRIND_OUT = """# callgrind format
+version: 1
+positions: line
+events: Ir
+summary: 1140
+
+ob=(1) /usr/lib/x86_64-linux-gnu/libc.so.6
+fl=(1) ./malloc/malloc.c
+fn=(1) malloc
+10 100
++2 20
+cob=(2) /opt/python/lib/libpython3.11.so.1.0
+cfi=(2) Objects/obmalloc.c
+cfn=(2) _PyObject_Free
+calls=3 -4
+* 900
+ob=(2)
+fl=(2)
+fn=(2)
+5 300
+fn=(3) _PyObject_Free'2
+6 200
+ob=(3) /work/python/lynshim/_native.cpython-311-x86_64-linux-gnu.so
+fl=(3) ???
+fn=(4) 0x0000000000088060
+0 400
+fn=(5) 0x0000000000087b70
+0 120
+totals: 1140
+"""
+
+
+def test_instruction_profile_counts_each_functions_own_instructions() -> None:
+    profile = bench.instruction_profile(CALLGRIND_OUT)
+    assert profile == Counter(
+        {
+            ("libc.so.6", "malloc"): 120,  # not the 900 of the call it makes
+            ("libpython3.11.so.1.0", "_PyObject_Free"): 500,  # both recursion levels, the name given by its id
+            ("_native.cpython-311-x86_64-linux-gnu.so", "(no symbols)"): 520,
+        }
+    )
+    assert sum(profile.values()) == 1140  # callgrind's own summary
+
+
+def test_instruction_attribution_names_what_changed_most() -> None:
+    bare = Counter({("libpython.so", "eval"): 1_000_000, ("libc.so.6", "malloc"): 200_000})
+    traced = Counter(
+        {("libpython.so", "eval"): 3_000_000, ("libc.so.6", "malloc"): 100_000, ("_native.so", "(no symbols)"): 40_000}
+    )
+    by_library, by_function = bench.instruction_attribution(bare, traced, top=2)
+    # A library whose change is under 0.05 M is left out of the first line.
+    assert by_library == "by library: libpython.so +2.00 M, libc.so.6 -0.10 M"
+    assert by_function == "by function: `eval` (libpython.so) +2.00 M, `malloc` (libc.so.6) -0.10 M"
+
+
+def test_cpu_against_instructions_reads_the_two_shares() -> None:
+    slower = bench.cpu_against_instructions(500.0, 10.0, (2_000_000_000, 10_000_000))
+    assert "+2.00 % of its 500 ms" in slower and "adds 0.50 %" in slower and "more slowly" in slower
+    within = bench.cpu_against_instructions(500.0, 1.0, (2_000_000_000, 10_000_000))
+    assert "no more than the instructions account for" in within
+    assert "cannot be set against" in bench.cpu_against_instructions(500.0, 1.0, None)

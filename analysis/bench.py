@@ -716,6 +716,26 @@ def instruction_attribution(bare: Counter[tuple[str, str]], traced: Counter[tupl
 Instructions = tuple[int, int] | None
 
 
+#: The garbage collector's own functions in CPython 3.11 (`Modules/gcmodule.c`, and the types' traverse
+#: functions it calls for every object it examines).
+COLLECTOR_FUNCTION = re.compile(
+    r"^(gc_collect_main|visit_reachable|visit_decref|move_unreachable|subtract_refs|update_refs|"
+    r"deduce_unreachable|move_legacy_finalizers|handle_legacy_finalizers|_PyObject_VisitInstanceAttributes|"
+    r"type_is_gc|PyObject_IS_GC|\w+_traverse)$"
+)
+
+
+def collector_change(bare: Counter[tuple[str, str]], traced: Counter[tuple[str, str]]) -> int:
+    """How many more instructions (fewer, if negative) the garbage collector's own functions execute in the
+    traced run: lynshim's objects and allocations move the collector's counters, so its collections come at
+    other moments and examine other objects."""
+    return sum(
+        traced[key] - bare[key]
+        for key in bare.keys() | traced.keys()
+        if key[0].startswith("libpython") and COLLECTOR_FUNCTION.match(key[1])
+    )
+
+
 def startup_instructions(work: Path) -> tuple[list[str], str, Instructions]:
     """Instructions, not seconds: `import lynguine` bare, traced and traced without import spans under
     callgrind (valgrind), one after another. The traced program's thread executes the same instructions
@@ -803,9 +823,9 @@ def startup_instructions(work: Path) -> tuple[list[str], str, Instructions]:
     run_main = counts["traced by `lynshim run`"][0]
     added = traced_main - bare_main
     fixed_added = fixed[in_process][0] - fixed["bare"][0]
-    by_library, by_function = instruction_attribution(
-        instruction_profile(bare_file), instruction_profile(traced_file), top=12
-    )
+    bare_profile, traced_profile = instruction_profile(bare_file), instruction_profile(traced_file)
+    by_library, by_function = instruction_attribution(bare_profile, traced_profile, top=12)
+    collector = collector_change(bare_profile, traced_profile)
     fixed_by_library, _ = instruction_attribution(
         instruction_profile(fixed["bare"][2]), instruction_profile(fixed[in_process][2]), top=0
     )
@@ -820,7 +840,10 @@ def startup_instructions(work: Path) -> tuple[list[str], str, Instructions]:
         f"own files, each function's own instructions): {by_library}; {by_function}. lynshim's native module is "
         f"stripped, so its functions count as one. The interpreter's share is the Python code lynshim runs "
         f"(its modules' import and activation, the patching of lynguine's entry points as their modules load) "
-        f"and what its records and objects cost the allocator and the collector. Of the {added / 1e6:.1f} M, "
+        f"and what its records and objects cost the allocator and the collector: the collector's own functions "
+        f"(`gc_collect_main`, `visit_*`, the types' `*_traverse`) count {collector / 1e6:+.2f} M, not work lynshim "
+        f"asks of it: lynshim's objects and allocations move the collector's counters, so its collections come at "
+        f"other moments (a few more or fewer) and each costs what it finds to examine then. Of the {added / 1e6:.1f} M, "
         f"{fixed_added / 1e6:.1f} M do not grow with the program: traced `python -c pass` over bare, that is "
         f"activation and exit ({fixed_by_library})."
     )

@@ -137,3 +137,16 @@ def test_cpu_against_instructions_reads_the_two_shares() -> None:
     within = bench.cpu_against_instructions(500.0, 1.0, (2_000_000_000, 10_000_000))
     assert "no more than the instructions account for" in within
     assert "cannot be set against" in bench.cpu_against_instructions(500.0, 1.0, None)
+
+
+def test_collector_change_sums_the_collectors_own_functions() -> None:
+    bare = Counter({("libpython3.11.so.1.0", "gc_collect_main"): 100, ("libpython3.11.so.1.0", "dict_traverse"): 50})
+    traced = Counter(
+        {
+            ("libpython3.11.so.1.0", "gc_collect_main"): 160,
+            ("libpython3.11.so.1.0", "dict_traverse"): 40,
+            ("libpython3.11.so.1.0", "_PyEval_EvalFrameDefault"): 1_000,  # not the collector's
+            ("_native.so", "list_traverse"): 7,  # not the interpreter's
+        }
+    )
+    assert bench.collector_change(bare, traced) == 60 - 10

@@ -661,8 +661,10 @@ def instruction_profile(callgrind_out: str) -> Counter[tuple[str, str]]:
     """Instructions executed in each function, by (object, function), from one of callgrind's own output
     files (its format: https://valgrind.org/docs/manual/cl-format.html), the object being a shared library's
     file name (`libpython3.11.so.1.0`, lynshim's `_native…so`). A function's own instructions only: the cost
-    line after a `calls=` line is the callee's, inclusive, and is skipped. Functions without symbols count
-    as one per object, `(no symbols)`; recursion levels (`f'2`) as the function."""
+    line after a `calls=` line is the callee's, inclusive, and is skipped. A cost line holds the positions
+    its `positions:` header names (`line` by default, `instr line` with `--dump-instr=yes`), then the events,
+    `Ir` first. Functions without symbols count as one per object, `(no symbols)`; recursion levels (`f'2`)
+    as the function."""
     names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
 
     def name(kind: str, spec: str) -> str:
@@ -675,9 +677,13 @@ def instruction_profile(callgrind_out: str) -> Counter[tuple[str, str]]:
     profile: Counter[tuple[str, str]] = Counter()
     obj = function = ""
     callee_cost_next = False
+    positions = 1
     for line in callgrind_out.splitlines():
         if callee_cost_next:
             callee_cost_next = False
+            continue
+        if line.startswith("positions:"):
+            positions = len(line.split()) - 1
             continue
         key, eq, spec = line.partition("=")
         if eq and key in ("ob", "cob"):
@@ -690,9 +696,9 @@ def instruction_profile(callgrind_out: str) -> Counter[tuple[str, str]]:
             callee_cost_next = True
         elif line[:1].isdigit() or line[:1] in "+-*":
             fields = line.split()
-            if len(fields) >= 2:
+            if len(fields) > positions:
                 shown = "(no symbols)" if function.startswith("0x") else function
-                profile[(obj, shown)] += int(fields[1])
+                profile[(obj, shown)] += int(fields[positions])
     return profile
 
 

@@ -118,6 +118,13 @@ def test_instruction_profile_counts_each_functions_own_instructions() -> None:
         }
     )
     assert sum(profile.values()) == 1140  # callgrind's own summary
+    # With `--dump-instr=yes` each cost line starts with the instruction's address, then the line.
+    with_addresses = CALLGRIND_OUT.replace("positions: line", "positions: instr line")
+    with_addresses = "\n".join(
+        f"0x{n} {line}" if line[:1].isdigit() or line[:1] in "+-*" else line
+        for n, line in enumerate(with_addresses.splitlines())
+    )
+    assert bench.instruction_profile(with_addresses) == profile
 
 
 def test_instruction_attribution_names_what_changed_most() -> None:

@@ -568,13 +568,13 @@ def thread_times(script: Path, env: dict[str, str]) -> list[tuple[bool, str, flo
     ]
 
 
-def tracer_parts(work: Path, rounds: int) -> tuple[list[str], float, float]:
+def tracer_parts(work: Path, rounds: int) -> tuple[list[str], float, list[float]]:
     """lynshim's cost in a traced `import lynguine`, part by part, each measured where this machine's noise
     is small: the import hook's cost per import on the traced thread (one process, alternating, see
     IMPORT_COST), the CPU of lynshim's two threads, and the program's own thread against bare runs (the
     kernel's per-thread counts). With the activation span these are what the start-up ratio is made of; they
-    are lines for the breakdown's notes, returned with the program thread's CPU, bare and traced over bare
-    (medians, ms), for comparing with the instructions callgrind counts."""
+    are lines for the breakdown's notes, returned with the program thread's CPU in ms, bare (median) and
+    traced over bare (each pair's), for comparing with the instructions callgrind counts."""
     package = work / "many-modules" / "pk"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -631,7 +631,7 @@ def tracer_parts(work: Path, rounds: int) -> tuple[list[str], float, float]:
         f"runs (bare runs between the traced ones, same counters): its CPU {spread([c for c, _ in program_over])} "
         f"ms, its time runnable but waiting for a core {spread([w for _, w in program_over])} ms"
     )
-    return lines, statistics.median(program_bare), statistics.median(c for c, _ in program_over)
+    return lines, statistics.median(program_bare), [c for c, _ in program_over]
 
 
 def launcher_cost(work: Path, pairs: int) -> str:
@@ -1250,32 +1250,44 @@ def criterion_summary() -> str:
     return "; ".join(out) or "no results found in build/criterion.txt"
 
 
-def cpu_against_instructions(bare_ms: float, over_ms: float, instructions: Instructions) -> str:
-    """The program thread's extra CPU in a traced run set beside the instructions lynshim adds to it, both as
-    a share of the bare run's: where the CPU rises by more, the thread runs its instructions more slowly
-    traced, a cost of tracing that the counts do not break down. (Shares, not milliseconds: callgrind counts
-    the whole run, teardown included, and the CPU is read as Python's exit begins.)"""
+def cpu_against_instructions(bare_ms: float, over_ms: list[float], instructions: Instructions) -> str:
+    """The program thread's extra CPU in a traced run (`over_ms`, each pair's) set beside the instructions
+    lynshim adds to it, both as a share of the bare run's. Where the 95 % interval of the CPU's median lies
+    wholly above the instructions' share, the thread runs its instructions more slowly traced, a cost of
+    tracing the counts do not break down; where the interval holds it, these pairs cannot tell. (Shares, not
+    milliseconds: callgrind counts the whole run, teardown included, and the CPU is read as Python's exit
+    begins.)"""
     if instructions is None:
         return (
             "Without callgrind's counts, the program thread's extra CPU cannot be set against lynshim's instructions."
         )
     bare_instructions, added = instructions
-    cpu_share = over_ms / bare_ms * 100
     instruction_share = added / bare_instructions * 100
-    if cpu_share > instruction_share:
+    median = statistics.median(over_ms)
+    interval = median_interval(over_ms)
+    low, high = (share / bare_ms * 100 for share in interval) if interval else (-math.inf, math.inf)
+    if low > instruction_share:
         reading = (
-            "The program's thread runs more slowly traced than its count of instructions alone explains: its own "
-            "work beside lynshim's records, objects and threads (memory and caches they share, the kernel's work "
-            "on its behalf), which neither callgrind's counts nor this VM (it has no hardware counters) break down "
-            "further, and this measure's noise (the IQR above)."
+            "The program's thread runs more slowly traced than its count of instructions explains: its own work "
+            "beside lynshim's records, objects and threads (memory and caches they share, the kernel's work on its "
+            "behalf), which neither callgrind's counts nor this VM (it has no hardware counters) break down further."
         )
+    elif high < instruction_share:
+        reading = "The CPU it gains is less than the instructions' share, which these pairs' noise allows."
     else:
-        reading = "The CPU it gains is no more than the instructions account for, within this measure's noise (the IQR above)."
+        reading = (
+            "These pairs cannot tell that from the instructions' share: whether the thread also runs its "
+            "instructions more slowly traced is inside this measure's noise."
+        )
+    spread_text = (
+        f"95 % interval of the median {low:+.2f} to {high:+.2f} %" if interval else "too few pairs for an interval"
+    )
     return (
-        f"The program's thread spent {over_ms:+.1f} ms of CPU traced over bare until Python's exit (median of the "
-        f"pairs above: {cpu_share:+.2f} % of its {bare_ms:.0f} ms), where lynshim adds {instruction_share:.2f} % to its "
-        f"instructions (callgrind, above). {reading} How each run's phase of the machine falls on the traced run or "
-        f"the bare one of its pair adds to the wall-clock ratios, as the control rows show."
+        f"The program's thread spent {median:+.1f} ms of CPU traced over bare until Python's exit (median of the "
+        f"{len(over_ms)} pairs above: {median / bare_ms * 100:+.2f} % of its {bare_ms:.0f} ms, {spread_text}), where "
+        f"lynshim adds {instruction_share:.2f} % to its instructions (callgrind, above). {reading} How each run's "
+        f"phase of the machine falls on the traced run or the bare one of its pair adds to the wall-clock ratios, "
+        f"as the control rows show."
     )
 
 

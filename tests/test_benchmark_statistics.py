@@ -139,11 +139,18 @@ def test_instruction_attribution_names_what_changed_most() -> None:
 
 
 def test_cpu_against_instructions_reads_the_two_shares() -> None:
-    slower = bench.cpu_against_instructions(500.0, 10.0, (2_000_000_000, 10_000_000))
-    assert "+2.00 % of its 500 ms" in slower and "adds 0.50 %" in slower and "more slowly" in slower
-    within = bench.cpu_against_instructions(500.0, 1.0, (2_000_000_000, 10_000_000))
-    assert "no more than the instructions account for" in within
-    assert "cannot be set against" in bench.cpu_against_instructions(500.0, 1.0, None)
+    instructions = (2_000_000_000, 10_000_000)  # lynshim adds 0.50 %
+    # Twenty pairs, 5.5 to 15 ms: the median's interval (x(6)–x(15): 8–12.5 ms of 500, 1.6–2.5 %) lies above 0.50 %.
+    slower = bench.cpu_against_instructions(500.0, [5.0 + v / 2 for v in range(1, 21)], instructions)
+    assert "median of the 20 pairs above: +2.05 % of its 500 ms" in slower
+    assert "+1.60 to +2.50 %" in slower and "adds 0.50 %" in slower and "more slowly" in slower
+    # An interval holding 0.50 %: the pairs cannot tell.
+    unsure = bench.cpu_against_instructions(500.0, [v - 10.0 for v in range(1, 21)], instructions)
+    assert "cannot tell" in unsure
+    below = bench.cpu_against_instructions(500.0, [-v for v in range(1, 21)], instructions)
+    assert "less than the instructions' share" in below
+    assert "too few pairs" in bench.cpu_against_instructions(500.0, [10.0, 12.0, 14.0], instructions)
+    assert "cannot be set against" in bench.cpu_against_instructions(500.0, [1.0], None)
 
 
 def test_collector_change_sums_the_collectors_own_functions() -> None:

@@ -1273,7 +1273,7 @@ def cpu_against_instructions(bare_ms: float, over_ms: list[float], instructions:
             "behalf), which neither callgrind's counts nor this VM (it has no hardware counters) break down further."
         )
     elif high < instruction_share:
-        reading = "The CPU it gains is less than the instructions' share, which these pairs' noise allows."
+        reading = "The CPU it gains is less than the instructions' share: traced, it runs its instructions no slower."
     else:
         reading = (
             "These pairs cannot tell that from the instructions' share: whether the thread also runs its "

@@ -702,16 +702,23 @@ def instruction_profile(callgrind_out: str) -> Counter[tuple[str, str]]:
     return profile
 
 
-def instruction_attribution(bare: Counter[tuple[str, str]], traced: Counter[tuple[str, str]], top: int) -> list[str]:
-    """Where a traced run's extra instructions go: by object (shared library), then the `top` functions that
-    changed most, as `name +x.xx M` (negative where the traced run executes fewer)."""
+def instruction_change(bare: Counter[tuple[str, str]], traced: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """Per (object, function), the traced run's instructions less the bare run's (negative where it executes
+    fewer; a function only one run executed counts in full)."""
+    change = Counter(traced)
+    change.subtract(bare)
+    return change
+
+
+def instruction_attribution(change: Counter[tuple[str, str]], top: int) -> list[str]:
+    """Where a traced run's extra instructions go (`change`, from `instruction_change`): by object (shared
+    library), then the `top` functions that changed most, as `name +x.xx M` (negative where the traced run
+    executes fewer)."""
     by_object: Counter[str] = Counter()
-    by_function: Counter[tuple[str, str]] = Counter()
-    for key in bare.keys() | traced.keys():
-        by_object[key[0]] += traced[key] - bare[key]
-        by_function[key] += traced[key] - bare[key]
+    for (obj, _), delta in change.items():
+        by_object[obj] += delta
     objects = sorted(((o, d) for o, d in by_object.items() if abs(d) >= 50_000), key=lambda od: -abs(od[1]))
-    functions = sorted(by_function.items(), key=lambda kv: -abs(kv[1]))[:top]
+    functions = sorted(change.items(), key=lambda kv: -abs(kv[1]))[:top]
     return [
         "by library: " + ", ".join(f"{obj} {delta / 1e6:+.2f} M" for obj, delta in objects),
         "by function: " + ", ".join(f"`{fn}` ({obj}) {delta / 1e6:+.2f} M" for (obj, fn), delta in functions),
@@ -731,14 +738,14 @@ COLLECTOR_FUNCTION = re.compile(
 )
 
 
-def collector_change(bare: Counter[tuple[str, str]], traced: Counter[tuple[str, str]]) -> int:
+def collector_change(change: Counter[tuple[str, str]]) -> int:
     """How many more instructions (fewer, if negative) the garbage collector's own functions execute in the
-    traced run: lynshim's objects and allocations move the collector's counters, so its collections come at
-    other moments and examine other objects."""
+    traced run (`change`, from `instruction_change`): lynshim's objects and allocations move the collector's
+    counters, so its collections come at other moments and examine other objects."""
     return sum(
-        traced[key] - bare[key]
-        for key in bare.keys() | traced.keys()
-        if key[0].startswith("libpython") and COLLECTOR_FUNCTION.match(key[1])
+        delta
+        for (obj, function), delta in change.items()
+        if obj.startswith("libpython") and COLLECTOR_FUNCTION.match(function)
     )
 
 
@@ -829,11 +836,11 @@ def startup_instructions(work: Path) -> tuple[list[str], str, Instructions]:
     run_main = counts["traced by `lynshim run`"][0]
     added = traced_main - bare_main
     fixed_added = fixed[in_process][0] - fixed["bare"][0]
-    bare_profile, traced_profile = instruction_profile(bare_file), instruction_profile(traced_file)
-    by_library, by_function = instruction_attribution(bare_profile, traced_profile, top=12)
-    collector = collector_change(bare_profile, traced_profile)
+    change = instruction_change(instruction_profile(bare_file), instruction_profile(traced_file))
+    by_library, by_function = instruction_attribution(change, top=12)
+    collector = collector_change(change)
     fixed_by_library, _ = instruction_attribution(
-        instruction_profile(fixed["bare"][2]), instruction_profile(fixed[in_process][2]), top=0
+        instruction_change(instruction_profile(fixed["bare"][2]), instruction_profile(fixed[in_process][2])), top=0
     )
     note = (
         f"On the traced program's own thread lynshim adds {added / 1e6:.1f} M instructions to "

@@ -132,7 +132,7 @@ def test_instruction_attribution_names_what_changed_most() -> None:
     traced = Counter(
         {("libpython.so", "eval"): 3_000_000, ("libc.so.6", "malloc"): 100_000, ("_native.so", "(no symbols)"): 40_000}
     )
-    by_library, by_function = bench.instruction_attribution(bare, traced, top=2)
+    by_library, by_function = bench.instruction_attribution(bench.instruction_change(bare, traced), top=2)
     # A library whose change is under 0.05 M is left out of the first line.
     assert by_library == "by library: libpython.so +2.00 M, libc.so.6 -0.10 M"
     assert by_function == "by function: `eval` (libpython.so) +2.00 M, `malloc` (libc.so.6) -0.10 M"
@@ -163,4 +163,4 @@ def test_collector_change_sums_the_collectors_own_functions() -> None:
             ("_native.so", "list_traverse"): 7,  # not the interpreter's
         }
     )
-    assert bench.collector_change(bare, traced) == 60 - 10
+    assert bench.collector_change(bench.instruction_change(bare, traced)) == 60 - 10

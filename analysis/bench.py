@@ -63,6 +63,20 @@ def timed(cmd: list[str], cwd: Path | None = None) -> float:
     return time.perf_counter() - t
 
 
+def started_by_sh(command: list[str]) -> list[str]:
+    """`command` (after its NAME=VALUE words, which stay in front for `timed`) started by a shell that waits
+    for it: a small native parent, as make, or the shell it runs a command in, is to the Python processes of
+    a lamd build. The `; exit` after it keeps the shell from replacing itself with the command (dash and bash
+    exec a `-c` string's last simple command).
+
+    The start-up rows start every command this way. Started directly by the bench's own Python process,
+    in-process tracing read above `lynshim run` (whose launcher starts the program), though it does less:
+    what those rows measured was partly which process started the traced one, not lynshim's work.
+    analysis/spawn_route.py measures the two routes side by side (README quotes its last run)."""
+    split = next((i for i, word in enumerate(command) if "=" not in word or word.startswith("/")), len(command))
+    return [*command[:split], "sh", "-c", '"$@"; exit $?', "sh", *command[split:]]
+
+
 def one_pair(bare: list[str], traced: list[str], cwd: Path | None, traced_first: bool) -> tuple[float, float]:
     """One (bare, traced) pair of wall times, back to back."""
     if traced_first:
@@ -220,6 +234,9 @@ def startup(pairs: int, work: Path, command: Command | None) -> tuple[list[str],
         cases.append((label, [PY, *program], tools(program), talk_cwd))
     rows, notes = [], []
     for label, bare_cmd, case_tools, cwd in cases:
+        # Every command as a build starts it (see `started_by_sh`), the bare one and each tool's alike.
+        bare_cmd = started_by_sh(bare_cmd)
+        case_tools = {name: started_by_sh(command) for name, command in case_tools.items()}
         timed(bare_cmd, cwd)  # warm the page cache
 
         ratios_of: dict[str, list[float]] = {name: [] for name in case_tools}
@@ -1385,7 +1402,10 @@ machine's speed changes in phases that last several runs, so the intervals are i
 The control rows pair the bare command with itself, as many pairs as lynshim's rows get: their distance
 from 1.000 is what this run's noise alone puts into a median, for a tracer that costs nothing. A workload's
 rows are measured interleaved, every tool's pairs spread over the same rounds in a rotating order, so that
-all of them, the control included, see the same phases of the machine.
+all of them, the control included, see the same phases of the machine. Every command, the bare one included,
+is started by `sh`, which waits for it, as make or the shell it runs a command in starts a build's Python
+processes: started directly by the bench's own Python process, in-process tracing read higher than
+`lynshim run`, which does more (analysis/spawn_route.py measures the two routes side by side).
 
 | workload | tool | ratio: median (IQR, n) | 95 % interval of the median | target |
 | --- | --- | --- | --- | --- |

@@ -4,6 +4,7 @@ the clock readings that cut a run into the phases of its start-up breakdown."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO))
-from analysis import bench  # noqa: E402 - needs the repository on sys.path
+from analysis import bench, spawn_route  # noqa: E402 - needs the repository on sys.path
 
 
 def test_interleaved_spreads_every_tools_pairs_over_the_same_rounds() -> None:
@@ -164,3 +165,46 @@ def test_collector_change_sums_the_collectors_own_functions() -> None:
         }
     )
     assert bench.collector_change(bench.instruction_change(bare, traced)) == 60 - 10
+
+
+def test_spawn_route_summary_sets_each_traced_route_against_its_own_bare_run() -> None:
+    r = spawn_route
+    # Twenty rounds: bare runs of 1 s, those started by sh 1 % faster; in-process tracing costs 3 % started directly
+    # and 1 % by sh, with a spread that moves every route of a round alike (the machine's phases).
+    rows = [
+        {
+            r.BARE: 1.0 * k,
+            r.BARE_SH: 0.99 * k,
+            r.IN_PROCESS: 1.03 * k,
+            r.IN_PROCESS_SH: 1.01 * 0.99 * k,
+            r.RUN: 1.005 * k,
+        }
+        for k in (1 + v / 100 for v in range(20))
+    ]
+    lines = r.summary(rows)
+    by_route = {
+        line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line
+    }
+    assert "| 1.0300 |" in by_route[r.IN_PROCESS] and f"| {r.BARE} |" in by_route[r.IN_PROCESS]
+    assert "| 1.0100 |" in by_route[r.IN_PROCESS_SH] and f"| {r.BARE_SH} |" in by_route[r.IN_PROCESS_SH]
+    assert "| 1.0050 |" in by_route[r.RUN]
+    assert "| 0.9900 |" in by_route[r.BARE_SH]
+    # in-process started directly less by sh: 1.03 - 0.9999 = 3.01 % of the bare run, in every round.
+    assert "median +3.01 %, 95 % interval of the median +3.01 to +3.01 % (rounds: 20)" in lines[-1]
+    assert "(too few rounds)" in r.summary(rows[:3])[-1]
+
+
+def test_started_by_sh_keeps_the_environment_words_and_puts_a_waiting_shell_in_between() -> None:
+    command = bench.started_by_sh(["LYNSHIM_X=1 2", sys.executable, "-c", "print(1)", "a=b"])
+    assert command[0] == "LYNSHIM_X=1 2"
+    assert command[1:5] == ["sh", "-c", '"$@"; exit $?', "sh"]
+    assert command[5:] == [sys.executable, "-c", "print(1)", "a=b"]
+    # Run as the bench runs it: the variable reaches the program, whose parent is the shell, not this process,
+    # and the program's exit status comes back through the shell.
+    check = (
+        f"import os, sys; sys.exit(0 if os.environ.get('LYNSHIM_X') == '1 2' and os.getppid() != {os.getpid()} else 3)"
+    )
+    bench.timed(bench.started_by_sh(["LYNSHIM_X=1 2", sys.executable, "-c", check]))
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        bench.timed(bench.started_by_sh([sys.executable, "-c", "raise SystemExit(7)"]))
+    assert failed.value.returncode == 7

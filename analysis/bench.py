@@ -66,8 +66,8 @@ def timed(cmd: list[str], cwd: Path | None = None) -> float:
 def started_by_sh(command: list[str]) -> list[str]:
     """`command` (after its NAME=VALUE words, which stay in front for `timed`) started by a shell that waits
     for it: a small native parent, as make, or the shell it runs a command in, is to the Python processes of
-    a lamd build. The `; exit` after it keeps the shell from replacing itself with the command (dash and bash
-    exec a `-c` string's last simple command).
+    a lamd build. The `; exit` after it keeps a shell that runs a `-c` string's last simple command in its
+    own place (bash does; this machine's dash 0.5.12 does not) from replacing itself with the command.
 
     The start-up rows start every command this way. Started directly by the bench's own Python process,
     in-process tracing read above `lynshim run` (whose launcher starts the program), though it does less:

@@ -51,10 +51,15 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LYNSHIM_")}
 
 
+def is_env_word(word: str) -> bool:
+    """A NAME=VALUE word in front of a command for `timed` (a path holding `=` is the program, not one)."""
+    return "=" in word and not word.startswith("/")
+
+
 def timed(cmd: list[str], cwd: Path | None = None) -> float:
     # A command may start with NAME=VALUE words: they go into its environment (no `env` process).
     env = clean_env()
-    while cmd and "=" in cmd[0] and not cmd[0].startswith("/"):
+    while cmd and is_env_word(cmd[0]):
         key, _, value = cmd[0].partition("=")
         env[key] = value
         cmd = cmd[1:]
@@ -73,7 +78,7 @@ def started_by_sh(command: list[str]) -> list[str]:
     in-process tracing read above `lynshim run` (whose launcher starts the program), though it does less:
     what those rows measured was partly which process started the traced one, not lynshim's work.
     analysis/spawn_route.py measures the two routes side by side (README quotes its last run)."""
-    split = next((i for i, word in enumerate(command) if "=" not in word or word.startswith("/")), len(command))
+    split = next((i for i, word in enumerate(command) if not is_env_word(word)), len(command))
     return [*command[:split], "sh", "-c", '"$@"; exit $?', "sh", *command[split:]]
 
 

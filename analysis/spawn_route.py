@@ -26,18 +26,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis import bench  # noqa: E402 - needs the repository on sys.path
-
-#: One way to run the workload: (command, environment).
-Launch = tuple[list[str], dict[str, str]]
 
 #: The routes, in the order of a round's rotation; each traced one names the bare route it is set against.
 BARE, BARE_SH = "bare, started directly", "bare, started by sh"
@@ -46,28 +41,20 @@ RUN = "lynshim run (its launcher starts it)"
 AGAINST = {IN_PROCESS: BARE, IN_PROCESS_SH: BARE_SH, RUN: BARE}
 
 
-def timed(launch: Launch) -> float:
-    """Wall seconds of one run, as `make bench` times it."""
-    command, env = launch
-    started = time.perf_counter()
-    subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - started
-
-
-def routes(script: Path, out: Path) -> dict[str, Callable[[int], Launch]]:
-    """Each route's launch for round `i` (a fresh trace directory per traced run, as `lynshim run` makes)."""
-    bare = bench.clean_env()
+def routes(script: Path, out: Path) -> dict[str, Callable[[int], list[str]]]:
+    """Each route's command for round `i`, as `bench.timed` runs it (NAME=VALUE words in front: a fresh trace
+    directory per traced run, as `lynshim run` makes)."""
     program = [bench.PY, str(script)]
 
-    def traced(i: int, name: str) -> dict[str, str]:
-        return bare | bench.in_process_env(out / name / str(i))
+    def traced(i: int, name: str) -> list[str]:
+        return [f"{k}={v}" for k, v in bench.in_process_env(out / name / str(i)).items()]
 
     return {
-        BARE: lambda i: (program, bare),
-        BARE_SH: lambda i: (bench.started_by_sh(program), bare),
-        IN_PROCESS: lambda i: (program, traced(i, "direct")),
-        IN_PROCESS_SH: lambda i: (bench.started_by_sh(program), traced(i, "sh")),
-        RUN: lambda i: ([bench.LYNSHIM, "run", "-o", str(out / "run"), "--", *program], bare),
+        BARE: lambda i: program,
+        BARE_SH: lambda i: bench.started_by_sh(program),
+        IN_PROCESS: lambda i: [*traced(i, "direct"), *program],
+        IN_PROCESS_SH: lambda i: bench.started_by_sh([*traced(i, "sh"), *program]),
+        RUN: lambda i: [bench.LYNSHIM, "run", "-o", str(out / "run"), "--", *program],
     }
 
 
@@ -108,11 +95,11 @@ def main() -> None:
         script.write_text("import lynguine\n")
         launches = routes(script, work / "out")
         names = list(launches)
-        timed(launches[BARE](-1))  # warm the page cache
+        bench.timed(launches[BARE](-1))  # warm the page cache
         rows: list[dict[str, float]] = []
         for i in range(args.rounds):
             shift = i % len(names)
-            rows.append({name: timed(launches[name](i)) for name in names[shift:] + names[:shift]})
+            rows.append({name: bench.timed(launches[name](i)) for name in names[shift:] + names[:shift]})
             if (i + 1) % 20 == 0:
                 print(f"{i + 1}/{args.rounds} rounds", file=sys.stderr, flush=True)
     print(f"python -c 'import lynguine'; rounds: {args.rounds}; CPUs: {os.cpu_count()}; {bench.PY}")

@@ -41,6 +41,28 @@ def test_median_interval_is_the_binomial_order_statistics() -> None:
     assert bench.median_interval([float(v) for v in range(1, 7)]) == (1.0, 6.0)
 
 
+def test_the_start_up_target_is_on_lynshims_rows_except_in_process_tracing_of_five_processes() -> None:
+    single = "python -c 'import lynguine'"
+    assert bench.has_target(single, bench.RUN) and bench.has_target(single, bench.IN_PROCESS)
+    assert bench.has_target(bench.FIVE, bench.RUN)
+    assert not bench.has_target(bench.FIVE, bench.IN_PROCESS)
+    assert not bench.has_target(single, bench.CONTROL) and not bench.has_target(single, "viztracer")
+    # The five-process row with the target gets the pairs the other gives up.
+    assert bench.pairs_for(bench.FIVE, bench.RUN, 20) == 120
+    assert bench.pairs_for(bench.FIVE, bench.IN_PROCESS, 20) == 20
+    assert bench.pairs_for(single, bench.IN_PROCESS, 20) == bench.pairs_for(single, bench.CONTROL, 20) == 160
+
+    ratios = [1.0 + i / 1000 for i in range(40)]  # median 1.0195
+    row, note = bench.ratio_row(bench.FIVE, bench.RUN, ratios)
+    assert row.endswith("| ≤ 1.02 |") and note is not None and "target ≤ 1.02 met" in note
+    row, note = bench.ratio_row(bench.FIVE, bench.IN_PROCESS, [r + 0.01 for r in ratios])
+    assert row.endswith("|  |") and note is not None
+    assert "no target of its own" in note and "median ratio 1.030" in note and "≤ 1.02" not in note
+    row, note = bench.ratio_row(single, bench.CONTROL, ratios)
+    assert row.endswith("|  |") and note is not None and "costing nothing" in note
+    assert bench.ratio_row(single, "viztracer", ratios)[1] is None
+
+
 def _phases_of(env: dict[str, str], cwd: Path) -> list[float]:
     started = time.monotonic_ns()
     done = subprocess.run(

@@ -56,6 +56,11 @@ def is_env_word(word: str) -> bool:
     return "=" in word and not word.startswith("/")
 
 
+def env_words(env: dict[str, str]) -> list[str]:
+    """`env` as the NAME=VALUE words `timed` takes in front of a command."""
+    return [f"{key}={value}" for key, value in env.items()]
+
+
 def timed(cmd: list[str], cwd: Path | None = None) -> float:
     # A command may start with NAME=VALUE words: they go into its environment (no `env` process).
     env = clean_env()
@@ -220,19 +225,16 @@ def ratio_row(label: str, tool: str, ratios: list[float]) -> tuple[str, str | No
     lynshim's other row and the control."""
     targeted = has_target(label, tool)
     row = f"| {label} | {tool} | {spread(ratios)} | {interval_text(ratios)} | {'≤ 1.02' if targeted else ''} |"
-    median = statistics.median(ratios)
     if targeted:
         return row, f"{tool} on {label}: {ratio_verdict(ratios, 1.02)}"
-    if tool.startswith("lynshim"):
+    measured = f"median ratio {statistics.median(ratios):.3f}; 95 % interval of the median: {interval_text(ratios)}"
+    if tool in (RUN, IN_PROCESS):
         return row, (
             f"{tool} on {label}, shown for comparison (no target of its own: each process is the single-process "
-            f"row's again): median ratio {median:.3f}; 95 % interval of the median: {interval_text(ratios)}"
+            f"row's again): {measured}"
         )
     if tool == CONTROL:
-        return row, (
-            f"{tool} on {label}, what a tracer costing nothing scores in this run: median ratio {median:.3f}; "
-            f"95 % interval of the median: {interval_text(ratios)}"
-        )
+        return row, f"{tool} on {label}, what a tracer costing nothing scores in this run: {measured}"
     return row, None
 
 
@@ -252,7 +254,7 @@ def startup(pairs: int, work: Path, command: Command | None) -> tuple[list[str],
         """The tools run on one Python program (a script or an entry point, with its arguments)."""
         return {
             RUN: [LYNSHIM, "run", "-o", str(out / "lynshim"), "--", PY, *program],
-            IN_PROCESS: [*[f"{k}={v}" for k, v in traced_env.items()], PY, *program],
+            IN_PROCESS: [*env_words(traced_env), PY, *program],
             # The same bare command against itself: what a tracer costing nothing scores in this run.
             CONTROL: [PY, *program],
             "python -X importtime": [PY, "-X", "importtime", *program],
@@ -271,7 +273,7 @@ def startup(pairs: int, work: Path, command: Command | None) -> tuple[list[str],
             ["sh", "-c", five],
             {
                 RUN: [LYNSHIM, "run", "-o", str(out / "five"), "--", "sh", "-c", five],
-                IN_PROCESS: [*[f"{k}={v}" for k, v in traced_env.items()], "sh", "-c", five],
+                IN_PROCESS: [*env_words(traced_env), "sh", "-c", five],
             },
             None,
         )

@@ -47,7 +47,7 @@ def routes(script: Path, out: Path) -> dict[str, Callable[[int], list[str]]]:
     program = [bench.PY, str(script)]
 
     def traced(i: int, name: str) -> list[str]:
-        return [f"{k}={v}" for k, v in bench.in_process_env(out / name / str(i)).items()]
+        return bench.env_words(bench.in_process_env(out / name / str(i)))
 
     return {
         BARE: lambda i: program,
@@ -94,12 +94,10 @@ def main() -> None:
         script = work / "import_lynguine.py"
         script.write_text("import lynguine\n")
         launches = routes(script, work / "out")
-        names = list(launches)
         bench.timed(launches[BARE](-1))  # warm the page cache
         rows: list[dict[str, float]] = []
-        for i in range(args.rounds):
-            shift = i % len(names)
-            rows.append({name: bench.timed(launches[name](i)) for name in names[shift:] + names[:shift]})
+        for i, round_ in enumerate(bench.interleaved(dict.fromkeys(launches, args.rounds))):
+            rows.append({name: bench.timed(launches[name](i)) for name in round_})
             if (i + 1) % 20 == 0:
                 print(f"{i + 1}/{args.rounds} rounds", file=sys.stderr, flush=True)
     print(f"python -c 'import lynguine'; rounds: {args.rounds}; CPUs: {os.cpu_count()}; {bench.PY}")

@@ -153,6 +153,7 @@ class _Schema(ModuleType):
     ARG_LABEL: str
     ARG_LAMD_COMMAND: str
     ARG_LAMD_VERSION: str
+    ARG_LISTS_BEHIND: str
     ARG_LYNGUINE_VERSION: str
     ARG_MODULE: str
     ARG_OPENED_FILES: str
@@ -167,6 +168,7 @@ class _Schema(ModuleType):
     ARG_SOURCE: str
     ARG_START_TICKS: str
     ARG_UNCOLLECTABLE: str
+    ARG_WAITED_US: str
     ARG_WALL_ZERO_NS: str
     CAT_ATEXIT: str
     CAT_COMPUTE: str
@@ -208,6 +210,7 @@ class _Schema(ModuleType):
     EVENT_SHIM_WRITE: str
     EVENT_STARTUP: str
     EVENT_TEARDOWN: str
+    EVENT_WAITED_FOR_WRITER: str
     FORMAT_VERSION: int
     MAX_ARG_CHARS: int
     MOMENT_AFTER_CONFIG: str

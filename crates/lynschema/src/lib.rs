@@ -60,6 +60,10 @@ pub mod event {
     pub const TEARDOWN: &str = "interpreter teardown";
     /// Span (category [`category::TRACER`]) of lynshim writing its trace out at exit.
     pub const SHIM_WRITE: &str = "lynshim writing";
+    /// Instant event (category [`category::TRACER`]) on a traced thread that waited for lynshim's writer
+    /// to catch up, rather than lose records (args [`arg::WAITED_US`], [`arg::LISTS_BEHIND`]). Only a
+    /// program that records faster than the writer can write (millions of traced calls a second) waits.
+    pub const WAITED_FOR_WRITER: &str = "lynshim.waited-for-writer";
 }
 
 /// Span categories (`cat`). Operation categories classify lynguine entry points.
@@ -173,6 +177,11 @@ pub mod arg {
     pub const GENERATION: &str = "generation";
     pub const COLLECTED: &str = "collected";
     pub const UNCOLLECTABLE: &str = "uncollectable";
+    // Args of `event::WAITED_FOR_WRITER`.
+    /// How long the thread waited, in microseconds.
+    pub const WAITED_US: &str = "waited_us";
+    /// Lists of records handed to the writer and not yet written when the wait began.
+    pub const LISTS_BEHIND: &str = "lists_behind";
     /// Value that replaces an argument whose name looks like a credential.
     pub const REDACTED: &str = "[redacted]";
 }
@@ -315,6 +324,7 @@ pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[
     ("EVENT_ATEXIT", event::ATEXIT),
     ("EVENT_TEARDOWN", event::TEARDOWN),
     ("EVENT_SHIM_WRITE", event::SHIM_WRITE),
+    ("EVENT_WAITED_FOR_WRITER", event::WAITED_FOR_WRITER),
     ("CAT_PROGRAM", category::PROGRAM),
     ("CAT_GC", category::GC),
     ("CAT_ATEXIT", category::ATEXIT),
@@ -323,6 +333,8 @@ pub const PYTHON_CONSTANTS: &[(&str, &str)] = &[
     ("ARG_GENERATION", arg::GENERATION),
     ("ARG_COLLECTED", arg::COLLECTED),
     ("ARG_UNCOLLECTABLE", arg::UNCOLLECTABLE),
+    ("ARG_WAITED_US", arg::WAITED_US),
+    ("ARG_LISTS_BEHIND", arg::LISTS_BEHIND),
     ("ARG_SOURCE", arg::SOURCE),
     ("SOURCE_EXEC", arg::SOURCE_EXEC),
     ("SOURCE_PYTHON", arg::SOURCE_PYTHON),

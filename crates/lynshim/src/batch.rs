@@ -14,8 +14,9 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -113,10 +114,28 @@ pub struct Batches(Arc<BatchesInner>);
 const SPARE_LISTS: usize = 2;
 
 /// Batches filed and not taken, at most. The writer takes every batch up to the one whose line it meets
-/// ([`Batches::take_through`]), so they only pile up if it recognises no line at all (a tracing-chrome
-/// that writes lines in a shape [`batch_id`] cannot read): then the oldest go, rather than the host
-/// program's memory (a batch holds up to a few thousand records).
+/// ([`Batches::take_through`]), and the traced threads wait for it to catch up long before this many
+/// are filed ([`WRITER_BEHIND_LISTS`]), so they only pile up if it recognises no line at all (a
+/// tracing-chrome that writes lines in a shape [`batch_id`] cannot read) or cannot keep up even so:
+/// then the oldest go, counted, rather than the host program's memory (a batch holds up to a few
+/// thousand records).
 const MAX_FILED: usize = 256;
+
+/// Lists of records handed off and not yet written beyond which the traced threads wait for the writer
+/// ([`Batches::wait_for_writer`]): 64 lists of up to 1024 records. A program that records faster than the
+/// writer can write (a traced function called millions of times a second; a lamd build records a few
+/// thousand spans a process) would otherwise have its oldest records dropped at [`MAX_FILED`], and the
+/// cost of writing them would vanish from what the process pays for its trace (it did, in `make
+/// bench`'s per-call loops, until issue #17's review).
+pub const WRITER_BEHIND_LISTS: usize = 64;
+/// A waiting thread goes on once the writer is down to this many lists.
+const WRITER_CAUGHT_UP_LISTS: usize = WRITER_BEHIND_LISTS / 2;
+/// The longest a thread waits for the writer. A writer that cannot write half of its backlog in this
+/// time is stuck (a file system that hangs, lines it does not recognise): the session stops waiting
+/// for it, so that the program runs on at its own pace, and drops at [`MAX_FILED`] as before.
+const WRITER_WAIT_LIMIT: Duration = Duration::from_secs(1);
+/// How often a waiting thread looks at the backlog again.
+const WRITER_WAIT_STEP: Duration = Duration::from_micros(100);
 
 #[derive(Default)]
 struct BatchesInner {
@@ -126,6 +145,10 @@ struct BatchesInner {
     /// Batches dropped at [`MAX_FILED`].
     dropped: AtomicU64,
     spare: Mutex<Vec<(Vec<Record>, String)>>,
+    /// Lists of records handed off by the traced threads and not yet written (or dropped).
+    behind: AtomicUsize,
+    /// A wait for the writer ran out of time: the session no longer waits for it.
+    gave_up_waiting: AtomicBool,
 }
 
 impl Batches {
@@ -142,10 +165,50 @@ impl Batches {
         let mut filed = self.0.filed.lock().unwrap_or_else(PoisonError::into_inner);
         filed.insert(id, batch);
         if filed.len() > MAX_FILED {
-            filed.pop_first();
+            if let Some((_, dropped)) = filed.pop_first() {
+                self.written(dropped.parts.len());
+            }
             self.0.dropped.fetch_add(1, Ordering::Relaxed);
         }
         id
+    }
+
+    /// A traced thread handed a list of records off: should the traced threads now wait for the writer
+    /// ([`Self::wait_for_writer`])?
+    pub fn handed_off(&self) -> bool {
+        let behind = self.0.behind.fetch_add(1, Ordering::Relaxed) + 1;
+        behind > WRITER_BEHIND_LISTS && !self.0.gave_up_waiting.load(Ordering::Relaxed)
+    }
+
+    /// `lists` handed off earlier are written (or dropped).
+    fn written(&self, lists: usize) {
+        let _ = self.0.behind.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(lists)));
+    }
+
+    /// Lists of records handed off and not yet written.
+    pub fn behind(&self) -> usize {
+        self.0.behind.load(Ordering::Relaxed)
+    }
+
+    /// Wait until the writer is down to [`WRITER_CAUGHT_UP_LISTS`] lists, or [`WRITER_WAIT_LIMIT`] has
+    /// passed (then the session stops waiting for it). Called by a traced thread holding no lock (the
+    /// emitter takes the session lock to collect records): it holds the GIL, as a C extension blocked in
+    /// I/O does, and the writer needs neither. Returns how long it waited and how many lists were behind,
+    /// if it waited at all.
+    pub fn wait_for_writer(&self) -> Option<(Duration, usize)> {
+        let behind = self.behind();
+        if behind <= WRITER_CAUGHT_UP_LISTS || self.0.gave_up_waiting.load(Ordering::Relaxed) {
+            return None;
+        }
+        let started = Instant::now();
+        while self.behind() > WRITER_CAUGHT_UP_LISTS {
+            if started.elapsed() >= WRITER_WAIT_LIMIT {
+                self.0.gave_up_waiting.store(true, Ordering::Relaxed);
+                break;
+            }
+            std::thread::sleep(WRITER_WAIT_STEP);
+        }
+        Some((started.elapsed(), behind))
     }
 
     /// The batch filed under `id` and every batch filed before it and not taken, in the order they were
@@ -167,8 +230,10 @@ impl Batches {
         self.0.dropped.load(Ordering::Relaxed)
     }
 
-    /// Keep a written batch's lists for the traced threads to fill again.
+    /// Keep a written batch's lists for the traced threads to fill again (every list the writer has
+    /// written comes here).
     pub fn recycle(&self, mut records: Vec<Record>, mut text: String) {
+        self.written(1);
         // Emptied before the lock is taken: the traced threads take it at a handoff.
         records.clear();
         text.clear();
@@ -287,10 +352,42 @@ mod tests {
         // The writer meets batch 2's line (0's and 1's were not recognised): 0, 1 and 2, in order.
         assert_eq!(batches.take_through(2).len(), 3);
         assert_eq!(batches.take_all().len(), 1);
-        // A writer that recognises nothing: the oldest go beyond MAX_FILED, counted.
+        // A writer that recognises nothing: the oldest go beyond MAX_FILED, counted, and no longer count
+        // as behind.
         for _ in 0..MAX_FILED + 10 {
+            batches.handed_off();
             batches.file(one());
         }
+        assert_eq!(batches.behind(), MAX_FILED);
         assert_eq!((batches.take_all().len(), batches.dropped()), (MAX_FILED, 10));
+    }
+
+    #[test]
+    fn traced_threads_wait_for_a_writer_that_falls_behind_and_stop_waiting_for_a_stuck_one() {
+        let batches = Batches::default();
+        for _ in 0..WRITER_BEHIND_LISTS {
+            assert!(!batches.handed_off());
+        }
+        assert!(batches.handed_off(), "one list more than the writer may fall behind");
+        // A writer that writes meanwhile: the wait ends once it is down to half.
+        let writer = batches.clone();
+        let writing = std::thread::spawn(move || {
+            for _ in 0..=WRITER_BEHIND_LISTS - WRITER_CAUGHT_UP_LISTS {
+                std::thread::sleep(Duration::from_millis(1));
+                writer.recycle(Vec::new(), String::new());
+            }
+        });
+        let (waited, behind) = batches.wait_for_writer().expect("the thread waited");
+        writing.join().expect("writer thread");
+        assert_eq!(behind, WRITER_BEHIND_LISTS + 1);
+        assert!(batches.behind() <= WRITER_CAUGHT_UP_LISTS);
+        assert!(waited < WRITER_WAIT_LIMIT, "{waited:?}");
+        assert_eq!(batches.wait_for_writer(), None, "caught up: no wait");
+        // A writer that writes nothing: the wait ends at the limit, and the session waits no more.
+        while !batches.handed_off() {}
+        let (waited, _) = batches.wait_for_writer().expect("the thread waited");
+        assert!(waited >= WRITER_WAIT_LIMIT);
+        assert!(!batches.handed_off());
+        assert_eq!(batches.wait_for_writer(), None);
     }
 }

@@ -51,6 +51,8 @@ pub struct Fixup<W: Write> {
     /// The fixed-up events on their way to the file.
     events: Vec<u8>,
     batches_parsed_in_full: usize,
+    /// A line of tracing-chrome's was recognised as a batch's: what a loss of batches says about why.
+    met_batch_line: bool,
     wrote_any: bool,
     /// We wrote ours; nothing more goes to the file.
     finished: bool,
@@ -80,6 +82,7 @@ impl<W: Write> Fixup<W> {
             scanned: 0,
             events: Vec::with_capacity(16 * 1024),
             batches_parsed_in_full: 0,
+            met_batch_line: false,
             wrote_any: false,
             finished: false,
             failed: false,
@@ -172,6 +175,7 @@ impl<W: Write> Fixup<W> {
     /// bulk of a trace: they are written straight from the records, args copied as the JSON text the
     /// traced thread wrote, without building JSON values.
     fn fix_batch(&mut self, id: u64, out: &mut Vec<u8>) {
+        self.met_batch_line = true;
         for batch in self.batches.take_through(id) {
             self.write_batch(batch, out);
         }
@@ -371,9 +375,12 @@ impl<W: Write> Fixup<W> {
         }
         let dropped = self.batches.dropped();
         if dropped > 0 {
-            (self.on_error)(&format!(
-                "{dropped} batches of trace records were lost: none of tracing-chrome's lines was recognised"
-            ));
+            let why = if self.met_batch_line {
+                "the trace writer fell too far behind, and lynshim stopped waiting for it after a second"
+            } else {
+                "none of tracing-chrome's lines was recognised"
+            };
+            (self.on_error)(&format!("{dropped} batches of trace records were lost: {why}"));
         }
         let tail: &[u8] = if self.wrote_any { b"\n]\n" } else { b"[\n]\n" };
         self.write_out(tail);

@@ -6,7 +6,9 @@
 //! read the clock ([`crate::clock`]), take the session lock (a spin lock, see `SessionLock`) and append
 //! a [`Record`] to the session's list. The lock is never held across Python code, and across a system
 //! call only every [`HANDOFF_RECORDS`] records, when the list goes to the emitter (a channel send that
-//! may wake it), and at the calls that reach a memory moment (an RSS sample reads `/proc`). Each thread
+//! may wake it), and at the calls that reach a memory moment (an RSS sample reads `/proc`). When the
+//! writer has fallen far behind (a traced function called in a tight loop), the thread then waits for
+//! it, holding no lock, rather than have records dropped ([`wait_for_writer`]). Each thread
 //! keeps the names of its open spans on a stack and Python holds a token (generation, depth) for each,
 //! so a span opened before a fork or a `stop()` can never close into the next session.
 //!
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lynschema::{category, event, moment};
+use lynschema::{arg, category, event, moment};
 use serde_json::{Map, Value};
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 use spin::relax::Yield;
@@ -106,6 +108,9 @@ pub(crate) static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// A session is running: read without the lock by the hot path of every traced call.
 pub(crate) static ACTIVE: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
+/// The writer has fallen [`crate::batch::WRITER_BEHIND_LISTS`] lists behind: the next traced thread to let go of the
+/// session lock waits for it ([`wait_for_writer`]). Read without the lock by every span's begin and end.
+static WRITER_BEHIND: AtomicBool = AtomicBool::new(false);
 
 /// An open span on this thread: what its end record repeats.
 struct Open {
@@ -256,13 +261,19 @@ pub fn enter(name: Name, cat: Name, args: impl Args, thread_name: impl FnOnce() 
             s.push(Record::Begin { tid, ns, name: name.clone(), cat: cat.clone(), args });
             s.generation
         };
-        let (open_generation, open) = &mut *thread.open.borrow_mut();
-        if *open_generation != generation {
-            *open_generation = generation;
-            open.clear();
+        let token = {
+            let (open_generation, open) = &mut *thread.open.borrow_mut();
+            if *open_generation != generation {
+                *open_generation = generation;
+                open.clear();
+            }
+            open.push(Open { name, cat });
+            (generation << 32) | open.len() as u64
+        };
+        if WRITER_BEHIND.load(Ordering::Relaxed) {
+            wait_for_writer();
         }
-        open.push(Open { name, cat });
-        (generation << 32) | open.len() as u64
+        token
     })
 }
 
@@ -295,6 +306,26 @@ pub fn exit(token: u64, end_args: impl Args) {
         }
         s.moments_after(config, data);
     });
+    if WRITER_BEHIND.load(Ordering::Relaxed) {
+        wait_for_writer();
+    }
+}
+
+/// Wait, holding no lock, until the writer has caught up (see [`Batches::wait_for_writer`]), and record
+/// that this thread waited, with how long: the wait is lynshim's, not the program's, though it falls
+/// inside the program's spans. Losing the oldest records instead, as lynshim did, hid both the records
+/// and the cost of writing them.
+fn wait_for_writer() {
+    WRITER_BEHIND.store(false, Ordering::Relaxed);
+    let Some(batches) = session().as_ref().map(|s| s.batches.clone()) else { return };
+    let Some((waited, behind)) = batches.wait_for_writer() else { return };
+    if let Some(s) = session().as_mut() {
+        let mut args = Map::new();
+        #[allow(clippy::cast_precision_loss)]
+        args.insert(arg::WAITED_US.into(), Value::from(waited.as_nanos() as f64 / 1000.0));
+        args.insert(arg::LISTS_BEHIND.into(), Value::from(behind));
+        s.record(OwnEvent::Instant { name: event::WAITED_FOR_WRITER.into(), cat: category::TRACER.into(), args });
+    }
 }
 
 /// One of lynshim's own events, recorded on the calling thread.
@@ -443,6 +474,12 @@ impl Session {
             let text = std::mem::replace(&mut self.text, text);
             // A send fails only once the emitter has stopped, when there is nowhere left to write.
             let _ = self.sender.send(Message::Records(records, text));
+            if self.batches.handed_off() {
+                // Have the emitter pass on what it has now, rather than at its next round, so that the
+                // writer sees the lines it is waiting for; the traced thread waits once it lets go of the lock.
+                let _ = self.sender.send(Message::Flush(None));
+                WRITER_BEHIND.store(true, Ordering::Relaxed);
+            }
         }
     }
 

@@ -314,11 +314,15 @@ pub fn exit(token: u64, end_args: impl Args) {
 /// Wait, holding no lock, until the writer has caught up (see [`Batches::wait_for_writer`]), and record
 /// that this thread waited, with how long: the wait is lynshim's, not the program's, though it falls
 /// inside the program's spans. Losing the oldest records instead, as lynshim did, hid both the records
-/// and the cost of writing them.
+/// and the cost of writing them. Every caller holds the GIL (spans are opened and closed from Python
+/// and from lynshim's hooks): it is released for the wait, as for blocking I/O, so that the program's
+/// other threads run on meanwhile; neither the emitter nor the writer needs it.
 fn wait_for_writer() {
     WRITER_BEHIND.store(false, Ordering::Relaxed);
     let Some(batches) = session().as_ref().map(|s| s.batches.clone()) else { return };
-    let Some((waited, behind)) = batches.wait_for_writer() else { return };
+    let wait = || batches.wait_for_writer();
+    // While the interpreter shuts down it cannot be attached to: the thread waits holding what it holds.
+    let Some((waited, behind)) = pyo3::Python::try_attach(|py| py.detach(wait)).unwrap_or_else(wait) else { return };
     if let Some(s) = session().as_mut() {
         let mut args = Map::new();
         #[allow(clippy::cast_precision_loss)]

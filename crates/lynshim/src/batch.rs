@@ -191,10 +191,10 @@ impl Batches {
     }
 
     /// Wait until the writer is down to [`WRITER_CAUGHT_UP_LISTS`] lists, or [`WRITER_WAIT_LIMIT`] has
-    /// passed (then the session stops waiting for it). Called by a traced thread holding no lock (the
-    /// emitter takes the session lock to collect records): it holds the GIL, as a C extension blocked in
-    /// I/O does, and the writer needs neither. Returns how long it waited and how many lists were behind,
-    /// if it waited at all.
+    /// passed (then the session stops waiting for it). Called by a traced thread holding no lock of
+    /// lynshim's (the emitter takes the session lock to collect records) and, where it can let go of it,
+    /// not the GIL either (see `session::wait_for_writer`): neither the emitter nor the writer needs them.
+    /// Returns how long it waited and how many lists were behind, if it waited at all.
     pub fn wait_for_writer(&self) -> Option<(Duration, usize)> {
         let behind = self.behind();
         if behind <= WRITER_CAUGHT_UP_LISTS || self.0.gave_up_waiting.load(Ordering::Relaxed) {

@@ -108,8 +108,9 @@ pub(crate) static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// A session is running: read without the lock by the hot path of every traced call.
 pub(crate) static ACTIVE: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
-/// The writer has fallen [`crate::batch::WRITER_BEHIND_LISTS`] lists behind: the next traced thread to let go of the
-/// session lock waits for it ([`wait_for_writer`]). Read without the lock by every span's begin and end.
+/// The writer has fallen [`crate::batch::WRITER_BEHIND_LISTS`] lists behind: the next traced thread to
+/// let go of the session lock waits for it ([`wait_for_writer`]). Read without the lock by every span's
+/// begin and end.
 static WRITER_BEHIND: AtomicBool = AtomicBool::new(false);
 
 /// An open span on this thread: what its end record repeats.

@@ -968,12 +968,12 @@ PER_CALL = textwrap.dedent(
             dt = (time.perf_counter_ns() - t) / loops
             best = dt if best is None else min(best, dt)
         caller = (time.thread_time_ns() - thread0) / (5 * loops)
-        figures = {"wall": best, "caller": caller}
         if mode == "lynshim":
             # Until every event is in the file: the background threads' work is part of the cost.
             path = lynshim.trace_path()
             lynshim.stop()
-            figures["process"] = (process_cpu_ns() - cpu0) / (5 * loops)
+        figures = {"wall": best, "caller": caller, "process": (process_cpu_ns() - cpu0) / (5 * loops)}
+        if mode == "lynshim":
             # Where the loop recorded faster than lynshim's writer wrote, it waited for the writer; the
             # trace says how long (one event per line).
             with open(path) as trace:
@@ -984,8 +984,6 @@ PER_CALL = textwrap.dedent(
                 )
             figures["waited"] = waited_us * 1000 / (5 * loops)
             lynshim.start(sys.argv[3])
-        else:
-            figures["process"] = (process_cpu_ns() - cpu0) / (5 * loops)
         out[name] = figures
     if mode == "viztracer":
         tracer.stop()

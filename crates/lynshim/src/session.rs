@@ -271,9 +271,7 @@ pub fn enter(name: Name, cat: Name, args: impl Args, thread_name: impl FnOnce() 
             open.push(Open { name, cat });
             (generation << 32) | open.len() as u64
         };
-        if WRITER_BEHIND.load(Ordering::Relaxed) {
-            wait_for_writer();
-        }
+        wait_if_writer_behind();
         token
     })
 }
@@ -307,6 +305,13 @@ pub fn exit(token: u64, end_args: impl Args) {
         }
         s.moments_after(config, data);
     });
+    wait_if_writer_behind();
+}
+
+/// After a span's begin or end, holding no lock: wait for the writer if it has fallen behind (a relaxed
+/// load on every call; the wait itself is rare).
+#[inline]
+fn wait_if_writer_behind() {
     if WRITER_BEHIND.load(Ordering::Relaxed) {
         wait_for_writer();
     }
@@ -318,6 +323,7 @@ pub fn exit(token: u64, end_args: impl Args) {
 /// and the cost of writing them. Every caller holds the GIL (spans are opened and closed from Python
 /// and from lynshim's hooks): it is released for the wait, as for blocking I/O, so that the program's
 /// other threads run on meanwhile; neither the emitter nor the writer needs it.
+#[cold]
 fn wait_for_writer() {
     WRITER_BEHIND.store(false, Ordering::Relaxed);
     let Some(batches) = session().as_ref().map(|s| s.batches.clone()) else { return };

@@ -1102,16 +1102,23 @@ def unstripped_package(work: Path) -> Path | None:
     return copy
 
 
-def per_call_perf(work: Path, loops: int) -> tuple[list[str], list[str]]:
+#: What `per_call_perf` found: rows by thread and library, rows of lynshim's native symbols, rows of the
+#: writer thread's kernel symbols, and the bytes a traced header_field call adds to its trace file.
+PerCallProfile = tuple[list[str], list[str], list[str], float | None]
+
+
+def per_call_perf(work: Path, loops: int) -> PerCallProfile:
     """A sampling profile (`perf record`) of the per-call benchmark's lynshim process, run with an unstripped
-    copy of lynshim: the share of its CPU samples by thread and library, and the top symbols of lynshim's
-    native module. Both functions' loops run in it, so the interpreter's share includes the calls
-    themselves and the loop."""
+    copy of lynshim: the share of its CPU samples by thread and library, the top symbols of lynshim's
+    native module, and the top kernel symbols of tracing-chrome's writer thread (whose time is mostly the
+    kernel's). Both functions' loops run in it, so the interpreter's share includes the calls themselves
+    and the loop. Also the mean length of a header_field record in the trace it wrote: the bytes the writer
+    writes per call."""
     if shutil.which("perf") is None:
-        return [], ["`perf` is not installed: no profile of the per-call cost"]
+        return [], ["`perf` is not installed: no profile of the per-call cost"], [], None
     package = unstripped_package(work)
     if package is None:
-        return [], ["lynshim could not be built with its symbols: no profile of the per-call cost"]
+        return [], ["lynshim could not be built with its symbols: no profile of the per-call cost"], [], None
     data = work / "perf.data"
     record = subprocess.run(
         ["perf", "record", "-q", "-F", "1999", "-o", str(data), "--", PY, str(work / "per_call.py"), "lynshim"]
@@ -1121,7 +1128,8 @@ def per_call_perf(work: Path, loops: int) -> tuple[list[str], list[str]]:
         text=True,
     )
     if record.returncode != 0:
-        return [], [f"`perf record` failed ({record.stderr.strip()[-200:]}): no profile of the per-call cost"]
+        failed = f"`perf record` failed ({record.stderr.strip()[-200:]}): no profile of the per-call cost"
+        return [], [failed], [], None
 
     def report(*options: str) -> list[list[str]]:
         out = subprocess.run(
@@ -1157,7 +1165,134 @@ def per_call_perf(work: Path, loops: int) -> tuple[list[str], list[str]]:
             "--sort", "sym", "--dsos", NATIVE_FILE, "--percentage", "relative", "--percent-limit", "2"
         )
     ]
-    return by_thread, native
+    writer_kernel = [
+        f"| `{sym.strip()[:100]}` | {pct} |"
+        for pct, _, sym in report(
+            *"--sort sym --comm lynshim-writer --dsos [kernel.kallsyms] --percentage relative --percent-limit 2".split()
+        )
+    ]
+    return by_thread, native, writer_kernel, header_field_record_bytes(work / "perf-traces")
+
+
+def header_field_record_bytes(traces: Path) -> float | None:
+    """The mean length in bytes (its line's newline included) of a traced header_field call's record in the
+    trace files under `traces`."""
+    sizes = [
+        len(line)
+        for path in traces.rglob("*.json")
+        for line in path.read_bytes().splitlines(keepends=True)
+        if b'"name":"lynguine.util.yaml.header_field"' in line
+    ]
+    return statistics.fmean(sizes) if sizes else None
+
+
+#: Bytes each probe of `fresh_page_cost` writes or touches.
+PAGE_PROBE_BYTES = 256 << 20
+#: How long `fresh_page_cost` leaves the machine idle before a probe of pages "the host took back": long
+#: enough, on this machine, that pages freed before it are reported to the host (five seconds were).
+PAGE_PROBE_IDLE_S = 10
+
+
+def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float]]:
+    """What a page costs the first time it is written, in a file (the page cache: what the trace writer's
+    `write` copies into) and in a process's own memory (anonymous pages, what every process's heap
+    touches): once after the machine sat idle for `PAGE_PROBE_IDLE_S`, and once straight after, into pages
+    just freed. A virtual machine whose host takes back the memory its guest frees (virtio-balloon's free
+    page reporting) makes the first such write a fault in the host. Medians over `rounds`, ns per 4 KiB
+    page; returns the table's rows and the medians by name."""
+    page = 4096
+    chunk = b"x" * (4 << 20)
+    path = work / "page-cost.bin"
+
+    def write_file() -> float:
+        started = time.perf_counter_ns()
+        with path.open("wb", buffering=0) as file:
+            for _ in range(PAGE_PROBE_BYTES // len(chunk)):
+                file.write(chunk)
+        elapsed = time.perf_counter_ns() - started
+        path.unlink()
+        return elapsed / (PAGE_PROBE_BYTES / page)
+
+    def touch_memory() -> float:
+        import mmap
+
+        with mmap.mmap(-1, PAGE_PROBE_BYTES) as memory:
+            started = time.perf_counter_ns()
+            for offset in range(0, PAGE_PROBE_BYTES, page):
+                memory[offset] = 1
+            elapsed = time.perf_counter_ns() - started
+        return elapsed / (PAGE_PROBE_BYTES / page)
+
+    found: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, probe in (("file", write_file), ("memory", touch_memory)):
+            time.sleep(PAGE_PROBE_IDLE_S)
+            found.setdefault(f"{name}, after idle", []).append(probe())
+            found.setdefault(f"{name}, just freed", []).append(probe())
+    what = {
+        "file": "a page of a new file, written (`write` of 4 MiB chunks)",
+        "memory": "a page of fresh anonymous memory, touched once (`mmap`)",
+    }
+    rows = []
+    for name, values in found.items():
+        kind, when = name.split(", ")
+        rows.append(
+            f"| {what[kind]} | {when} | {statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f}, "
+            f"n={len(values)}) |"
+        )
+    return rows, {name: statistics.median(values) for name, values in found.items()}
+
+
+def bare_minor_faults(runs: int) -> float:
+    """The minor page faults of a bare `python -c 'import lynguine'`, median of `runs`: the pages it touches
+    for the first time."""
+    faults = []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+        subprocess.run([PY, "-c", "import lynguine"], env=clean_env(), check=True)
+        faults.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before)
+    return statistics.median(faults)
+
+
+def fresh_page_note(costs: dict[str, float], record_bytes: float | None, minor_faults: float) -> str:
+    """What `fresh_page_cost` means for the per-call and start-up figures: the writer's cost per call at each
+    rate, and a bare `import lynguine`'s page faults at each."""
+    reporting = Path("/sys/module/page_reporting").exists()
+    cold_file, warm_file = costs["file, after idle"], costs["file, just freed"]
+    cold_memory, warm_memory = costs["memory, after idle"], costs["memory, just freed"]
+    text = (
+        f"Writing a page of a new file cost {cold_file / 1000:.1f} µs after the machine sat idle for "
+        f"{PAGE_PROBE_IDLE_S} s and {warm_file / 1000:.1f} µs straight after; touching a page of fresh memory "
+        f"{cold_memory / 1000:.1f} µs and {warm_memory / 1000:.1f} µs. "
+        + (
+            "This kernel has free page reporting (/sys/module/page_reporting): it hands the pages its "
+            "processes free back to the host, and the next to touch them waits while the host supplies them. "
+            if reporting
+            else ""
+        )
+    )
+    if record_bytes is not None:
+        text += (
+            f"A traced header_field call adds {record_bytes:.0f} bytes to its trace file, which the writer's "
+            f"`write` copies into the page cache: {record_bytes * cold_file / 4096:.0f} ns per call at the "
+            f"first rate, {record_bytes * warm_file / 4096:.0f} ns at the second. That copy is the writer's "
+            "kernel time above (`copy_folio_from_iter_atomic`); when the writer cannot keep up with a loop of "
+            "calls, the loop waits for it (the per-call summary says how long). "
+        )
+    text += (
+        f"A bare `import lynguine` takes {minor_faults:.0f} minor page faults (median of 5 runs), pages it touches "
+        f"for the first time: {minor_faults * cold_memory / 1e6:.0f} ms of its start-up at the first rate, "
+        f"{minor_faults * warm_memory / 1e6:.0f} ms at the second. "
+    )
+    if cold_memory > 1.25 * warm_memory:
+        return text + (
+            "How many of its pages the host had taken back moves a process's start-up by up to the difference, "
+            "traced or not: one source of the start-up rows' spread."
+        )
+    return text + (
+        "Fresh memory cost about the same either way here: a process's own pages add to its start-up, and to a "
+        "traced one's as far as lynshim touches more of them, but not to the spread between runs."
+    )
 
 
 # --- 3. import lynshim, tracing off ------------------------------------------------------------------
@@ -1397,7 +1532,9 @@ def main() -> None:
         print("per call…", file=sys.stderr)
         c_rows, c_notes = per_call(work, loops, rounds)
         c_profile = per_call_profile(work, loops)
-        c_perf_threads, c_perf_native = per_call_perf(work, loops)
+        c_perf_threads, c_perf_native, c_perf_writer, record_bytes = per_call_perf(work, loops)
+        page_rows, page_costs = fresh_page_cost(work, 1 if args.quick else 3)
+        page_note = fresh_page_note(page_costs, record_bytes, bare_minor_faults(5))
         print("import lynshim…", file=sys.stderr)
         i_rows, i_note = import_cost(20)
         print("analyzer throughput…", file=sys.stderr)
@@ -1541,6 +1678,21 @@ Top symbols of lynshim's native module in the same profile (share of that module
 | symbol | share |
 | --- | --- |
 {chr(10).join(c_perf_native)}
+
+Top kernel symbols of tracing-chrome's writer thread in the same profile (share of its kernel samples):
+
+| symbol | share |
+| --- | --- |
+{chr(10).join(c_perf_writer)}
+
+What a page costs the first time it is written on this machine (ns per 4 KiB page, median (range, n);
+`fresh_page_cost` in analysis/bench.py):
+
+| page | when | ns |
+| --- | --- | --- |
+{chr(10).join(page_rows)}
+
+{page_note}
 
 ## 3. `import lynshim` with tracing off (`python -X importtime`, cumulative)
 

@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 DEMO := build/demo
 
-.PHONY: all install demo test lint test-rust test-python perfetto-deps bench study study-deps clean
+.PHONY: all install demo test lint test-rust test-python perfetto-deps lamd-deps bench study study-deps clean
 
 all: install
 
@@ -50,7 +50,7 @@ demo: install
 	  echo; echo "traces: $$run (open any *.lynshim.json in https://ui.perfetto.dev)"; \
 	  echo "report: $(DEMO)/report.md"
 
-test: install perfetto-deps lint test-rust test-python
+test: install perfetto-deps lamd-deps lint test-rust test-python
 
 # The style the workspace configures, enforced: rustfmt (rustfmt.toml), clippy with the workspace lints
 # and warnings as errors, ruff's linter and formatter ([tool.ruff] in pyproject.toml).
@@ -80,6 +80,15 @@ test-rust:
 
 test-python:
 	$(PY) -m pytest tests
+
+# lamd runs gpp and pandoc (Debian packages). Where lamd is beside the clone, the tests that build real talks
+# need them: installed as root when missing, like Chromium; elsewhere those tests skip and say why.
+lamd-deps:
+	@if [ -d "$(LAMD_SRC)/lamd" ]; then \
+	  missing=""; for t in gpp pandoc; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    else echo "lamd needs$$missing (Debian packages) and this is not root: the tests that build talks will skip"; fi; fi; fi
 
 # Benchmarks against the peers, side by side; rewrites analysis/benchmarks.md. Never part of `make test`.
 # lamd (from LAMD_SRC, never PyPI's) is installed when present, for the `mdfield` start-up case.

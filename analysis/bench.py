@@ -18,6 +18,7 @@ import ast
 import datetime
 import json
 import math
+import mmap
 import os
 import platform
 import re
@@ -1214,8 +1215,6 @@ def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float
         return elapsed / (PAGE_PROBE_BYTES / page)
 
     def touch_memory() -> float:
-        import mmap
-
         with mmap.mmap(-1, PAGE_PROBE_BYTES) as memory:
             started = time.perf_counter_ns()
             for offset in range(0, PAGE_PROBE_BYTES, page):

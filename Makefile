@@ -88,7 +88,7 @@ lamd-deps:
 	  missing=""; for t in gpp pandoc; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	    else echo "lamd needs$$missing (Debian packages) and this is not root: the tests that build talks will skip"; fi; fi; fi
+	    else echo "lamd needs$$missing (Debian packages) and this is not root: install them first (the tests that build talks skip without them)"; fi; fi; fi
 
 # Benchmarks against the peers, side by side; rewrites analysis/benchmarks.md. Never part of `make test`.
 # lamd (from LAMD_SRC, never PyPI's) is installed when present, for the `mdfield` start-up case.
@@ -115,10 +115,8 @@ STUDY_OUT ?= build/study
 study-deps:
 	@test -d "$(LAMD_SRC)/lamd" || { echo "make study: no lamd at LAMD_SRC=$(LAMD_SRC) (expected a lamd checkout with a lamd/ package); run: make study LAMD_SRC=/path/to/lamd TALKS=/path/to/corpus"; exit 2; }
 	@test -d "$(TALKS)/talks" || { echo "make study: no talks at TALKS=$(TALKS) (expected a folder with talks/ and snippets/); run: make study LAMD_SRC=/path/to/lamd TALKS=/path/to/corpus"; exit 2; }
-	@missing=""; for t in gpp pandoc; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
-	  if [ -n "$$missing" ]; then \
-	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	    else echo "make study: lamd needs$$missing (Debian packages) and this is not root: install them first"; exit 2; fi; fi
+	@$(MAKE) --no-print-directory lamd-deps
+	@for t in gpp pandoc; do command -v $$t >/dev/null 2>&1 || { echo "make study: lamd needs $$t, not installed"; exit 2; }; done
 	@$(MAKE) --no-print-directory $(VENV)/.created
 	@test -x $(VENV)/bin/lynanalyze || $(MAKE) install
 	$(PIP) install --quiet --no-deps "$(LAMD_SRC)"

@@ -1178,17 +1178,19 @@ def per_call_perf(work: Path, loops: int) -> PerCallProfile:
 def header_field_record_bytes(traces: Path) -> float | None:
     """The mean length in bytes (its line's newline included) of a traced header_field call's record in the
     trace files under `traces`."""
-    sizes = [
-        len(line)
-        for path in traces.rglob("*.json")
-        for line in path.read_bytes().splitlines(keepends=True)
-        if b'"name":"lynguine.util.yaml.header_field"' in line
-    ]
+    sizes = []
+    for path in traces.rglob("*.json"):
+        with path.open("rb") as trace:  # line by line: the per-call traces are hundreds of MB
+            sizes += [len(line) for line in trace if b'"name":"lynguine.util.yaml.header_field"' in line]
     return statistics.fmean(sizes) if sizes else None
 
 
 #: Bytes each probe of `fresh_page_cost` writes or touches.
 PAGE_PROBE_BYTES = 256 << 20
+#: A page, the unit `fresh_page_cost` reports in.
+PAGE_BYTES = 4096
+#: Runs of a bare `import lynguine` whose minor page faults `bare_minor_faults` takes the median of.
+FAULT_RUNS = 5
 #: How long `fresh_page_cost` leaves the machine idle before a probe of pages "the host took back": long
 #: enough, on this machine, that pages freed before it are reported to the host (five seconds were).
 PAGE_PROBE_IDLE_S = 10
@@ -1201,7 +1203,6 @@ def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float
     just freed. A virtual machine whose host takes back the memory its guest frees (virtio-balloon's free
     page reporting) makes the first such write a fault in the host. Medians over `rounds`, ns per 4 KiB
     page; returns the table's rows and the medians by name."""
-    page = 4096
     chunk = b"x" * (4 << 20)
     path = work / "page-cost.bin"
 
@@ -1212,15 +1213,15 @@ def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float
                 file.write(chunk)
         elapsed = time.perf_counter_ns() - started
         path.unlink()
-        return elapsed / (PAGE_PROBE_BYTES / page)
+        return elapsed / (PAGE_PROBE_BYTES / PAGE_BYTES)
 
     def touch_memory() -> float:
         with mmap.mmap(-1, PAGE_PROBE_BYTES) as memory:
             started = time.perf_counter_ns()
-            for offset in range(0, PAGE_PROBE_BYTES, page):
+            for offset in range(0, PAGE_PROBE_BYTES, PAGE_BYTES):
                 memory[offset] = 1
             elapsed = time.perf_counter_ns() - started
-        return elapsed / (PAGE_PROBE_BYTES / page)
+        return elapsed / (PAGE_PROBE_BYTES / PAGE_BYTES)
 
     found: dict[str, list[float]] = {}
     for _ in range(rounds):
@@ -1242,11 +1243,11 @@ def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float
     return rows, {name: statistics.median(values) for name, values in found.items()}
 
 
-def bare_minor_faults(runs: int) -> float:
-    """The minor page faults of a bare `python -c 'import lynguine'`, median of `runs`: the pages it touches
-    for the first time."""
+def bare_minor_faults() -> float:
+    """The minor page faults of a bare `python -c 'import lynguine'`, median of `FAULT_RUNS`: the pages it
+    touches for the first time."""
     faults = []
-    for _ in range(runs):
+    for _ in range(FAULT_RUNS):
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
         subprocess.run([PY, "-c", "import lynguine"], env=clean_env(), check=True)
         faults.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before)
@@ -1273,15 +1274,15 @@ def fresh_page_note(costs: dict[str, float], record_bytes: float | None, minor_f
     if record_bytes is not None:
         text += (
             f"A traced header_field call adds {record_bytes:.0f} bytes to its trace file, which the writer's "
-            f"`write` copies into the page cache: {record_bytes * cold_file / 4096:.0f} ns per call at the "
-            f"first rate, {record_bytes * warm_file / 4096:.0f} ns at the second. That copy is the writer's "
+            f"`write` copies into the page cache: {record_bytes * cold_file / PAGE_BYTES:.0f} ns per call at the "
+            f"first rate, {record_bytes * warm_file / PAGE_BYTES:.0f} ns at the second. That copy is the writer's "
             "kernel time above (`copy_folio_from_iter_atomic`); when the writer cannot keep up with a loop of "
             "calls, the loop waits for it (the per-call summary says how long). "
         )
     text += (
-        f"A bare `import lynguine` takes {minor_faults:.0f} minor page faults (median of 5 runs), pages it touches "
-        f"for the first time: {minor_faults * cold_memory / 1e6:.0f} ms of its start-up at the first rate, "
-        f"{minor_faults * warm_memory / 1e6:.0f} ms at the second. "
+        f"A bare `import lynguine` takes {minor_faults:.0f} minor page faults (median of {FAULT_RUNS} runs), "
+        f"pages it touches for the first time: {minor_faults * cold_memory / 1e6:.0f} ms of its start-up at the "
+        f"first rate, {minor_faults * warm_memory / 1e6:.0f} ms at the second. "
     )
     if cold_memory > 1.25 * warm_memory:
         return text + (
@@ -1533,7 +1534,7 @@ def main() -> None:
         c_profile = per_call_profile(work, loops)
         c_perf_threads, c_perf_native, c_perf_writer, record_bytes = per_call_perf(work, loops)
         page_rows, page_costs = fresh_page_cost(work, 1 if args.quick else 3)
-        page_note = fresh_page_note(page_costs, record_bytes, bare_minor_faults(5))
+        page_note = fresh_page_note(page_costs, record_bytes, bare_minor_faults())
         print("import lynshim…", file=sys.stderr)
         i_rows, i_note = import_cost(20)
         print("analyzer throughput…", file=sys.stderr)

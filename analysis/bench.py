@@ -1189,6 +1189,8 @@ def header_field_record_bytes(traces: Path) -> float | None:
 PAGE_PROBE_BYTES = 256 << 20
 #: A page, the unit `fresh_page_cost` reports in.
 PAGE_BYTES = 4096
+#: The buffer lynshim's trace writer writes from (`CAPACITY` in crates/lynshim/src/tracefile.rs).
+DIRECT_CHUNK_BYTES = 1 << 20
 #: Runs of a bare `import lynguine` whose minor page faults `bare_minor_faults` takes the median of.
 FAULT_RUNS = 5
 #: How long `fresh_page_cost` leaves the machine idle before a probe of pages "the host took back": long
@@ -1197,9 +1199,9 @@ PAGE_PROBE_IDLE_S = 10
 
 
 def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float]]:
-    """What a page costs the first time it is written, in a file (the page cache: what the trace writer's
-    `write` copies into) and in a process's own memory (anonymous pages, what every process's heap
-    touches): once after the machine sat idle for `PAGE_PROBE_IDLE_S`, and once straight after, into pages
+    """What a page costs the first time it is written, in a file (through the page cache, as lynshim's trace
+    writer did up to f6bd8d4, and with O_DIRECT from a resident buffer, as it does now) and in a process's
+    own memory (anonymous pages, what every process's heap touches): once after the machine sat idle for `PAGE_PROBE_IDLE_S`, and once straight after, into pages
     just freed. A virtual machine whose host takes back the memory its guest frees (virtio-balloon's free
     page reporting) makes the first such write a fault in the host. Medians over `rounds`, ns per 4 KiB
     page; returns the table's rows and the medians by name."""
@@ -1215,6 +1217,23 @@ def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float
         path.unlink()
         return elapsed / (PAGE_PROBE_BYTES / PAGE_BYTES)
 
+    def write_file_direct() -> float:
+        # As lynshim's trace writer writes a full buffer (crates/lynshim/src/tracefile.rs): O_DIRECT, from one
+        # reused buffer of its size whose pages stay resident (an anonymous mapping is page-aligned, as
+        # O_DIRECT needs). The writing thread's CPU: it waits for the device besides, a wait that costs no CPU.
+        with mmap.mmap(-1, DIRECT_CHUNK_BYTES) as chunk_buffer:
+            chunk_buffer.write(b"x" * DIRECT_CHUNK_BYTES)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+            try:
+                started = time.thread_time_ns()
+                for _ in range(PAGE_PROBE_BYTES // DIRECT_CHUNK_BYTES):
+                    os.write(fd, chunk_buffer)
+                elapsed = time.thread_time_ns() - started
+            finally:
+                os.close(fd)
+                path.unlink()
+        return elapsed / (PAGE_PROBE_BYTES / PAGE_BYTES)
+
     def touch_memory() -> float:
         with mmap.mmap(-1, PAGE_PROBE_BYTES) as memory:
             started = time.perf_counter_ns()
@@ -1225,12 +1244,14 @@ def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float
 
     found: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for name, probe in (("file", write_file), ("memory", touch_memory)):
+        for name, probe in (("file", write_file), ("file direct", write_file_direct), ("memory", touch_memory)):
             time.sleep(PAGE_PROBE_IDLE_S)
             found.setdefault(f"{name}, after idle", []).append(probe())
             found.setdefault(f"{name}, just freed", []).append(probe())
     what = {
-        "file": "a page of a new file, written (`write` of 4 MiB chunks)",
+        "file": "a page of a new file, written through the page cache (`write` of 4 MiB chunks)",
+        "file direct": f"a page of a new file, written with O_DIRECT from one resident {DIRECT_CHUNK_BYTES >> 20} MiB "
+        "buffer, as lynshim's trace writer writes a full buffer (CPU of the writing thread)",
         "memory": "a page of fresh anonymous memory, touched once (`mmap`)",
     }
     rows = []
@@ -1259,10 +1280,12 @@ def fresh_page_note(costs: dict[str, float], record_bytes: float | None, minor_f
     rate, and a bare `import lynguine`'s page faults at each."""
     reporting = Path("/sys/module/page_reporting").exists()
     cold_file, warm_file = costs["file, after idle"], costs["file, just freed"]
+    cold_direct, warm_direct = costs["file direct, after idle"], costs["file direct, just freed"]
     cold_memory, warm_memory = costs["memory, after idle"], costs["memory, just freed"]
     text = (
-        f"Writing a page of a new file cost {cold_file / 1000:.1f} µs after the machine sat idle for "
-        f"{PAGE_PROBE_IDLE_S} s and {warm_file / 1000:.1f} µs straight after; touching a page of fresh memory "
+        f"Writing a page of a new file through the page cache cost {cold_file / 1000:.1f} µs after the machine "
+        f"sat idle for {PAGE_PROBE_IDLE_S} s and {warm_file / 1000:.1f} µs straight after; with O_DIRECT from a "
+        f"resident buffer {cold_direct / 1000:.2f} and {warm_direct / 1000:.2f} µs of CPU; touching a page of fresh memory "
         f"{cold_memory / 1000:.1f} µs and {warm_memory / 1000:.1f} µs. "
         + (
             "This kernel has free page reporting (/sys/module/page_reporting): it hands the pages its "
@@ -1273,10 +1296,13 @@ def fresh_page_note(costs: dict[str, float], record_bytes: float | None, minor_f
     )
     if record_bytes is not None:
         text += (
-            f"A traced header_field call adds {record_bytes:.0f} bytes to its trace file, which the writer's "
-            f"`write` copies into the page cache: {record_bytes * cold_file / PAGE_BYTES:.0f} ns per call at the "
-            f"first rate, {record_bytes * warm_file / PAGE_BYTES:.0f} ns at the second. That copy is the writer's "
-            "kernel time above (`copy_folio_from_iter_atomic`); when the writer cannot keep up with a loop of "
+            f"A traced header_field call adds {record_bytes:.0f} bytes to its trace file. Copied into fresh "
+            "page-cache pages, as lynshim's writer did up to f6bd8d4 (90 % of its kernel samples were then "
+            f"`copy_folio_from_iter_atomic`), that is {record_bytes * cold_file / PAGE_BYTES:.0f} ns of the "
+            f"writer's CPU per call at the first rate, {record_bytes * warm_file / PAGE_BYTES:.0f} ns at the "
+            f"second; written with O_DIRECT, as the writer now writes a buffer that fills between two flushes "
+            f"(as in these loops), {record_bytes * cold_direct / PAGE_BYTES:.0f} and "
+            f"{record_bytes * warm_direct / PAGE_BYTES:.0f} ns. When the writer cannot keep up with a loop of "
             "calls, the loop waits for it (the per-call summary says how long). "
         )
     text += (

@@ -244,10 +244,18 @@ def test_header_field_record_bytes_is_the_mean_line_of_its_records_only(tmp_path
 
 
 def test_fresh_page_note_says_what_each_rate_costs_and_blames_the_spread_only_when_the_rates_differ() -> None:
-    rates = {"file, after idle": 8192.0, "file, just freed": 512.0, "memory, after idle": 3000.0}
+    rates = {
+        "file, after idle": 8192.0,
+        "file, just freed": 512.0,
+        "file direct, after idle": 600.0,
+        "file direct, just freed": 400.0,
+        "memory, after idle": 3000.0,
+    }
     same = bench.fresh_page_note(rates | {"memory, just freed": 2900.0}, 204.8, 10_000)
-    # 204.8 bytes is a twentieth of a page: 410 ns and 26 ns per call; 10 000 faults at 3.0 and 2.9 µs.
-    assert "410 ns per call at the first rate, 26 ns at the second" in same
+    # 204.8 bytes is a twentieth of a page: 410 ns and 26 ns per call through the page cache, 30 and 20 ns
+    # direct; 10 000 faults at 3.0 and 2.9 µs.
+    assert "410 ns of the writer's CPU per call at the first rate, 26 ns at the second" in same
+    assert "(as in these loops), 30 and 20 ns" in same
     assert "30 ms of its start-up at the first rate, 29 ms at the second" in same
     assert "not to the spread" in same
     differ = bench.fresh_page_note(rates | {"memory, just freed": 1000.0}, None, 10_000)

@@ -20,6 +20,8 @@
 //! - the closing `]` is ours to write ([`Fixup::close`]), not tracing-chrome's: the exit status is only
 //!   known in a C `on_exit` handler that runs after thread-local storage is gone, where neither
 //!   `tracing` nor tracing-chrome can be used, so the exit event is written directly ([`Fixup::write_own`]);
+//! - the file ([`crate::tracefile::TraceFile`]) is sent what it was handed at tracing-chrome's flushes
+//!   only, and finished (cut to its exact length) at [`Fixup::close`];
 //! - a failing write (full disk, file removed) is reported once on stderr and later output is dropped,
 //!   so the traced program never sees an error from its tracer;
 //! - tracing-chrome's writer thread, which it spawns unnamed, is named `lynshim-writer` at its first
@@ -31,9 +33,10 @@ use lynschema::{arg, category, event};
 use serde_json::{json, Map, Value};
 
 use crate::batch::{batch_id, Batch, Batches, FlowEnd, Line, OwnEvent, Record, Text};
+use crate::tracefile::Sink;
 
-/// Where fixed-up events go: a file in production, a `Vec<u8>` in tests.
-pub struct Fixup<W: Write> {
+/// Where fixed-up events go: a [`crate::tracefile::TraceFile`] in production, a `Vec<u8>` in tests.
+pub struct Fixup<W: Sink> {
     out: W,
     /// Where the batches named in tracing-chrome's lines wait.
     batches: Batches,
@@ -61,7 +64,7 @@ pub struct Fixup<W: Write> {
     on_error: Box<dyn FnMut(&str) + Send>,
 }
 
-impl<W: Write> Fixup<W> {
+impl<W: Sink> Fixup<W> {
     pub fn new(
         out: W,
         batches: Batches,
@@ -125,6 +128,9 @@ impl<W: Write> Fixup<W> {
         self.pending = pending;
         self.emit(&batch);
         self.events = batch;
+        if at_flush {
+            self.flush_out();
+        }
     }
 
     fn fix_line(&mut self, line: &[u8], batch: &mut Vec<u8>) {
@@ -337,14 +343,31 @@ impl<W: Write> Fixup<W> {
         if self.failed {
             return;
         }
-        if let Err(err) = self.out.write_all(bytes).and_then(|()| self.out.flush()) {
+        let result = self.out.write_all(bytes);
+        self.check(result);
+    }
+
+    /// Send what [`Fixup::write_out`] has handed the sink on to the file: at tracing-chrome's flushes,
+    /// which come every [`crate::emitter::FLUSH_DELAY`] while records come.
+    fn flush_out(&mut self) {
+        if self.failed {
+            return;
+        }
+        let result = self.out.flush();
+        self.check(result);
+    }
+
+    /// The first failure is reported, once, and ends the trace: a file with a hole would not parse.
+    fn check(&mut self, result: io::Result<()>) {
+        if let Err(err) = result {
             self.failed = true;
             (self.on_error)(&format!("writing the trace failed ({err}); the rest of this trace is lost"));
         }
     }
 
     /// Write one of lynshim's own events directly, timed now, on OS thread `tid`: for the exit event,
-    /// written where tracing can no longer be used.
+    /// written where tracing can no longer be used. It reaches the file at the next flush or at
+    /// [`Fixup::close`].
     pub fn write_own(&mut self, event: &OwnEvent, tid: u64) {
         if self.finished {
             return;
@@ -354,6 +377,14 @@ impl<W: Write> Fixup<W> {
         let events = self.fix_own_event(event, tid, ts);
         self.write_values(&events, &mut batch);
         self.emit(&batch);
+    }
+
+    /// The process is ending: the sink stops waiting for the device (see [`Sink::ending`]).
+    pub fn ending(&mut self) {
+        if !self.failed {
+            let result = self.out.ending();
+            self.check(result);
+        }
     }
 
     /// Write the closing `]` (also when no event was ever written, so the file is valid JSON). Later
@@ -384,12 +415,16 @@ impl<W: Write> Fixup<W> {
         }
         let tail: &[u8] = if self.wrote_any { b"\n]\n" } else { b"[\n]\n" };
         self.write_out(tail);
+        if !self.failed {
+            let result = self.out.finish();
+            self.check(result);
+        }
         self.pending.clear();
         self.finished = true;
     }
 }
 
-impl<W: Write> Write for Fixup<W> {
+impl<W: Sink> Write for Fixup<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if !self.finished {
             self.pending.extend_from_slice(buf);
@@ -550,9 +585,9 @@ fn trim_line(mut line: &[u8]) -> &[u8] {
 }
 
 /// A [`Fixup`] shared between tracing-chrome's writer thread and the exit handler.
-pub struct SharedFixup<W: Write>(pub std::sync::Arc<std::sync::Mutex<Fixup<W>>>);
+pub struct SharedFixup<W: Sink>(pub std::sync::Arc<std::sync::Mutex<Fixup<W>>>);
 
-impl<W: Write> Write for SharedFixup<W> {
+impl<W: Sink> Write for SharedFixup<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         name_writer_thread();
         let mut fixup = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -944,30 +979,94 @@ mod tests {
         assert_eq!(written(records, "")[0]["name"], name);
     }
 
-    struct Failing;
+    /// A sink whose writes, flushes or finish fail, as a full disk's do: a buffered sink such as
+    /// [`crate::tracefile::TraceFile`] reports it at the flush or the finish, not the write.
+    struct Failing {
+        at: &'static str,
+        finished: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+    impl Failing {
+        fn fail_at(&self, at: &str) -> io::Result<()> {
+            if self.at == at {
+                Err(io::Error::other("disk full"))
+            } else {
+                Ok(())
+            }
+        }
+    }
     impl Write for Failing {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::Error::other("disk full"))
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.fail_at("write").map(|()| buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
-            Ok(())
+            self.fail_at("flush")
+        }
+    }
+    impl Sink for Failing {
+        fn finish(&mut self) -> io::Result<()> {
+            self.finished.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.fail_at("finish")
         }
     }
 
     #[test]
     fn a_failing_sink_warns_once_and_never_errors() {
-        let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = std::sync::Arc::clone(&warnings);
-        let batches = Batches::default();
-        let mut f =
-            Fixup::new(Failing, batches.clone(), 1, 0, 0.0, Box::new(move |m| sink.lock().unwrap().push(m.to_owned())));
-        for _ in 0..3 {
-            let line = batch_line(&batches, vec![instant("a")], "");
-            assert!(f.write(&line).is_ok());
-            assert!(f.write(b"\n").is_ok());
-            assert!(f.flush().is_ok());
+        for at in ["write", "flush", "finish"] {
+            let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = std::sync::Arc::clone(&warnings);
+            let batches = Batches::default();
+            let finished = std::sync::Arc::default();
+            let out = Failing { at, finished: std::sync::Arc::clone(&finished) };
+            let mut f =
+                Fixup::new(out, batches.clone(), 1, 0, 0.0, Box::new(move |m| sink.lock().unwrap().push(m.to_owned())));
+            for _ in 0..3 {
+                let line = batch_line(&batches, vec![instant("a")], "");
+                assert!(f.write(&line).is_ok());
+                assert!(f.write(b"\n").is_ok());
+                assert!(f.flush().is_ok());
+            }
+            f.close();
+            assert_eq!(warnings.lock().unwrap().len(), 1, "failing at {at}");
+            // A sink that failed earlier is not asked to finish: its file is cut short already.
+            assert_eq!(finished.load(std::sync::atomic::Ordering::Relaxed), at == "finish", "failing at {at}");
         }
+    }
+
+    #[test]
+    fn the_sink_is_flushed_at_each_flush_and_finished_at_close() {
+        #[derive(Default)]
+        struct Counting {
+            bytes: Vec<u8>,
+            flushed_at: Vec<usize>,
+            finished_at: Option<usize>,
+        }
+        impl Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.bytes.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                self.flushed_at.push(self.bytes.len());
+                Ok(())
+            }
+        }
+        impl Sink for Counting {
+            fn finish(&mut self) -> io::Result<()> {
+                self.finished_at = Some(self.bytes.len());
+                Ok(())
+            }
+        }
+        let batches = Batches::default();
+        let mut f = Fixup::new(Counting::default(), batches.clone(), 1, 0, 0.0, Box::new(|_| {}));
+        let line = batch_line(&batches, vec![instant("a")], "");
+        f.write_all(&line).unwrap();
+        f.write_all(b"\n").unwrap();
+        assert!(f.out.flushed_at.is_empty(), "a write alone does not flush the sink");
+        f.flush().unwrap();
+        assert_eq!(f.out.flushed_at, [f.out.bytes.len()], "a flush sends everything so far");
         f.close();
-        assert_eq!(warnings.lock().unwrap().len(), 1);
+        let out = f.into_inner();
+        assert_eq!(out.finished_at, Some(out.bytes.len()), "finished after the closing bracket");
+        assert!(out.bytes.ends_with(b"\n]\n"));
     }
 }

@@ -28,6 +28,7 @@ pub mod probe;
 pub mod procinfo;
 pub mod session;
 pub mod signals;
+pub mod tracefile;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;

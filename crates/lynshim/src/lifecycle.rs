@@ -34,6 +34,7 @@ use crate::parent_trace::find_parent_trace;
 use crate::procinfo;
 use crate::session::{self, Session, TraceWriter, ACTIVE, GENERATION};
 use crate::signals;
+use crate::tracefile::TraceFile;
 
 /// A session whose spans are all written, waiting for the exit status (see the module doc).
 static AWAITING_EXIT: Mutex<Option<Awaiting>> = Mutex::new(None);
@@ -84,6 +85,9 @@ fn open_session(dir: &Path, info: StartInfo) -> io::Result<PathBuf> {
     let path = dir.join(files::trace_file_name(pid, start_ticks, procinfo::nonce()));
     // create_new: never clobber a file, whatever the pid; 0600: traces hold paths and arguments.
     let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    // Full buffers go out with direct I/O where the file system has it: in a tight loop of traced calls
+    // the writer thread's copies into fresh page-cache pages were most of its CPU (see `crate::tracefile`).
+    let file = TraceFile::new(file, true)?;
 
     let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
     clock::choose();
@@ -221,6 +225,8 @@ fn end_unguarded(how: End) {
         s.close_open_spans();
         s.hand_off();
         let Session { sender, emitter, writer, exit_meta, zero_mono_ns, .. } = s;
+        // What is left is written on the exit's path: through the page cache, not waiting for the device.
+        lock(&writer).ending();
         // The emitter drains the channel, then tracing-chrome writes out and stops.
         drop(sender);
         if let Some(emitter) = emitter {
@@ -277,7 +283,7 @@ fn end_for_signal(generation: u64, signum: i32) {
     signals::die_of(signum);
 }
 
-fn lock(writer: &TraceWriter) -> MutexGuard<'_, Fixup<fs::File>> {
+fn lock(writer: &TraceWriter) -> MutexGuard<'_, Fixup<TraceFile>> {
     writer.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -286,6 +292,7 @@ fn lock(writer: &TraceWriter) -> MutexGuard<'_, Fixup<fs::File>> {
 fn write_exit(done: Awaiting, status: Option<i32>, signal: Option<i32>) {
     let Awaiting { writer, mut meta, zero_mono_ns, writing, .. } = done;
     let fixup = &mut lock(&writer);
+    fixup.ending();
     let tid = procinfo::gettid();
     let now_ns = procinfo::monotonic_ns();
     #[allow(clippy::cast_precision_loss)]

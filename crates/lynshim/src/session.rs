@@ -17,7 +17,6 @@
 //! [`crate::lifecycle`] (re-exported here), the parent trace in [`crate::parent_trace`].
 
 use std::cell::{Cell, RefCell};
-use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -36,6 +35,7 @@ use crate::emitter::Message;
 use crate::fixup::Fixup;
 pub use crate::lifecycle::{after_fork_in_child, end, start, End, StartInfo};
 use crate::procinfo;
+use crate::tracefile::TraceFile;
 
 /// The traced threads hand the list of records to the emitter when it holds this many; the emitter
 /// collects shorter lists itself, so that a traced call never waits for a system call to wake it.
@@ -47,7 +47,7 @@ const HANDOFF_RECORDS: usize = 1024;
 const HANDOFF_TEXT_BYTES: usize = 64;
 
 /// The trace file, shared by tracing-chrome's writer thread and the exit handler.
-pub(crate) type TraceWriter = Arc<Mutex<Fixup<fs::File>>>;
+pub(crate) type TraceWriter = Arc<Mutex<Fixup<TraceFile>>>;
 
 pub(crate) struct Session {
     /// The traced threads' end of the channel; dropping it lets the emitter finish.

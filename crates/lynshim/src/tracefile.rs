@@ -5,15 +5,16 @@
 //! Why: in `make bench` the writer thread's kernel time was 90 % `copy_folio_from_iter_atomic`, the copy
 //! of each `write` into newly allocated page-cache pages (analysis/benchmarks.md, "what the per-call
 //! writer spends"). On a virtual machine whose host takes back free guest memory (virtio-balloon free page
-//! reporting, as on this project's CI machines), the first touch of such a page cost 3–15 µs against
-//! ~1–2 µs for a page freed a moment ago: at ~200 bytes an event, up to ~500 ns of the writer's CPU per
-//! traced call. A direct write goes from our buffer, whose pages stay resident, to the device, for ~0.5 µs
-//! of CPU a page when the writes are a MiB each.
+//! reporting, as on this project's CI machines), the first touch of such a page cost 10 µs against
+//! 1.7 µs for a page freed a moment ago: at ~200 bytes an event, ~490 ns of the writer's CPU per traced
+//! call. A direct write goes from our buffer, whose pages stay resident, to the device, for 0.8 µs of CPU
+//! a page when the writes are a MiB each (`fresh_page_cost` in analysis/bench.py, 2026-12-02).
 //!
-//! Small writes go through the page cache all the same: a direct write waits for the device and costs a
-//! fixed ~100 µs of CPU more than a buffered one here, which the flush of a few KiB every
-//! [`crate::emitter::FLUSH_DELAY`] in an ordinary process would pay some twenty times a second. So a
-//! flush writes what the buffer holds through the page cache, and only a full buffer goes out direct.
+//! Small writes go through the page cache all the same: a direct write waits for the device, and a small
+//! one cost about twice the CPU of a buffered one here (a scratch probe rewriting 8 KiB every 50 ms), which
+//! the flush of a few KiB every [`crate::emitter::FLUSH_DELAY`] in an ordinary process would pay some
+//! twenty times a second. So a flush writes what the buffer holds through the page cache, and only a full
+//! buffer goes out direct.
 //!
 //! A direct write covers whole blocks from an aligned address at an aligned offset; the buffer's first byte
 //! therefore always sits at a block boundary of the file, and a flush writes whole blocks too, the last one
@@ -37,10 +38,11 @@ use std::ptr::NonNull;
 /// kernel supports for a block device divides.
 pub const BLOCK: usize = 4096;
 
-/// The buffer's size: it is written out when full, and at every flush (the emitter's, every
-/// [`crate::emitter::FLUSH_DELAY`] while records come). Direct writes of 64 KiB cost the writing thread
-/// ~1.9 µs of CPU per page here, of 256 KiB 0.6 µs, of 1 MiB 0.3 µs. Pages are only touched as they fill,
-/// so a process that writes less between two flushes holds less.
+/// The buffer's size: it is written out when full (direct), and at every flush (the emitter's, every
+/// [`crate::emitter::FLUSH_DELAY`] while records come; through the page cache). The larger a direct write,
+/// the less CPU a page: a MiB is past the point where it stops falling here (scratch probes of 16 KiB to
+/// 4 MiB writes, 2026-12-01 and -02). Pages are only touched as they fill, so a process that writes less
+/// between two flushes holds less.
 pub const CAPACITY: usize = 1 << 20;
 
 /// A sink for trace bytes whose end must be marked: [`TraceFile`] cuts its padding off there.

@@ -258,6 +258,10 @@ def test_fresh_page_note_says_what_each_rate_costs_and_blames_the_spread_only_wh
     assert "(as in these loops), 30 and 20 ns" in same
     assert "30 ms of its start-up at the first rate, 29 ms at the second" in same
     assert "not to the spread" in same
+    no_direct = {k: v for k, v in rates.items() if not k.startswith("file direct")}
+    refused = bench.fresh_page_note(no_direct | {"memory, just freed": 2900.0}, 204.8, 10_000)
+    assert "O_DIRECT" not in refused
+    assert "26 ns at the second. When the writer" in refused
     differ = bench.fresh_page_note(rates | {"memory, just freed": 1000.0}, None, 10_000)
     assert "one source of the start-up rows' spread" in differ
     assert "per call" not in differ

@@ -1247,11 +1247,12 @@ def fresh_page_cost(work: Path, rounds: int) -> tuple[list[str], dict[str, float
         for name, probe in (("file", write_file), ("file direct", write_file_direct), ("memory", touch_memory)):
             time.sleep(PAGE_PROBE_IDLE_S)
             try:
-                found.setdefault(f"{name}, after idle", []).append(probe())
-                found.setdefault(f"{name}, just freed", []).append(probe())
+                after_idle, just_freed = probe(), probe()
             except OSError as err:  # O_DIRECT refused: a tmpfs before Linux 6.6
                 print(f"fresh_page_cost: {name} not measured in {work} ({err})", file=sys.stderr)
-                found.pop(f"{name}, after idle", None)
+                continue
+            found.setdefault(f"{name}, after idle", []).append(after_idle)
+            found.setdefault(f"{name}, just freed", []).append(just_freed)
     what = {
         "file": "a page of a new file, written through the page cache (`write` of 4 MiB chunks)",
         "file direct": f"a page of a new file, written with O_DIRECT from one resident {DIRECT_CHUNK_BYTES >> 20} MiB "

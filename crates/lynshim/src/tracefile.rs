@@ -3,8 +3,8 @@
 //! thread does not copy megabytes of events into page-cache pages the kernel has just handed it.
 //!
 //! Why: in `make bench` the writer thread's kernel time was 90 % `copy_folio_from_iter_atomic`, the copy
-//! of each `write` into newly allocated page-cache pages (analysis/benchmarks.md, "what the per-call
-//! writer spends"). On a virtual machine whose host takes back free guest memory (virtio-balloon free page
+//! of each `write` into newly allocated page-cache pages (analysis/benchmarks.md of 2026-12-01 23:43, "Top
+//! kernel symbols of tracing-chrome's writer thread"). On a virtual machine whose host takes back free guest memory (virtio-balloon free page
 //! reporting, as on this project's CI machines), the first touch of such a page cost 10 µs against
 //! 1.7 µs for a page freed a moment ago: at ~200 bytes an event, ~490 ns of the writer's CPU per traced
 //! call. A direct write goes from our buffer, whose pages stay resident, to the device, for 0.8 µs of CPU
@@ -53,9 +53,7 @@ pub trait Sink: Write {
     }
 
     /// The process is ending: what is written from now on should not wait for the device.
-    fn ending(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    fn ending(&mut self) {}
 }
 
 impl Sink for Vec<u8> {}
@@ -198,7 +196,7 @@ impl Write for TraceFile {
 impl Sink for TraceFile {
     /// Write out what is left and cut the padding off: the file ends with its last byte of data.
     fn finish(&mut self) -> io::Result<()> {
-        self.ending()?;
+        self.ending();
         self.write_buffer()?;
         if self.whole_blocks {
             self.file.set_len(self.at + self.len as u64)?;
@@ -208,9 +206,8 @@ impl Sink for TraceFile {
 
     /// From now on what is left goes through the page cache, which does not wait for the device (see the
     /// module doc).
-    fn ending(&mut self) -> io::Result<()> {
+    fn ending(&mut self) {
         self.direct = false;
-        Ok(())
     }
 }
 
@@ -256,7 +253,7 @@ mod tests {
             let mut expected = Vec::new();
             for (i, line) in lines(60_000, 30).iter().enumerate() {
                 if Some(i) == ending_at {
-                    tf.ending().unwrap();
+                    tf.ending();
                     assert!(!tf.is_direct());
                 }
                 tf.write_all(line).unwrap();

@@ -243,6 +243,19 @@ def test_header_field_record_bytes_is_the_mean_line_of_its_records_only(tmp_path
     assert bench.header_field_record_bytes(tmp_path / "a" / "none") is None
 
 
+def test_waited_ns_per_call_sums_the_waits_of_a_real_trace_only(tmp_path: Path) -> None:
+    trace = tmp_path / "1.lynshim.json"
+    trace.write_text(
+        "[\n"
+        '{"ph":"i","name":"lynshim.waited-for-writer","args":{"waited_us":1.5,"lists_behind":65}},\n'
+        '{"ph":"X","name":"trivial","args":{"waited_us":100}},\n'
+        '{"ph":"i","name":"lynshim.waited-for-writer","args":{"waited_us":2.5,"lists_behind":70}}\n'
+        "]\n"
+    )
+    # 4 µs over 1 000 calls; the span that happens to carry the same arg is not a wait.
+    assert bench.waited_ns_per_call(trace, 1000) == 4.0
+
+
 def test_fresh_page_note_says_what_each_rate_costs_and_blames_the_spread_only_when_the_rates_differ() -> None:
     rates = {
         "file, after idle": 8192.0,

@@ -39,10 +39,14 @@ pub mod kind {
 pub type Name = Cow<'static, str>;
 
 /// A stretch of a batch's text (see [`Batch::text`]): the args of one record, a JSON object.
+///
+/// In 32 bits (a list's text is a few hundred KiB; args that would end past 4 GiB into it are not
+/// recorded, see `Session::push_args`): every record carries one or two, and a record is copied into
+/// the list at each traced call, so it is kept small.
 #[derive(Clone, Copy, Debug)]
 pub struct Text {
-    pub start: usize,
-    pub len: usize,
+    pub start: u32,
+    pub len: u32,
 }
 
 /// What a traced thread records. Times (`ns`) are readings of [`crate::clock::now`], which the writer
@@ -53,6 +57,9 @@ pub enum Record {
     Begin { tid: u64, ns: u64, name: Name, cat: Name, args: Option<Text> },
     /// The innermost open span of thread `tid` ends, with its args at the end.
     End { tid: u64, ns: u64, name: Name, cat: Name, args: Option<Text> },
+    /// A span that ended with nothing recorded since its begin, whose end args name none of its begin
+    /// args' keys: its begin and its end in one record (see `session::exit`), from `ns` to `end_ns`.
+    Whole { tid: u64, ns: u64, end_ns: u64, name: Name, cat: Name, args: Option<Text>, end_args: Option<Text> },
     /// One of lynshim's own events (rare: boxed, so that span records stay small to copy).
     Own { tid: u64, ns: u64, event: Box<OwnEvent> },
 }
@@ -330,6 +337,13 @@ mod tests {
         let thread_name = br#"{"name":"thread_name","ph":"M","pid":1,"tid":0,"args":{"name":"x"}}"#;
         assert_eq!(batch_id(thread_name), Line::Other);
         assert_eq!(batch_id(b"{not json"), Line::Other);
+    }
+
+    /// A traced call copies one record into the list: the one that holds a whole span stays as small
+    /// as a begin alone was before it (96 bytes, with 64-bit text positions).
+    #[test]
+    fn a_record_stays_small() {
+        assert!(std::mem::size_of::<Record>() <= 96, "{} bytes", std::mem::size_of::<Record>());
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //!   number and the records come by the side channel [`Batches`] (see [`crate::batch`]). Nothing else
 //!   is written through tracing-chrome, and its own thread-name lines, which carry its thread numbers,
 //!   are dropped. Each record becomes an event with the time and OS thread id it was recorded with,
-//!   args as real JSON objects: spans (`B`/`E`; a begin and its end with nothing recorded between them
-//!   become one complete `X` event), thread names, process metadata, counters (`C`), complete events
-//!   (`X`) and flows (`s`/`f`);
+//!   args as real JSON objects: spans (`B`/`E`; a span with nothing recorded inside it is one complete
+//!   `X` event: the traced thread records it as one [`Record::Whole`] where it knows that the end's args
+//!   repeat no key of the begin's, and the writer puts the begin and end together here otherwise), thread
+//!   names, process metadata, counters (`C`), complete events (`X`) and flows (`s`/`f`);
 //! - every event gets the real pid;
 //! - timestamps are shifted so that 0 is the process's start, not the moment tracing began;
 //! - the array is re-framed so that the file only ever holds whole events: a file cut short by SIGKILL
@@ -190,6 +191,8 @@ impl<W: Sink> Fixup<W> {
     fn write_batch(&mut self, Batch { parts, clock }: Batch, out: &mut Vec<u8>) {
         let mut prefix = ThreadPrefix::default();
         for (records, text) in parts {
+            // Per list: it knows a name by its address, which is only that name's while the list holds it.
+            let mut names = SpanNames::default();
             // Read in place, not moved out: a record is about 100 bytes.
             let mut at = 0;
             while let Some(record) = records.get(at) {
@@ -210,18 +213,24 @@ impl<W: Sink> Fixup<W> {
                             let both = [text_of(&text, *args), text_of(&text, *end_args)];
                             if end_tid == tid && end_name == name && end_cat == cat && mergeable(both) {
                                 let kind = SpanEvent::Whole { end_ns: clock.ns(*end_ns) };
-                                let span = Span { ns: clock.ns(*ns), kind, name, cat };
+                                let span = Span { ns: clock.ns(*ns), kind, names: names.of(name, cat) };
                                 self.write_span(prefix, &span, both, out);
                                 at += 1;
                                 continue;
                             }
                         }
-                        let span = Span { ns: clock.ns(*ns), kind: SpanEvent::Begin, name, cat };
+                        let span = Span { ns: clock.ns(*ns), kind: SpanEvent::Begin, names: names.of(name, cat) };
                         self.write_span(prefix, &span, [text_of(&text, *args), None], out);
+                    }
+                    Record::Whole { tid, ns, end_ns, name, cat, args, end_args } => {
+                        let prefix = prefix.of(self.pid, *tid);
+                        let kind = SpanEvent::Whole { end_ns: clock.ns(*end_ns) };
+                        let span = Span { ns: clock.ns(*ns), kind, names: names.of(name, cat) };
+                        self.write_span(prefix, &span, [text_of(&text, *args), text_of(&text, *end_args)], out);
                     }
                     Record::End { tid, ns, name, cat, args } => {
                         let prefix = prefix.of(self.pid, *tid);
-                        let span = Span { ns: clock.ns(*ns), kind: SpanEvent::End, name, cat };
+                        let span = Span { ns: clock.ns(*ns), kind: SpanEvent::End, names: names.of(name, cat) };
                         self.write_span(prefix, &span, [text_of(&text, *args), None], out);
                     }
                     Record::Own { tid, ns, event } => {
@@ -242,16 +251,14 @@ impl<W: Sink> Fixup<W> {
     fn write_span(&self, thread: &[u8], span: &Span<'_>, args: [Option<&str>; 2], out: &mut Vec<u8>) {
         let args_len = args.iter().flatten().map(|a| a.len()).sum::<usize>();
         // One reservation for the whole event (the numbers need at most 50 bytes, the keys 50).
-        out.reserve(100 + span.name.len() + span.cat.len() + thread.len() + args_len);
+        out.reserve(100 + span.names.len() + thread.len() + args_len);
         self.separate(out);
         out.extend_from_slice(match span.kind {
             SpanEvent::Begin => br#"{"ph":"B","name":"#,
             SpanEvent::End => br#"{"ph":"E","name":"#,
             SpanEvent::Whole { .. } => br#"{"ph":"X","name":"#,
         });
-        crate::json::push_str_bytes(out, span.name);
-        out.extend_from_slice(br#","cat":"#);
-        crate::json::push_str_bytes(out, span.cat);
+        out.extend_from_slice(span.names);
         out.extend_from_slice(thread);
         push_micros(out, self.ts_ns(span.ns));
         if let SpanEvent::Whole { end_ns } = span.kind {
@@ -462,12 +469,42 @@ impl ThreadPrefix {
     }
 }
 
-/// What [`Fixup::write_span`] writes of a span: which event, at `ns`.
+/// `"name","cat":"category"` of the span being written, escaped again only when the name or the
+/// category changes: a traced loop's list is one name over and over, and checking and quoting it again
+/// for every event was an eighth of the writer's instructions per traced call (callgrind,
+/// `--toggle-collect` on `Fixup::process_pending_lines`).
+///
+/// A name is known by its address and length: a probe's name and category are one leaked string each,
+/// the same address at every call, so a hit costs two comparisons; a name that is the same text at
+/// another address (an import's, owned by its record) is written again, as before. Made afresh for each
+/// list of records: an address can only be mistaken for another string's once the string it held is
+/// freed, and the strings of a list live until the list is written.
+#[derive(Default)]
+struct SpanNames {
+    name: (usize, usize),
+    cat: (usize, usize),
+    json: Vec<u8>,
+}
+
+impl SpanNames {
+    fn of(&mut self, name: &str, cat: &str) -> &[u8] {
+        let (name_at, cat_at) = ((name.as_ptr() as usize, name.len()), (cat.as_ptr() as usize, cat.len()));
+        if self.json.is_empty() || self.name != name_at || self.cat != cat_at {
+            self.json.clear();
+            crate::json::push_str_bytes(&mut self.json, name);
+            self.json.extend_from_slice(br#","cat":"#);
+            crate::json::push_str_bytes(&mut self.json, cat);
+            (self.name, self.cat) = (name_at, cat_at);
+        }
+        &self.json
+    }
+}
+
+/// What [`Fixup::write_span`] writes of a span: which event, at `ns`, with its [`SpanNames`].
 struct Span<'a> {
     ns: u64,
     kind: SpanEvent,
-    name: &'a str,
-    cat: &'a str,
+    names: &'a [u8],
 }
 
 /// The event a span record becomes.
@@ -485,7 +522,8 @@ enum SpanEvent {
 fn text_of(text: &str, args: Option<Text>) -> Option<&str> {
     // lynshim's writers write compact JSON: trimming is for a caller's own text, and ASCII is enough
     // (the Unicode-aware `trim` showed in the writer's profile).
-    let args = args.and_then(|Text { start, len }| text.get(start..start + len))?.trim_ascii();
+    let args =
+        args.and_then(|Text { start, len }| text.get(start as usize..(start as usize + len as usize)))?.trim_ascii();
     let empty_object =
         args.strip_prefix('{').and_then(|a| a.strip_suffix('}')).is_some_and(|a| a.trim_ascii().is_empty());
     (!args.is_empty() && !empty_object).then_some(args)
@@ -874,6 +912,38 @@ mod tests {
         assert_eq!(spans[3], (2, "other".into(), 1005.5, 1.0, json!({"c": 3})));
     }
 
+    /// A span the traced thread recorded as one record is written as the same complete event as the
+    /// begin and end it stands for.
+    #[test]
+    fn a_whole_record_is_written_as_its_begin_and_end_would_be() {
+        let text = r#"{"field":"title"}{"found":true}"#;
+        let t = |start, len| Some(Text { start, len });
+        let pair = written(vec![begin(1, 1_000, "f", t(0, 17)), end(1, 3_500, "f", t(17, 14))], text);
+        let whole = Record::Whole {
+            tid: 1,
+            ns: 1_000,
+            end_ns: 3_500,
+            name: "f".into(),
+            cat: "field".into(),
+            args: t(0, 17),
+            end_args: t(17, 14),
+        };
+        assert_eq!(written(vec![whole], text), pair);
+        assert_eq!(pair[0]["ph"], "X");
+        assert_eq!(pair[0]["args"], json!({"field": "title", "found": true}));
+        let bare = Record::Whole {
+            tid: 1,
+            ns: 1_000,
+            end_ns: 1_000,
+            name: "g".into(),
+            cat: "import".into(),
+            args: None,
+            end_args: None,
+        };
+        let ev = written(vec![bare], text);
+        assert_eq!((ev[0]["ph"].as_str(), ev[0]["dur"].as_f64(), ev[0].get("args")), (Some("X"), Some(0.0), None));
+    }
+
     #[test]
     fn a_begin_and_an_end_naming_the_same_key_stay_apart() {
         assert!(keys_disjoint(r#"{"field":"title","fields":"dict[1]"}"#, r#"{"found":true}"#));
@@ -966,6 +1036,20 @@ mod tests {
         assert_eq!(ev[2]["ph"], "X");
         assert_eq!(ev[2]["ts"], 0.0);
         assert_eq!(ev[2]["dur"], 1000.0);
+    }
+
+    /// A name is escaped again whenever the name or the category is another string, whatever its text.
+    #[test]
+    fn span_names_are_written_again_for_another_name_or_category() {
+        let mut names = SpanNames::default();
+        let (probe_name, probe_cat) = ("lynguine.util.yaml.header_field", "field");
+        assert_eq!(names.of(probe_name, probe_cat), br#""lynguine.util.yaml.header_field","cat":"field""#);
+        assert_eq!(names.of(probe_name, probe_cat), br#""lynguine.util.yaml.header_field","cat":"field""#);
+        let owned = String::from("lynguine.util.yaml.header_fiel\"d");
+        assert_eq!(names.of(&owned, probe_cat), br#""lynguine.util.yaml.header_fiel\"d","cat":"field""#);
+        assert_eq!(names.of(&owned[..4], probe_cat), br#""lyng","cat":"field""#, "same address, shorter");
+        assert_eq!(names.of(&owned[..4], "import"), br#""lyng","cat":"import""#);
+        assert_eq!(names.of("", ""), br#""","cat":"""#);
     }
 
     #[test]

@@ -19,11 +19,14 @@ pub fn push_value(out: &mut String, value: &Value) {
 }
 
 /// `s` as a JSON string.
+///
+/// Inlined, with the rare escaping path out of line: a traced call writes a few short strings, and as
+/// one function with serde_json's escaping inlined in it, each call also saved and restored six
+/// registers.
+#[inline]
 pub fn push_str(out: &mut String, s: &str) {
     if needs_escape(s.as_bytes()) {
-        // Rare (a quote, a backslash, a control character): escaped by serde_json, as the file's
-        // writer escapes names ([`push_str_bytes`]), so that one string is written the same everywhere.
-        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+        push_escaped(out, s);
     } else {
         out.reserve(s.len() + 2);
         out.push('"');
@@ -32,16 +35,31 @@ pub fn push_str(out: &mut String, s: &str) {
     }
 }
 
+/// Rare (a quote, a backslash, a control character): escaped by serde_json, as the file's writer
+/// escapes names ([`push_str_bytes`]), so that one string is written the same everywhere.
+#[cold]
+#[inline(never)]
+fn push_escaped(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
 /// [`push_str`] into bytes (the trace file's writer).
+#[inline]
 pub fn push_str_bytes(out: &mut Vec<u8>, s: &str) {
     if needs_escape(s.as_bytes()) {
-        let _ = serde_json::to_writer(&mut *out, s);
+        push_escaped_bytes(out, s);
     } else {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     }
+}
+
+#[cold]
+#[inline(never)]
+fn push_escaped_bytes(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Does `s` hold a byte JSON must escape in a string: a quote, a backslash or a control character?
@@ -51,6 +69,7 @@ pub fn push_str_bytes(out: &mut Vec<u8>, s: &str) {
 /// is non-zero exactly when some byte of `v` is below `n` (for `n` ≤ 0x80), and a byte equal to `c` is
 /// a zero byte of `v ^ 0x0101…01·c`. Bytes of multi-byte UTF-8 characters (0x80 and up) never match.
 /// The last bytes (and short names, most of them) are looked up in a table.
+#[inline]
 pub fn needs_escape(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;

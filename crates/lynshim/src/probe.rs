@@ -46,6 +46,8 @@ enum Arg<'a> {
     DictLen(usize),
     /// An integer, written without going through a `serde_json::Value`.
     Int(i64),
+    /// A flag (whether the field asked for was found).
+    Bool(bool),
 }
 
 impl Arg<'_> {
@@ -58,6 +60,7 @@ impl Arg<'_> {
             Arg::Redacted => Arg::Redacted,
             Arg::DictLen(n) => Arg::DictLen(n),
             Arg::Int(n) => Arg::Int(n),
+            Arg::Bool(b) => Arg::Bool(b),
         }
     }
 
@@ -70,6 +73,7 @@ impl Arg<'_> {
             Arg::Redacted => arg::REDACTED.into(),
             Arg::DictLen(n) => format!("dict[{n}]").into(),
             Arg::Int(n) => n.into(),
+            Arg::Bool(b) => b.into(),
         }
     }
 
@@ -90,17 +94,69 @@ impl Arg<'_> {
                 out.push_str("]\"");
             }
             Arg::Int(n) => push_int(out, *n),
+            Arg::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         }
     }
 }
 
+/// An argument's name, and how it is written as a key.
+enum Key<'a> {
+    /// A parameter's name, with its JSON key (`"name":`) worked out when the function was wrapped:
+    /// checking, quoting and copying the same few names at every call took some 8 % of the
+    /// instructions tracing adds to a call (callgrind, `--toggle-collect` on `traced_vectorcall`).
+    Known { name: &'a str, json: &'a str },
+    /// Any other name (a keyword argument's, a details key, an end's), escaped as it is written.
+    Name(Cow<'a, str>),
+}
+
+impl Key<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Key::Known { name, .. } => name,
+            Key::Name(name) => name,
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Key::Known { json, .. } => out.push_str(json),
+            Key::Name(name) => {
+                push_str(out, name);
+                out.push(':');
+            }
+        }
+    }
+}
+
+/// The end's keys, which every traced call writes one or two of: known, like a parameter's (a test
+/// checks each `json` against [`key_json`]).
+const FOUND: Key<'static> = Key::Known { name: arg::FOUND, json: "\"found\":" };
+const ERROR: Key<'static> = Key::Known { name: arg::ERROR, json: "\"error\":" };
+const ROWS: Key<'static> = Key::Known { name: arg::ROWS, json: "\"rows\":" };
+const RESULT: Key<'static> = Key::Known { name: arg::RESULT, json: "\"result\":" };
+
+/// Every key an end records (besides a server request's `extra`).
+const END_KEYS: [Key<'static>; 4] = [FOUND, ERROR, ROWS, RESULT];
+
+fn is_end_key(name: &str) -> bool {
+    END_KEYS.iter().any(|key| key.name() == name)
+}
+
+/// A name's JSON key, `"name":`.
+fn key_json(name: &str) -> String {
+    let mut json = String::with_capacity(name.len() + 3);
+    push_str(&mut json, name);
+    json.push(':');
+    json
+}
+
 /// Args of a span, in the order Python would put them in a dict; a name set twice keeps its place.
 /// (On the stack up to a handful: a traced call should not allocate for them.)
-type Described<'a> = SmallVec<[(Cow<'a, str>, Arg<'a>); 6]>;
+type Described<'a> = SmallVec<[(Key<'a>, Arg<'a>); 6]>;
 
 /// Args of a span's end: the outcome and whether the field was found, rarely more. Kept apart from
 /// [`Described`] so that the end of every call does not move a list sized for a call's arguments.
-type EndArgs = SmallVec<[(Cow<'static, str>, Arg<'static>); 2]>;
+type EndArgs = SmallVec<[(Key<'static>, Arg<'static>); 2]>;
 
 /// A call's keyword arguments, as its caller passed them.
 #[derive(Clone, Copy)]
@@ -145,7 +201,7 @@ impl<'a, 'py> Keywords<'a, 'py> {
 
 /// Described args, written as a JSON object into the session's text as the record is made (nothing
 /// when there are none).
-struct Json<'p, 'a>(&'p [(Cow<'a, str>, Arg<'a>)]);
+struct Json<'p, 'a>(&'p [(Key<'a>, Arg<'a>)]);
 
 impl session::Args for Json<'_, '_> {
     fn write_to(self, out: &mut String) {
@@ -153,6 +209,32 @@ impl session::Args for Json<'_, '_> {
             write_json(self.0, out);
         }
     }
+}
+
+/// A traced call's end args, and whether they are known to name none of its begin's keys
+/// ([`Begun::end_disjoint`]).
+struct EndJson<'p>(&'p [(Key<'static>, Arg<'static>)], bool);
+
+impl session::Args for EndJson<'_> {
+    fn write_to(self, out: &mut String) {
+        Json(self.0).write_to(out);
+    }
+
+    fn disjoint_from_begin(&self) -> bool {
+        self.1 || self.0.is_empty()
+    }
+}
+
+/// What a traced call's begin hands on to its end.
+#[derive(Clone, Copy, Default)]
+struct Begun {
+    /// The span's token (0: tracing is off).
+    token: u64,
+    /// The call asks for a field: its end records whether it was found.
+    asked_for_field: bool,
+    /// None of the keys an end records ([`END_KEYS`]) is among the begin's: the two can make one
+    /// record (see `session::exit`).
+    end_disjoint: bool,
 }
 
 /// How an argument is recorded, decided by its parameter's name: for a positional parameter once,
@@ -187,6 +269,8 @@ impl Rule {
 struct DefaultValue {
     value: Value,
     json: String,
+    /// The parameter's JSON key.
+    key_json: String,
     /// The parameter's place among the positional ones, if it has one: a call that passes that many
     /// positional arguments passes it.
     position: Option<usize>,
@@ -200,13 +284,16 @@ pub struct Probe {
     name: &'static str,
     cat: &'static str,
     function: Py<PyAny>,
-    /// Positional parameters, each with the rule that records it.
-    positional: Vec<(String, Rule)>,
+    /// Positional parameters: name, the rule that records it, and its JSON key.
+    positional: Vec<(String, Rule, String)>,
     /// Defaults by parameter name, described when the function was wrapped (a function that mutates
     /// its own default list would be misreported).
     defaults: Vec<(String, DefaultValue)>,
     /// The function has a `field` parameter: record whether the field was found.
     takes_field: bool,
+    /// A parameter is named as a key an end records ([`END_KEYS`]): a call's begin and end args may
+    /// share a key.
+    names_end_key: bool,
     /// `lynshim._args.describe_value`, for the values not described here.
     describe_value: Py<PyAny>,
 }
@@ -238,11 +325,13 @@ impl Probe {
                 .into_iter()
                 .map(|name| {
                     let rule = Rule::of(&name);
-                    (name, rule)
+                    let json = key_json(&name);
+                    (name, rule, json)
                 })
                 .collect(),
             defaults: Vec::new(),
             takes_field,
+            names_end_key: false,
             describe_value,
         };
         for (key, value) in defaults.iter() {
@@ -253,9 +342,16 @@ impl Probe {
             let described = if is_credential_name(&key) { Arg::Redacted } else { probe.value(&value)? };
             let mut json = String::new();
             described.write(&mut json);
-            let position = probe.positional.iter().position(|(name, _)| *name == key);
-            probe.defaults.push((key, DefaultValue { value: described.into_value(), json, position }));
+            let position = probe.positional.iter().position(|(name, ..)| *name == key);
+            let key_json = key_json(&key);
+            probe.defaults.push((key, DefaultValue { value: described.into_value(), json, key_json, position }));
         }
+        probe.names_end_key = probe
+            .positional
+            .iter()
+            .map(|(name, ..)| name)
+            .chain(probe.defaults.iter().map(|(name, _)| name))
+            .any(|name| is_end_key(name));
         Ok(probe)
     }
 
@@ -303,23 +399,23 @@ impl Probe {
         for (index, value) in positional.enumerate() {
             passed = index + 1;
             let (name, rule) = match self.positional.get(index) {
-                Some((name, rule)) => (Cow::Borrowed(name.as_str()), *rule),
+                Some((name, rule, json)) => (Key::Known { name, json }, *rule),
                 // Beyond the named parameters (`*args`): named by position.
-                None => (Cow::Owned(format!("arg{index}")), Rule::Plain),
+                None => (Key::Name(Cow::Owned(format!("arg{index}"))), Rule::Plain),
             };
             self.record_arg(out, name, rule, &value, || Self::value_borrowed(&self.describe_value, value))?;
         }
         keywords.for_each(|name, value| {
             let name = name.cast::<PyString>()?.to_cow()?.into_owned();
             let rule = Rule::of(&name);
-            self.record_arg(out, Cow::Owned(name), rule, &value, || self.value(&value))
+            self.record_arg(out, Key::Name(Cow::Owned(name)), rule, &value, || self.value(&value))
         })?;
         // A default is what a parameter holds when it was not passed: not by position (a details mapping
         // passed by position is recorded by its keys, under other names), not by keyword.
         for (name, described) in &self.defaults {
             let by_position = described.position.is_some_and(|position| position < passed);
             if !by_position && !has(out, name) && !keywords.contains(name) {
-                out.push((Cow::Borrowed(name), Arg::Default(described)));
+                out.push((Key::Known { name, json: &described.key_json }, Arg::Default(described)));
             }
         }
         Ok(())
@@ -331,7 +427,7 @@ impl Probe {
     fn record_arg<'a>(
         &self,
         out: &mut Described<'a>,
-        name: Cow<'a, str>,
+        name: Key<'a>,
         rule: Rule,
         value: &Bound<'_, PyAny>,
         describe: impl FnOnce() -> PyResult<Arg<'a>>,
@@ -356,7 +452,7 @@ impl Probe {
             }
             if let Some(inner) = details.get_item(key)? {
                 let described = if is_credential_name(key) { Arg::Redacted } else { self.value(&inner)? };
-                out.push((Cow::Borrowed(key), described));
+                out.push((Key::Name(Cow::Borrowed(key)), described));
                 found = true;
             }
         }
@@ -385,7 +481,7 @@ impl Probe {
         if value.is_none() {
             return Ok(Arg::Value(Value::Null));
         } else if let Ok(flag) = value.cast_exact::<PyBool>() {
-            return Ok(Arg::Value(Value::Bool(flag.is_true())));
+            return Ok(Arg::Bool(flag.is_true()));
         } else if value.is_exact_instance_of::<PyInt>() {
             if let Ok(number) = value.extract::<i64>() {
                 return Ok(Arg::Int(number));
@@ -400,7 +496,7 @@ impl Probe {
     }
 
     fn asks_for_field(&self, described: &Described<'_>) -> bool {
-        self.takes_field && described.iter().any(|(k, v)| k == arg::FIELD && !v.is_null())
+        self.takes_field && described.iter().any(|(k, v)| k.name() == arg::FIELD && !v.is_null())
     }
 
     /// Args recorded at the end: the exception's type, or a cheap size of the result; whether the field
@@ -410,31 +506,31 @@ impl Probe {
         match outcome {
             Outcome::Returned(result) => {
                 if let Some((key, size)) = result_size(result) {
-                    end.push((Cow::Borrowed(key), Arg::Value(size)));
+                    end.push((key, Arg::Value(size)));
                 }
                 if asked_for_field {
-                    end.push((Cow::Borrowed(arg::FOUND), Arg::Value(Value::Bool(true))));
+                    end.push((FOUND, Arg::Bool(true)));
                 }
             }
             Outcome::Raised(kind) => {
                 let name = kind.and_then(|kind| kind.name().ok()).map(|n| n.to_string()).unwrap_or_default();
                 let not_found = asked_for_field && name == "FileFormatError";
-                end.push((Cow::Borrowed(arg::ERROR), Arg::String(name)));
+                end.push((ERROR, Arg::String(name)));
                 if not_found {
-                    end.push((Cow::Borrowed(arg::FOUND), Arg::Value(Value::Bool(false))));
+                    end.push((FOUND, Arg::Bool(false)));
                 }
             }
         }
         end
     }
 
-    /// Record the begin of a call; returns its token and whether it asks for a field.
+    /// Record the begin of a call.
     fn begin<'a, 'py>(
         &'a self,
         py: Python<'py>,
         positional: impl Iterator<Item = Borrowed<'a, 'py, PyAny>>,
         keywords: Keywords<'_, 'py>,
-    ) -> (u64, bool) {
+    ) -> Begun {
         let mut described = Described::new();
         let asked = match self.describe_into(&mut described, positional, keywords) {
             Ok(()) => self.asks_for_field(&described),
@@ -442,24 +538,28 @@ impl Probe {
             Err(err) => {
                 let name = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
                 described.clear();
-                described.push((Cow::Borrowed(lynschema::arg::SHIM_ERROR), Arg::String(name)));
+                described.push((Key::Name(Cow::Borrowed(lynschema::arg::SHIM_ERROR)), Arg::String(name)));
                 false
             }
         };
+        // The begin's keys are the parameters' (known when wrapped), the details keys and the keyword
+        // arguments' names: only the last are looked at here, and only when there are any.
+        let end_disjoint = !self.names_end_key
+            && (matches!(keywords, Keywords::None) || !described.iter().any(|(key, _)| is_end_key(key.name())));
         let token = crate::guarded(0, || {
             session::enter(Cow::Borrowed(self.name), Cow::Borrowed(self.cat), Json(&described), || {
                 crate::python_thread_name(py)
             })
         });
-        (token, asked)
+        Begun { token, asked_for_field: asked, end_disjoint }
     }
 
-    fn finish(&self, token: u64, asked_for_field: bool, outcome: Outcome<'_, '_>) {
-        if token == 0 {
+    fn finish(&self, begun: Begun, outcome: Outcome<'_, '_>) {
+        if begun.token == 0 {
             return;
         }
-        let end = self.end_args(asked_for_field, outcome);
-        crate::guarded((), || session::exit(token, Json(&end)));
+        let end = self.end_args(begun.asked_for_field, outcome);
+        crate::guarded((), || session::exit(begun.token, EndJson(&end, begun.end_disjoint)));
     }
 }
 
@@ -480,7 +580,7 @@ impl<'a, 'py> Outcome<'a, 'py> {
 }
 
 /// A cheap size of a result: rows of a data frame, length of a list or dict.
-fn result_size(result: &Bound<'_, PyAny>) -> Option<(&'static str, Value)> {
+fn result_size(result: &Bound<'_, PyAny>) -> Option<(Key<'static>, Value)> {
     if result.is_none()
         || result.is_exact_instance_of::<PyString>()
         || result.is_exact_instance_of::<PyBool>()
@@ -503,7 +603,7 @@ fn result_size(result: &Bound<'_, PyAny>) -> Option<(&'static str, Value)> {
             Ok(shape) => {
                 if let Ok(shape) = shape.cast::<PyTuple>() {
                     if let Ok(rows) = shape.get_item(0) {
-                        return Some((arg::ROWS, to_json(&rows)));
+                        return Some((ROWS, to_json(&rows)));
                     }
                 }
             }
@@ -514,7 +614,7 @@ fn result_size(result: &Bound<'_, PyAny>) -> Option<(&'static str, Value)> {
     if container {
         let kind = result.get_type().name().ok()?;
         let len = result.len().ok()?;
-        return Some((arg::RESULT, format!("{kind}[{len}]").into()));
+        return Some((RESULT, format!("{kind}[{len}]").into()));
     }
     None
 }
@@ -543,9 +643,9 @@ fn call_through<'py>(
         return function.call(args, kwargs);
     }
     // A panic in lynshim's own code must never reach the traced program (pyo3 would raise it there).
-    let (token, asked) = crate::guarded((0, false), || probe.begin(py, args.iter_borrowed(), Keywords::of(kwargs)));
+    let begun = crate::guarded(Begun::default(), || probe.begin(py, args.iter_borrowed(), Keywords::of(kwargs)));
     let outcome = function.call(args, kwargs);
-    crate::guarded((), || probe.finish(token, asked, Outcome::of(py, &outcome)));
+    crate::guarded((), || probe.finish(begun, Outcome::of(py, &outcome)));
     outcome
 }
 
@@ -590,6 +690,7 @@ pub(crate) fn enable_vectorcall(py: Python<'_>) -> PyResult<()> {
             positional: Vec::new(),
             defaults: Vec::new(),
             takes_field: false,
+            names_end_key: false,
             describe_value: py.None(),
         },
     )?;
@@ -641,14 +742,14 @@ unsafe extern "C" fn traced_vectorcall(
         Keywords::Vector(names, unsafe { std::slice::from_raw_parts(args.add(nargs), names.len()) })
     };
     let positional = positional.iter().map(|&arg| unsafe { Borrowed::from_ptr(py, arg) });
-    let (token, asked) = crate::guarded((0, false), || probe.begin(py, positional, keywords));
+    let begun = crate::guarded(Begun::default(), || probe.begin(py, positional, keywords));
     let result = unsafe { ffi::PyObject_Vectorcall(function, args, nargsf, kwnames) };
-    if token == 0 {
+    if begun.token == 0 {
         return result;
     }
     if !result.is_null() {
         let returned = unsafe { Borrowed::from_ptr(py, result) };
-        crate::guarded((), || probe.finish(token, asked, Outcome::Returned(&returned)));
+        crate::guarded((), || probe.finish(begun, Outcome::Returned(&returned)));
         return result;
     }
     // The exception is taken aside raw while the end is recorded (no Python API may run with one set)
@@ -661,7 +762,7 @@ unsafe extern "C" fn traced_vectorcall(
     }
     let raised =
         (!kind.is_null()).then(|| unsafe { Borrowed::from_ptr(py, kind).cast_unchecked::<PyType>().to_owned() });
-    crate::guarded((), || probe.finish(token, asked, Outcome::Raised(raised)));
+    crate::guarded((), || probe.finish(begun, Outcome::Raised(raised)));
     #[allow(deprecated)]
     unsafe {
         ffi::PyErr_Restore(kind, value, traceback);
@@ -760,7 +861,8 @@ pub fn probe_begin(
     if !session::is_recording() {
         return (0, false);
     }
-    crate::guarded((0, false), || probe.get().begin(py, args.iter_borrowed(), Keywords::of(kwargs)))
+    let begun = crate::guarded(Begun::default(), || probe.get().begin(py, args.iter_borrowed(), Keywords::of(kwargs)));
+    (begun.token, begun.asked_for_field)
 }
 
 /// The end half of [`call`]: `result`, or the exception `error`, plus `extra` args (server request ids).
@@ -784,7 +886,7 @@ pub fn probe_end(
     if let Some(extra) = extra {
         for (key, value) in extra.iter() {
             if let Ok(key) = key.extract::<String>() {
-                set(&mut end, Cow::Owned(key), Arg::Value(to_json(&value)));
+                set(&mut end, Key::Name(Cow::Owned(key)), Arg::Value(to_json(&value)));
             }
         }
     }
@@ -805,35 +907,30 @@ fn outcome_of<'py>(
 }
 
 fn has(out: &Described<'_>, name: &str) -> bool {
-    out.iter().any(|(k, _)| k == name)
+    out.iter().any(|(k, _)| k.name() == name)
 }
 
-fn set<'a, A: smallvec::Array<Item = (Cow<'a, str>, Arg<'a>)>>(
-    out: &mut SmallVec<A>,
-    name: Cow<'a, str>,
-    value: Arg<'a>,
-) {
-    match out.iter_mut().find(|(k, _)| *k == name) {
+fn set<'a, A: smallvec::Array<Item = (Key<'a>, Arg<'a>)>>(out: &mut SmallVec<A>, name: Key<'a>, value: Arg<'a>) {
+    match out.iter_mut().find(|(k, _)| k.name() == name.name()) {
         Some(slot) => slot.1 = value,
         None => out.push((name, value)),
     }
 }
 
 /// Described args as a JSON object.
-fn described_json(pairs: &[(Cow<'_, str>, Arg<'_>)]) -> String {
+fn described_json(pairs: &[(Key<'_>, Arg<'_>)]) -> String {
     let mut out = String::with_capacity(16 + pairs.len() * 32);
     write_json(pairs, &mut out);
     out
 }
 
-fn write_json(pairs: &[(Cow<'_, str>, Arg<'_>)], out: &mut String) {
+fn write_json(pairs: &[(Key<'_>, Arg<'_>)], out: &mut String) {
     out.push('{');
     for (i, (key, value)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        push_str(out, key);
-        out.push(':');
+        key.write(out);
         value.write(out);
     }
     out.push('}');
@@ -862,5 +959,35 @@ mod tests {
         assert_eq!(short("abc"), "abc");
         let exact = "é".repeat(MAX_ARG_CHARS);
         assert_eq!(short(&exact), exact);
+    }
+
+    /// The end's keys, written as constants, are what [`key_json`] makes of their names.
+    #[test]
+    fn constant_keys_are_their_names_json() {
+        for key in [FOUND, ERROR, ROWS, RESULT] {
+            let Key::Known { name, json } = key else { panic!("a constant key is known") };
+            assert_eq!(json, key_json(name));
+        }
+    }
+
+    /// Keys worked out at wrapping and keys escaped as they are written make the same JSON object, one
+    /// that needs escaping included.
+    #[test]
+    fn known_and_other_keys_write_one_valid_object() {
+        let tricky = "a \"q\"\\";
+        let tricky_json = key_json(tricky);
+        let pairs: Vec<(Key<'_>, Arg<'_>)> = vec![
+            (Key::Known { name: "field", json: "\"field\":" }, Arg::Str("title")),
+            (Key::Known { name: tricky, json: &tricky_json }, Arg::Int(-3)),
+            (Key::Name(Cow::Borrowed("b\"")), Arg::Bool(false)),
+            (FOUND, Arg::Bool(true)),
+            (Key::Name(Cow::Owned("n".into())), Arg::DictLen(2)),
+        ];
+        let parsed: Value = serde_json::from_str(&described_json(&pairs)).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({"field": "title", tricky: -3, "b\"": false, "found": true, "n": "dict[2]"})
+        );
+        assert_eq!(described_json(&[]), "{}");
     }
 }

@@ -223,6 +223,12 @@ pub fn trace_path() -> Option<PathBuf> {
 pub trait Args {
     /// Append the args, a JSON object, to `out`; nothing when there are none.
     fn write_to(self, out: &mut String);
+
+    /// As a span's end args: known to name none of the keys of its begin's args, so that the two can
+    /// make one object (see [`exit`]). False when not known: the writer then looks.
+    fn disjoint_from_begin(&self) -> bool {
+        false
+    }
 }
 
 /// Args already written as JSON text (or none).
@@ -231,6 +237,11 @@ impl Args for Option<&str> {
         if let Some(text) = self {
             out.push_str(text);
         }
+    }
+
+    /// No args name no key.
+    fn disjoint_from_begin(&self) -> bool {
+        self.is_none()
     }
 }
 
@@ -298,10 +309,11 @@ pub fn exit(token: u64, end_args: impl Args) {
         while open.len() >= depth {
             let Some(span) = open.pop() else { break };
             let args = if open.len() + 1 == depth { end_args.take() } else { None };
+            let disjoint = args.as_ref().is_none_or(Args::disjoint_from_begin);
             let args = args.and_then(|args| s.push_args(args));
             config |= span.cat == category::CONFIG;
             data |= span.cat == category::READ || span.cat == category::DATAFRAME;
-            s.push(Record::End { tid, ns, name: span.name, cat: span.cat, args });
+            s.push_end(tid, ns, span, args, disjoint);
         }
         s.moments_after(config, data);
     });
@@ -494,11 +506,43 @@ impl Session {
         }
     }
 
+    /// The end of `span`. When the last record is this thread's begin — nothing was recorded since,
+    /// on any thread, nor handed off (the begin is this span's: a span opened since would have been
+    /// closed first, leaving its end last) — and the end args are known to name none of its keys, the two
+    /// become one [`Record::Whole`]: the writer writes it as the complete event it would have made of the
+    /// pair, without looking for the pair or comparing their keys, and a traced call adds one record to
+    /// the list, not two (about half the spans: leaf calls, leaf imports).
+    fn push_end(&mut self, tid: u64, ns: u64, span: Open, end_args: Option<Text>, disjoint: bool) {
+        if disjoint {
+            if let Some(last) = self.pending.last_mut() {
+                if let Record::Begin { tid: begun, ns: begin_ns, name, cat, args } = last {
+                    if *begun == tid {
+                        // In place: the record is not moved out of the list and back. What is left of the
+                        // begin once its names are taken holds nothing to free: forgotten, not dropped.
+                        let (name, cat) = (std::mem::take(name), std::mem::take(cat));
+                        let whole = Record::Whole { tid, ns: *begin_ns, end_ns: ns, name, cat, args: *args, end_args };
+                        std::mem::forget(std::mem::replace(last, whole));
+                        return;
+                    }
+                }
+            }
+        }
+        self.push(Record::End { tid, ns, name: span.name, cat: span.cat, args: end_args });
+    }
+
+    /// Write `args` into the list's text; where they are, if anywhere. Args that would end past what
+    /// a [`Text`] holds (4 GiB of args in one list: never, in practice) are cut off again, unrecorded.
     fn push_args(&mut self, args: impl Args) -> Option<Text> {
         let start = self.text.len();
         args.write_to(&mut self.text);
-        let len = self.text.len() - start;
-        (len > 0).then_some(Text { start, len })
+        let text = u32::try_from(start)
+            .ok()
+            .zip(u32::try_from(self.text.len() - start).ok())
+            .filter(|(start, len)| *len > 0 && start.checked_add(*len).is_some());
+        if text.is_none() {
+            self.text.truncate(start);
+        }
+        text.map(|(start, len)| Text { start, len })
     }
 
     pub(crate) fn announce_thread(&mut self, name: &str) {

@@ -1184,6 +1184,68 @@ def per_call_perf(work: Path, loops: int) -> PerCallProfile:
     return by_thread, native, writer_kernel, header_field_record_bytes(work / "perf-traces")
 
 
+#: A traced header_field loop for callgrind: argv is the trace directory, the number of calls, and whether
+#: to record ("on"), or to stop the session first so that the wrapper only passes each call on ("off").
+PER_CALL_INSTRUCTIONS = textwrap.dedent(
+    """
+    import sys
+    import lynguine.util.yaml as ny
+    import lynshim
+    lynshim.start(sys.argv[1])
+    if sys.argv[3] == "off":
+        lynshim.stop()
+    fields = {"title": "t"}
+    cheap = ny.header_field  # the TracedFunction the import hook put in place at lynshim.start
+    for _ in range(int(sys.argv[2])):
+        cheap("title", fields)
+    if sys.argv[3] == "on":
+        lynshim.stop()
+    """
+)
+
+
+def per_call_instructions(work: Path, calls: int) -> str:
+    """Instructions per traced header_field call, counted by callgrind with an unstripped copy of lynshim:
+    on the traced thread, everything inside the wrapper's vectorcall (`traced_vectorcall`) with tracing on
+    and with it off (the original function and the wrapper passing the call on), and in the writer, its
+    fix-up of lynshim's batches (`Fixup::process_pending_lines`, for the whole session, over the calls). Unlike
+    a loop's wall time on this machine, these counts hardly move between runs: they show what a change to
+    the per-call path does where the timings' noise is larger than the change."""
+    if shutil.which("valgrind") is None:
+        return "valgrind is not installed: no instruction counts per call"
+    package = unstripped_package(work)
+    if package is None:
+        return "lynshim could not be built with its symbols: no instruction counts per call"
+    script = work / "per_call_instructions.py"
+    script.write_text(PER_CALL_INSTRUCTIONS)
+    counts = {}
+    for name, toggle, mode in (
+        ("on", "*traced_vectorcall*", "on"),
+        ("off", "*traced_vectorcall*", "off"),
+        ("writer", "*Fixup*process_pending_lines*", "on"),
+    ):
+        out = work / f"callgrind.per-call.{name}"
+        run = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--toggle-collect={toggle}", f"--callgrind-out-file={out}"]
+            + [PY, str(script), str(work / "instruction-traces"), str(calls), mode],
+            env=clean_env() | {"PYTHONPATH": str(package)},
+            capture_output=True,
+            text=True,
+        )
+        totals = re.search(r"^totals: (\d+)", out.read_text(), re.M) if out.is_file() else None
+        if run.returncode != 0 or totals is None:
+            return (
+                f"callgrind failed on the per-call loop ({run.stderr.strip()[-200:]}): no instruction counts per call"
+            )
+        counts[name] = int(totals.group(1)) / calls
+    return (
+        f"instructions per traced header_field call (callgrind, {calls} calls, `per_call_instructions`): inside the "
+        f"wrapper {counts['on']:.0f} with tracing on, {counts['off']:.0f} with it off (the original and the "
+        f"wrapper passing the call on), so tracing adds {counts['on'] - counts['off']:.0f} on the traced thread; "
+        f"the writer executes {counts['writer']:.0f} per call to write it"
+    )
+
+
 def header_field_record_bytes(traces: Path) -> float | None:
     """The mean length in bytes (its line's newline included) of a traced header_field call's record in the
     trace files under `traces`."""
@@ -1585,6 +1647,7 @@ def main() -> None:
         c_rows, c_notes = per_call(work, loops, rounds)
         c_profile = per_call_profile(work, loops)
         c_perf_threads, c_perf_native, c_perf_writer, record_bytes = per_call_perf(work, loops)
+        c_instructions = "not counted with --quick" if args.quick else per_call_instructions(work, 20_000)
         page_rows, page_costs = fresh_page_cost(work, 1 if args.quick else 3)
         page_note = fresh_page_note(page_costs, record_bytes, bare_minor_faults())
         print("import lynshim…", file=sys.stderr)
@@ -1604,7 +1667,7 @@ to reproduce; expect other numbers on another machine or under other load.
 
 ## Summary against the targets
 
-{chr(10).join("- " + n for n in [a_note] + s_notes + c_notes + [i_note] + t_notes)}
+{chr(10).join("- " + n for n in [a_note] + s_notes + c_notes + [c_instructions, i_note] + t_notes)}
 
 ## How the tracing cost arises, and where each part is measured
 

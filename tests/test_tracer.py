@@ -650,6 +650,41 @@ def test_a_program_recording_faster_than_the_writer_writes_loses_nothing(tmp_pat
     assert text.rstrip().endswith("]")
 
 
+def test_a_call_whose_end_repeats_a_begin_key_keeps_both_values(tmp_path: Path) -> None:
+    """A traced call with nothing recorded inside it is written as one complete event, its begin's and its
+    end's args in one object, when the end's keys are known to be none of the begin's. A parameter named as
+    an end key (`result`), by name or passed by keyword, keeps the begin and the end apart: one object could
+    hold the key once, and the begin's value would be lost."""
+    code = textwrap.dedent(
+        """
+        import sys, lynshim
+        from lynshim import _patch
+        lynshim.start(sys.argv[1])
+        def by_name(result):
+            return [1, 2]
+        def by_keyword(x, **kwargs):
+            return [1, 2, 3]
+        def plain(x):
+            return [1]
+        by_name = _patch.wrap(by_name, "by_name", "compute")
+        by_keyword = _patch.wrap(by_keyword, "by_keyword", "compute")
+        plain = _patch.wrap(plain, "plain", "compute")
+        by_name("asked")
+        by_keyword(1, result="given")
+        plain("p")
+        """
+    )
+    proc = subprocess.run([PY, "-c", code, str(tmp_path / "t")], env=clean_env(), capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    (path,) = (tmp_path / "t").glob("*.lynshim.json")
+    events = {(e["name"], e["ph"]): e.get("args") for e in load_events(path) if e.get("cat") == schema.CAT_COMPUTE}
+    assert events[("by_name", "B")] == {"result": "asked"}
+    assert events[("by_name", "E")] == {"result": "list[2]"}
+    assert events[("by_keyword", "B")] == {"x": 1, "result": "given"}
+    assert events[("by_keyword", "E")] == {"result": "list[3]"}
+    assert events[("plain", "X")] == {"x": "p", "result": "list[1]"}
+
+
 def test_unwritable_trace_dir_warns_once_and_runs_on(tmp_path: Path) -> None:
     blocked = tmp_path / "blocked"
     blocked.write_text("a file, not a directory")

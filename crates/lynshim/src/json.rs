@@ -20,9 +20,8 @@ pub fn push_value(out: &mut String, value: &Value) {
 
 /// `s` as a JSON string.
 ///
-/// Inlined, with the rare escaping path out of line: a traced call writes a few short strings, and as
-/// one function with serde_json's escaping inlined in it, each call also saved and restored six
-/// registers.
+/// The rare escaping path is kept out of line (`#[cold]`): the common one, which a traced call takes for
+/// each of a few short strings, is the check and three copies.
 #[inline]
 pub fn push_str(out: &mut String, s: &str) {
     if needs_escape(s.as_bytes()) {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import functools
 import json
 import math
 import mmap
@@ -1090,10 +1091,13 @@ def per_call_profile(work: Path, loops: int) -> list[str]:
     return [f"| {k} | {v:.0f} |" for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()]
 
 
+@functools.cache
 def unstripped_package(work: Path) -> Path | None:
     """A copy of the lynshim package whose native module keeps its symbols, for a profile to name them
     (the installed one is stripped, see pyproject.toml): built by `cargo rustc`, which passes `-C
-    strip=none` to lynshim's own link only, so no dependency is rebuilt. None when the build fails."""
+    strip=none` to lynshim's own link only, so no dependency is rebuilt. None when the build fails. Made
+    once per work directory: the profile and the instruction counts of a run share it (a second copy
+    into the same place would fail)."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     build = subprocess.run(
         ["cargo", "rustc", "--release", "--quiet", "-p", "lynshim", "--lib", "--", "-C", "strip=none"],
